@@ -1,0 +1,48 @@
+"""The ``ao-appliance`` command line: one sub-command module per concern, registered here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from appliance import __version__
+from appliance.cli import attestation_cmd, run_cmd
+from appliance.cli.exitcodes import EXIT_USAGE, exit_code_for
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits with our usage code (2) and never prints a traceback."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the top-level parser with every sub-command registered."""
+    parser = _Parser(prog="ao-appliance", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"ao-appliance {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run_cmd.register(sub)
+    attestation_cmd.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ao-appliance`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - last resort: a clear line, never a traceback
+        sys.stderr.write(f"ao-appliance: error: {exc}\n")
+        return exit_code_for(exc)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

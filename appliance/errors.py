@@ -1,0 +1,32 @@
+"""The single error tree of the ``appliance`` package.
+
+Every error a caller can act on derives from :class:`ApplianceError`. Mappings to exit codes,
+HTTP statuses and gRPC codes each live in one place (``appliance.cli.exitcodes`` and the API
+packages) and key on these classes.
+"""
+
+from __future__ import annotations
+
+
+class ApplianceError(Exception):
+    """Base of every domain error raised by the node."""
+
+
+class UsageError(ApplianceError):
+    """The caller passed bad arguments or unreadable input files."""
+
+
+class ConfigError(ApplianceError):
+    """A configuration file or value is invalid."""
+
+
+class ModuleError(ApplianceError):
+    """A wasm module cannot be loaded: unreadable, invalid, unknown format or missing imports."""
+
+
+class EvaluationError(ApplianceError):
+    """Evaluating one message failed; the message's result carries the error, memory rolls back."""
+
+
+class LimitExceeded(EvaluationError):
+    """A per-message limit (compute, memory, wall clock, output size) was exceeded."""
