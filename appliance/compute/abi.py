@@ -1,0 +1,394 @@
+"""The emscripten host ABI that aos modules import, reimplemented without any host access.
+
+What a guest sees is exactly what ``@permaweb/ao-loader`` gives it, minus everything that would
+reach the host: its clock is the loader's deterministic counter (starting where the loader's
+runtime initialisation leaves it and advanced by the same calls), the time zone is UTC, the
+environment is empty, stdio is a TTY that discards output, there is no file system
+(path syscalls return ``ENOSYS``) and ``system()`` never runs anything.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import wasmtime
+
+from appliance.compute import timefmt
+from appliance.compute.formats import ModuleFormat
+from appliance.compute.guest_memory import GuestMemory
+from appliance.errors import ModuleError
+
+ENOSYS = 52
+EBADF = 8
+EINVAL = 28
+ESPIPE = 70
+ENOTTY = 59
+CLOCK_START = 10_004  # the loader's TIME counter (1e4) after its FS initialisation used 4 ticks
+_TTY_FDS = (0, 1, 2)
+_TERMIOS = (25856, 5, 191, 35387)
+_TERMIOS_CC = bytes((3, 28, 127, 21, 4, 0, 1, 0, 17, 19, 26, 0, 18, 15, 23, 22)) + bytes(16)
+_WASM_PAGE = 65536
+
+
+class GuestExit(Exception):
+    """The guest called ``exit()``."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"program exited with status {code}")
+        self.code = code
+
+
+class GuestAbort(Exception):
+    """The guest called ``abort()``."""
+
+
+class LongJump(Exception):
+    """An emscripten ``longjmp`` unwinding to the nearest ``invoke_*`` frame."""
+
+
+class EmscriptenHost:
+    """Host functions for one instance; call :meth:`attach` once the instance exists."""
+
+    def __init__(self, fmt: ModuleFormat, memory_limit: int) -> None:
+        self.fmt = fmt
+        self.clock = CLOCK_START
+        self.memory_limit = memory_limit
+        self.store: wasmtime.Store | None = None
+        self.mem: GuestMemory | None = None
+        self._wasm_memory: wasmtime.Memory | None = None
+        self._table: wasmtime.Table | None = None
+        self._table_cache: dict[int, wasmtime.Func] = {}
+        self._stack_save: wasmtime.Func | None = None
+        self._stack_restore: wasmtime.Func | None = None
+        self._set_threw: wasmtime.Func | None = None
+        self._varargs = 0
+
+    def attach(self, store: wasmtime.Store, exports: Any) -> None:
+        """Bind to the instantiated module's memory, table and stack helpers."""
+        memory = exports.get("memory")
+        if not isinstance(memory, wasmtime.Memory):
+            raise ModuleError("module does not export its memory as 'memory'")
+        self.store = store
+        self._wasm_memory = memory
+        self.mem = GuestMemory(store, memory, self.fmt.pointer_size)
+        table = exports.get("__indirect_function_table")
+        self._table = table if isinstance(table, wasmtime.Table) else None
+        self._stack_save = exports.get("emscripten_stack_get_current")
+        self._stack_restore = exports.get("_emscripten_stack_restore")
+        self._set_threw = exports.get("setThrew")
+        self._table_cache.clear()
+
+    # --- import resolution -------------------------------------------------------------------
+
+    def build_imports(self, store: wasmtime.Store, module: wasmtime.Module) -> list[wasmtime.Func]:
+        """One host function per import, typed as the module declares it."""
+        externs: list[wasmtime.Func] = []
+        missing: list[str] = []
+        for imp in module.imports:
+            ftype = imp.type
+            if not isinstance(ftype, wasmtime.FuncType) or imp.name is None:
+                missing.append(f"{imp.module}.{imp.name} (non-function import)")
+                continue
+            impl = self._resolve(imp.module, imp.name, ftype)
+            if impl is None:
+                missing.append(f"{imp.module}.{imp.name}")
+                continue
+            externs.append(wasmtime.Func(store, ftype, impl))
+        if missing:
+            raise ModuleError("module imports what this engine does not provide: "
+                              + ", ".join(missing))
+        return externs
+
+    def _resolve(
+        self, module: str, name: str, ftype: wasmtime.FuncType
+    ) -> Callable[..., Any] | None:
+        if name.startswith("invoke_"):
+            return self._make_invoke(len(ftype.results) > 0)
+        if name.startswith("__syscall_"):
+            syscall: Callable[..., Any] = self._syscalls().get(name[len("__syscall_"):], _enosys)
+            return syscall
+        if name.startswith("__asyncjs__weavedrive"):
+            return _weavedrive_unavailable
+        table = self._wasi() if module == "wasi_snapshot_preview1" else self._env()
+        return table.get(name)
+
+    def _env(self) -> dict[str, Callable[..., Any]]:
+        return {
+            "_emscripten_throw_longjmp": self._throw_longjmp,
+            "_abort_js": self._abort,
+            "abort": self._abort,
+            "exit": self._exit,
+            "_emscripten_system": _system,
+            "system": _system,
+            "_emscripten_memcpy_js": self._memcpy,
+            "emscripten_memcpy_js": self._memcpy,
+            "emscripten_date_now": self._now,
+            "emscripten_get_now": self._now,
+            "_emscripten_get_now_is_monotonic": lambda: 1,
+            "emscripten_get_heap_max": lambda: self.fmt.heap_max,
+            "emscripten_resize_heap": self._resize_heap,
+            "_tzset_js": self._tzset,
+            "_localtime_js": self._localtime,
+            "_gmtime_js": self._gmtime,
+            "_mktime_js": self._mktime,
+            "_timegm_js": self._timegm,
+            "strftime": self._strftime,
+            "strftime_l": lambda s, n, f, tm, _loc: self._strftime(s, n, f, tm),
+            "_munmap_js": lambda *_a: -ENOSYS,
+            "_mmap_js": lambda *_a: -ENOSYS,
+        }
+
+    def _wasi(self) -> dict[str, Callable[..., Any]]:
+        return {
+            "fd_write": self._fd_write,
+            "fd_read": self._fd_read,
+            "fd_close": lambda fd: 0 if fd in _TTY_FDS else EBADF,
+            "fd_seek": lambda fd, *_a: ESPIPE if fd in _TTY_FDS else EBADF,
+            "fd_sync": lambda fd: 0 if fd in _TTY_FDS else EBADF,
+            "fd_fdstat_get": self._fd_fdstat_get,
+            "environ_sizes_get": self._environ_sizes_get,
+            "environ_get": lambda _environ, _buf: 0,
+            "proc_exit": self._exit,
+        }
+
+    def _syscalls(self) -> dict[str, Callable[..., Any]]:
+        return {"ioctl": self._ioctl, "fcntl64": self._fcntl}
+
+    # --- control flow ------------------------------------------------------------------------
+
+    def _make_invoke(self, returns: bool) -> Callable[..., Any]:
+        def invoke(index: int, *args: Any) -> Any:
+            assert self.store is not None and self._stack_save is not None
+            sp = self._stack_save(self.store)
+            try:
+                return self._table_func(index)(self.store, *args)
+            except LongJump:
+                assert self._stack_restore is not None and self._set_threw is not None
+                self._stack_restore(self.store, sp)
+                self._set_threw(self.store, 1, 0)
+                return 0 if returns else None
+
+        return invoke
+
+    def _table_func(self, index: int) -> wasmtime.Func:
+        func = self._table_cache.get(index)
+        if func is None:
+            assert self._table is not None and self.store is not None
+            func = self._table.get(self.store, index)
+            if not isinstance(func, wasmtime.Func):
+                raise GuestAbort(f"indirect call to empty table slot {index}")
+            self._table_cache[index] = func
+        return func
+
+    def _throw_longjmp(self) -> None:
+        raise LongJump
+
+    def _abort(self, *_args: Any) -> None:
+        raise GuestAbort("native code called abort()")
+
+    def _exit(self, code: int) -> None:
+        raise GuestExit(code)
+
+    # --- memory ------------------------------------------------------------------------------
+
+    def _memcpy(self, dest: int, src: int, num: int) -> None:
+        assert self.mem is not None
+        self.mem.move(dest, src, num)
+
+    def _resize_heap(self, requested: int) -> int:
+        assert self.mem is not None and self._wasm_memory is not None and self.store is not None
+        requested &= (1 << (64 if self.fmt.memory64 else 32)) - 1
+        old = self.mem.size
+        cap = min(self.fmt.heap_max, self.memory_limit)
+        if requested > cap:
+            return 0
+        for cut_down in (1, 2, 4):
+            overgrown = min(old * (1 + 0.2 / cut_down), requested + 100_663_296)
+            wanted = max(requested, overgrown)
+            new_size = min(cap, math.ceil(wanted / _WASM_PAGE) * _WASM_PAGE)
+            pages = (new_size - old) // _WASM_PAGE
+            try:
+                self._wasm_memory.grow(self.store, pages)
+            except wasmtime.WasmtimeError:
+                continue
+            return 1
+        return 0
+
+    # --- clock and calendar ------------------------------------------------------------------
+
+    def _now(self) -> float:
+        value = self.clock
+        self.clock += 1
+        return float(value)
+
+    def _time_arg(self, args: tuple[int, ...]) -> tuple[int, int]:
+        """Split (time, tm) or legalised (time_low, time_high, tm) arguments."""
+        if len(args) == 3:
+            low, high, tm = args
+            return (low & 0xFFFFFFFF) + high * 4294967296, tm
+        return args[0], args[1]
+
+    def _write_tm(self, tm_ptr: int, t: timefmt.BrokenDown | None) -> None:
+        assert self.mem is not None
+        fields = (0,) * 8 if t is None else (t.sec, t.min, t.hour, t.mday, t.mon, t.year, t.wday,
+                                             t.yday)
+        for i, value in enumerate(fields):
+            self.mem.i32(tm_ptr + 4 * i, value)
+
+    def _gmtime(self, *args: int) -> None:
+        time, tm_ptr = self._time_arg(args)
+        self._write_tm(tm_ptr, timefmt.from_epoch_ms(time * 1000))
+
+    def _localtime(self, *args: int) -> None:
+        assert self.mem is not None
+        time, tm_ptr = self._time_arg(args)
+        self._write_tm(tm_ptr, timefmt.from_epoch_ms(time * 1000))
+        if self.fmt.memory64:
+            self.mem.i64(tm_ptr + 40, 0)
+        else:
+            self.mem.i32(tm_ptr + 36, 0)
+        self.mem.i32(tm_ptr + 32, 0)
+
+    def _normalise_tm(self, tm_ptr: int) -> int | None:
+        assert self.mem is not None
+        sec, mi, hour, mday, mon, year = (self.mem.get_i32(tm_ptr + 4 * i) for i in range(6))
+        ms = timefmt.to_epoch_ms(year + 1900, mon, mday, hour, mi, sec)
+        if ms is None:
+            return None
+        t = timefmt.from_epoch_ms(ms)
+        assert t is not None
+        self._write_tm(tm_ptr, t)
+        return ms // 1000
+
+    def _mktime(self, tm_ptr: int) -> int:
+        assert self.mem is not None
+        if self.mem.get_i32(tm_ptr + 32) < 0:
+            self.mem.i32(tm_ptr + 32, 0)
+        return self._wrap(self._normalise_tm(tm_ptr))
+
+    def _wrap(self, seconds: int | None) -> int:
+        if seconds is None:
+            return -1
+        if not self.fmt.memory64:
+            seconds = (seconds + 2**31) % 2**32 - 2**31
+        return seconds
+
+    def _timegm(self, tm_ptr: int) -> int:
+        return self._wrap(self._normalise_tm(tm_ptr))
+
+    def _tzset(self, timezone: int, daylight: int, std_name: int, dst_name: int) -> None:
+        assert self.mem is not None
+        self.mem.pointer(timezone, 0)
+        self.mem.i32(daylight, 0)
+        self.mem.write(std_name, b"UTC\0")
+        self.mem.write(dst_name, b"UTC\0")
+
+    def _strftime(self, s: int, maxsize: int, fmt_ptr: int, tm_ptr: int) -> int:
+        assert self.mem is not None
+        g = self.mem.get_i32
+        t = timefmt.BrokenDown(*(g(tm_ptr + 4 * i) for i in range(8)))
+        isdst = g(tm_ptr + 32)
+        if self.fmt.memory64:
+            gmtoff, zone_ptr = self.mem.get_i64(tm_ptr + 40), self.mem.get_pointer(tm_ptr + 48)
+        else:
+            gmtoff, zone_ptr = g(tm_ptr + 36), self.mem.get_pointer(tm_ptr + 40)
+        zone = self.mem.cstring(zone_ptr).decode("utf-8", "replace") if zone_ptr else ""
+        pattern = self.mem.cstring(fmt_ptr).decode("utf-8", "replace")
+        try:
+            text = timefmt.strftime(pattern, t, isdst, gmtoff, zone)
+        except IndexError as exc:
+            raise GuestAbort(f"strftime on an invalid struct tm: {exc}") from None
+        data = text.encode("utf-8", "surrogatepass") + b"\0"
+        if len(data) > maxsize:
+            return 0
+        self.mem.write(s, data)
+        return len(data) - 1
+
+    # --- stdio -------------------------------------------------------------------------------
+
+    def _fd_write(self, fd: int, iov: int, iovcnt: int, pnum: int) -> int:
+        assert self.mem is not None
+        if fd not in _TTY_FDS:
+            return EBADF
+        step = self.mem.pointer_size
+        total = 0
+        for i in range(iovcnt):
+            length = self.mem.get_pointer(iov + i * 2 * step + step)
+            if length:
+                self.clock += 1  # the loader's TTY write stamps the node with Date.now()
+            total += length
+        self.mem.pointer(pnum, total)
+        return 0
+
+    def _fd_read(self, fd: int, _iov: int, _iovcnt: int, pnum: int) -> int:
+        assert self.mem is not None
+        if fd not in _TTY_FDS:
+            return EBADF
+        self.mem.pointer(pnum, 0)
+        return 0
+
+    def _fd_fdstat_get(self, fd: int, pbuf: int) -> int:
+        assert self.mem is not None
+        if fd not in _TTY_FDS:
+            return EBADF
+        self.mem.u8(pbuf, 2)
+        self.mem.i16(pbuf + 2, 0)
+        self.mem.i64(pbuf + 8, 0)
+        self.mem.i64(pbuf + 16, 0)
+        return 0
+
+    def _environ_sizes_get(self, count_ptr: int, size_ptr: int) -> int:
+        assert self.mem is not None
+        self.mem.pointer(count_ptr, 0)
+        self.mem.pointer(size_ptr, 0)
+        return 0
+
+    def _vararg_pointer(self, varargs: int) -> int:
+        assert self.mem is not None
+        return self.mem.get_pointer(varargs)
+
+    def _ioctl(self, fd: int, op: int, varargs: int) -> int:
+        assert self.mem is not None
+        if fd not in _TTY_FDS:
+            return -EBADF
+        if op == 21505:  # TCGETS
+            argp = self._vararg_pointer(varargs)
+            for i, flag in enumerate(_TERMIOS):
+                self.mem.i32(argp + 4 * i, flag)
+            self.mem.write(argp + 17, _TERMIOS_CC)
+            return 0
+        if op == 21523:  # TIOCGWINSZ
+            argp = self._vararg_pointer(varargs)
+            self.mem.i16(argp, 24)
+            self.mem.i16(argp + 2, 80)
+            return 0
+        if op == 21519:  # TIOCGPGRP
+            self.mem.i32(self._vararg_pointer(varargs), 0)
+            return 0
+        if op in (21506, 21507, 21508, 21509, 21510, 21511, 21512, 21515, 21524):
+            return 0
+        return -EINVAL
+
+    def _fcntl(self, fd: int, cmd: int, _varargs: int) -> int:
+        if fd not in _TTY_FDS:
+            return -EBADF
+        if cmd in (1, 2, 6, 7):
+            return 0
+        if cmd == 3:
+            return 1 if fd else 0  # O_WRONLY for stdout/stderr streams, O_RDONLY for stdin
+        return -EINVAL if cmd != 0 else -ENOSYS
+
+
+def _enosys(*_args: Any) -> int:
+    return -ENOSYS
+
+
+def _system(command: int) -> int:
+    """``system()``: report that no shell exists; never run anything on the host."""
+    return 0 if command == 0 else -ENOSYS
+
+
+def _weavedrive_unavailable(*_args: Any) -> int:
+    return -1

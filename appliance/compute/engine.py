@@ -1,0 +1,350 @@
+"""wasmtime-backed compute engine: compiled-module cache, resident process instances, rollback."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib.metadata import version as _dist_version
+from pathlib import Path
+from typing import Any
+
+import wasmtime
+
+from appliance.compute import jsjson
+from appliance.compute.abi import EmscriptenHost, GuestAbort, GuestExit, LongJump
+from appliance.compute.formats import ModuleFormat
+from appliance.compute.guest_memory import GuestFault
+from appliance.compute.limits import ComputeLimits
+from appliance.errors import EvaluationError, ModuleError
+
+EPOCH_TICK_SECONDS = 0.05
+WASMTIME_VERSION = _dist_version("wasmtime")
+_LEGACY_EH_HINT = (
+    "the module uses legacy wasm exception-handling instructions, which this runtime does not "
+    "execute; convert it once with binaryen: "
+    "wasm-opt --translate-to-exnref -all in.wasm -o out.wasm"
+)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything a process's state consists of between messages: linear memory and the clock."""
+
+    memory: bytes
+    clock: int
+
+    @property
+    def sha256(self) -> str:
+        """Hex SHA-256 of the raw memory (the AO checkpoint ``SHA-256`` tag)."""
+        return hashlib.sha256(self.memory).hexdigest()
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """One message's result in the legacy CU's shape; ``error`` is ``None`` on success."""
+
+    output: Any
+    messages: list[Any]
+    spawns: list[Any]
+    assignments: list[Any]
+    error: Any
+    gas_used: int
+
+    def as_json(self) -> dict[str, Any]:
+        """The result object with AO's key names, in the order the run command prints them."""
+        return {
+            "Output": self.output,
+            "Messages": self.messages,
+            "Spawns": self.spawns,
+            "Assignments": self.assignments,
+            "Error": self.error,
+            "GasUsed": self.gas_used,
+        }
+
+
+@dataclass(frozen=True)
+class LoadedModule:
+    """A compiled module, its format and its content hash."""
+
+    module: wasmtime.Module
+    fmt: ModuleFormat
+    sha256: str
+
+
+class _EpochTicker:
+    """Advances an engine's epoch on a daemon thread so wall-clock deadlines can fire."""
+
+    def __init__(self, engine: wasmtime.Engine) -> None:
+        self._engine = engine
+        thread = threading.Thread(target=self._run, name="wasm-epoch", daemon=True)
+        thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(EPOCH_TICK_SECONDS)
+            self._engine.increment_epoch()
+
+
+class ComputeEngine:
+    """Compiles modules (cached on disk by content hash) and creates process instances."""
+
+    def __init__(self, cache_dir: Path | None = None) -> None:
+        config = wasmtime.Config()
+        config.wasm_memory64 = True
+        config.wasm_exceptions = True
+        config.consume_fuel = True
+        config.epoch_interruption = True
+        config.cranelift_opt_level = "speed"
+        self.engine = wasmtime.Engine(config)
+        self.cache_dir = cache_dir
+        self._ticker = _EpochTicker(self.engine)
+        self._loaded: dict[tuple[str, str], LoadedModule] = {}
+        self._lock = threading.Lock()
+
+    def load(self, wasm: bytes, fmt: ModuleFormat) -> LoadedModule:
+        """Compile ``wasm`` (or load its cached native code) for ``fmt``."""
+        digest = hashlib.sha256(wasm).hexdigest()
+        with self._lock:
+            cached = self._loaded.get((digest, fmt.name))
+            if cached is None:
+                cached = LoadedModule(self._compile(wasm, digest), fmt, digest)
+                self._check_shape(cached)
+                self._loaded[(digest, fmt.name)] = cached
+        return cached
+
+    def _cache_path(self, digest: str) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        return self.cache_dir / f"{digest}-wasmtime{WASMTIME_VERSION}.cwasm"
+
+    def _compile(self, wasm: bytes, digest: str) -> wasmtime.Module:
+        path = self._cache_path(digest)
+        if path is not None and path.is_file():
+            try:
+                return wasmtime.Module.deserialize_file(self.engine, str(path))
+            except wasmtime.WasmtimeError:
+                path.unlink(missing_ok=True)
+        try:
+            module = wasmtime.Module(self.engine, wasm)
+        except wasmtime.WasmtimeError as exc:
+            text = str(exc)
+            if "legacy" in text and "exception" in text:
+                raise ModuleError(_LEGACY_EH_HINT) from None
+            raise ModuleError(f"invalid wasm module: {text.splitlines()[0]}") from None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}.{threading.get_ident()}")
+            tmp.write_bytes(module.serialize())
+            tmp.replace(path)
+        return module
+
+    @staticmethod
+    def _check_shape(loaded: LoadedModule) -> None:
+        exports = {e.name: e.type for e in loaded.module.exports}
+        memory = exports.get("memory")
+        if not isinstance(memory, wasmtime.MemoryType):
+            raise ModuleError("module exports no linear memory named 'memory'")
+        if memory.is_64 != loaded.fmt.memory64:
+            width = "64" if memory.is_64 else "32"
+            raise ModuleError(f"module has a wasm{width} memory but format {loaded.fmt.name!r} "
+                              f"says otherwise")
+        for name in ("handle", "emscripten_stack_get_current", "_emscripten_stack_alloc",
+                     "_emscripten_stack_restore"):
+            if not isinstance(exports.get(name), wasmtime.FuncType):
+                raise ModuleError(f"module does not export the function {name!r} the AO loader "
+                                  f"contract needs")
+
+    def instantiate(self, loaded: LoadedModule, limits: ComputeLimits,
+                    snapshot: Snapshot | None = None) -> ProcessInstance:
+        """A resident instance of ``loaded``, fresh or restored from ``snapshot``."""
+        return ProcessInstance(self, loaded, limits, snapshot)
+
+
+class ProcessInstance:
+    """One process's resident wasm instance; evaluates messages serially.
+
+    A failed message (trap, limit, ``ok: false`` or a truthy ``Error``) leaves the state exactly
+    as before it: the instance is rebuilt from the last base snapshot and the messages since are
+    replayed, which determinism makes exact. A base is refreshed every ``rollback_window``
+    successful messages, so a failure costs at most that many replays.
+    """
+
+    def __init__(self, engine: ComputeEngine, loaded: LoadedModule, limits: ComputeLimits,
+                 snapshot: Snapshot | None) -> None:
+        self._engine = engine
+        self.loaded = loaded
+        self.limits = limits
+        self._base = snapshot
+        self._log: list[tuple[bytes, bytes]] = []
+        self._build(snapshot)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def _build(self, snapshot: Snapshot | None) -> None:
+        store = wasmtime.Store(self._engine.engine)
+        store.set_limits(memory_size=self.limits.memory_bytes)
+        host = EmscriptenHost(self.loaded.fmt, self.limits.memory_bytes)
+        try:
+            instance = wasmtime.Instance(store, self.loaded.module,
+                                         host.build_imports(store, self.loaded.module))
+        except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
+            raise ModuleError(f"cannot instantiate module: {exc}") from None
+        exports = instance.exports(store)
+        host.attach(store, exports)
+        self._store, self._host = store, host
+        self._handle = _func(exports, "handle")
+        self._stack_save = _func(exports, "emscripten_stack_get_current")
+        self._stack_alloc = _func(exports, "_emscripten_stack_alloc")
+        self._stack_restore = _func(exports, "_emscripten_stack_restore")
+        self._arm(self.limits.fuel)
+        init = exports.get("emscripten_stack_init")
+        if isinstance(init, wasmtime.Func):
+            init(store)
+        if snapshot is None:
+            ctors = exports.get("__wasm_call_ctors")
+            if isinstance(ctors, wasmtime.Func):
+                ctors(store)
+        else:
+            self._load_memory(snapshot)
+
+    def _load_memory(self, snapshot: Snapshot) -> None:
+        assert self._host.mem is not None
+        memory = self._host.mem
+        missing = len(snapshot.memory) - memory.size
+        if missing < 0 or len(snapshot.memory) % 65536:
+            raise EvaluationError(
+                f"snapshot of {len(snapshot.memory)} bytes does not fit this module's memory "
+                f"(initially {memory.size} bytes)")
+        mem = self._memory_extern()
+        if missing:
+            try:
+                mem.grow(self._store, missing // 65536)
+            except wasmtime.WasmtimeError:
+                raise EvaluationError("snapshot is larger than the memory limit") from None
+        memory.write(0, snapshot.memory)
+        self._host.clock = snapshot.clock
+
+    def _memory_extern(self) -> wasmtime.Memory:
+        host_memory = self._host._wasm_memory
+        assert host_memory is not None
+        return host_memory
+
+    def snapshot(self) -> Snapshot:
+        """Copy of the current state (raw memory + clock) for checkpoints and restores."""
+        assert self._host.mem is not None
+        return Snapshot(self._host.mem.read(0, self._host.mem.size), self._host.clock)
+
+    def memory_sha256(self) -> str:
+        """Hex SHA-256 of the current raw memory."""
+        return self.snapshot().sha256
+
+    # --- evaluation --------------------------------------------------------------------------
+
+    def _arm(self, fuel: int) -> None:
+        self._store.set_fuel(fuel)
+        self._store.set_epoch_deadline(
+            max(1, round(self.limits.wall_clock_seconds / EPOCH_TICK_SECONDS)))
+
+    def handle(self, msg: Mapping[str, Any], env: Mapping[str, Any]) -> EvalResult:
+        """Evaluate one message (objects are serialised as ``JSON.stringify`` would)."""
+        return self.handle_json(jsjson.stringify(msg), jsjson.stringify(env))
+
+    def handle_json(self, msg_json: bytes, env_json: bytes) -> EvalResult:
+        """Evaluate one message given as JSON text; roll back on any failure."""
+        self._arm(self.limits.fuel)
+        try:
+            response = self._call(msg_json, env_json)
+            gas = self.limits.fuel - self._store.get_fuel()
+            result = _parse_response(response, gas)
+        except EvaluationError as exc:
+            gas = self.limits.fuel - self._store.get_fuel()
+            result = EvalResult(None, [], [], [], str(exc), gas)
+        if result.error is not None:
+            self._rollback()
+            return result
+        self._log.append((msg_json, env_json))
+        if len(self._log) >= self.limits.rollback_window:
+            self._base, self._log = self.snapshot(), []
+        return result
+
+    def _call(self, msg_json: bytes, env_json: bytes) -> bytes:
+        store = self._store
+        sp = self._stack_save(store)
+        try:
+            msg_ptr = self._push(msg_json)
+            env_ptr = self._push(env_json)
+            ret = self._handle(store, msg_ptr, env_ptr)
+            assert self._host.mem is not None
+            return self._host.mem.cstring(ret, self.limits.max_response_bytes + 1)
+        except wasmtime.Trap as trap:
+            raise EvaluationError(_describe_trap(trap)) from None
+        except (GuestExit, GuestAbort, GuestFault) as exc:
+            raise EvaluationError(str(exc)) from None
+        except LongJump:
+            raise EvaluationError("longjmp with no matching setjmp") from None
+        except wasmtime.WasmtimeError as exc:
+            raise EvaluationError(f"wasm execution failed: {exc}") from None
+        finally:
+            with contextlib.suppress(wasmtime.Trap, wasmtime.WasmtimeError):
+                self._stack_restore(store, sp)
+
+    def _push(self, data: bytes) -> int:
+        assert self._host.mem is not None
+        ptr: int = self._stack_alloc(self._store, len(data) + 1)
+        self._host.mem.write(ptr, data + b"\0")
+        return ptr
+
+    def _rollback(self) -> None:
+        log = self._log
+        self._build(self._base)
+        for msg_json, env_json in log:
+            self._arm(self.limits.fuel)
+            try:
+                ok = _parse_response(self._call(msg_json, env_json), 0).error is None
+            except EvaluationError:
+                ok = False
+            if not ok:
+                raise EvaluationError("replay after rollback diverged: evaluation is not "
+                                      "deterministic for this module")
+        if log:
+            self._base, self._log = self.snapshot(), []
+
+
+def _func(exports: Any, name: str) -> wasmtime.Func:
+    func = exports[name]
+    if not isinstance(func, wasmtime.Func):
+        raise ModuleError(f"module export {name!r} is not a function")
+    return func
+
+
+def _describe_trap(trap: wasmtime.Trap) -> str:
+    code = trap.trap_code
+    if code == wasmtime.TrapCode.OUT_OF_FUEL:
+        return "compute limit exceeded (out of gas)"
+    if code == wasmtime.TrapCode.INTERRUPT:
+        return "wall-clock limit exceeded"
+    first = str(trap.message).splitlines()[0] if trap.message else "trap"
+    return f"wasm trap: {first}"
+
+
+def _parse_response(raw: bytes, gas: int) -> EvalResult:
+    try:
+        parsed = json.loads(raw.decode("utf-8", "replace"))
+    except json.JSONDecodeError:
+        raise EvaluationError("module returned a response that is not JSON") from None
+    if not isinstance(parsed, dict) or "ok" not in parsed:
+        raise EvaluationError("module response lacks the {ok, response} envelope")
+    response = parsed.get("response")
+    if not parsed["ok"]:
+        return EvalResult(None, [], [], [], response if response is not None else "error", gas)
+    if not isinstance(response, dict):
+        raise EvaluationError("module response is not an object")
+    error = response.get("Error") or None
+    return EvalResult(response.get("Output"), response.get("Messages") or [],
+                      response.get("Spawns") or [], response.get("Assignments") or [], error, gas)

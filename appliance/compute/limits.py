@@ -1,0 +1,49 @@
+"""Per-process evaluation limits, in one frozen place."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from appliance.errors import ConfigError
+
+WASM_PAGE = 65536
+_SIZE = re.compile(r"^\s*(\d+)\s*(b|kb|kib|mb|mib|gb|gib|tb|tib)?\s*$", re.IGNORECASE)
+_UNITS = {
+    None: 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2,
+    "gb": 1000**3, "gib": 1024**3, "tb": 1000**4, "tib": 1024**4,
+}
+
+
+@dataclass(frozen=True)
+class ComputeLimits:
+    """Limits applied to every message a process evaluates.
+
+    ``memory_bytes`` caps linear memory (AO ``Memory-Limit``); ``fuel`` caps wasm work per
+    message (AO ``Compute-Limit``, counted as wasmtime fuel units); ``wall_clock_seconds`` caps
+    real time per message; ``max_response_bytes`` caps the JSON a module may return.
+    ``rollback_window`` is how many successful messages may be replayed to undo a failed one.
+    """
+
+    memory_bytes: int = 1024**3
+    fuel: int = 9_000_000_000_000
+    wall_clock_seconds: float = 60.0
+    max_response_bytes: int = 64 * 1024**2
+    rollback_window: int = 64
+
+    def __post_init__(self) -> None:
+        if self.memory_bytes < WASM_PAGE:
+            raise ConfigError(f"memory limit {self.memory_bytes} is below one wasm page")
+        if self.fuel <= 0 or self.wall_clock_seconds <= 0 or self.max_response_bytes <= 0:
+            raise ConfigError("compute, wall-clock and response limits must be positive")
+        if self.rollback_window < 1:
+            raise ConfigError("rollback_window must be at least 1")
+
+
+def parse_size(text: str) -> int:
+    """Parse an AO size such as ``"1-gb"``, ``"512 MiB"`` or ``"17179869184"`` into bytes."""
+    match = _SIZE.match(text.replace("-", ""))
+    if not match:
+        raise ConfigError(f"not a size: {text!r}")
+    unit = match.group(2).lower() if match.group(2) else None
+    return int(match.group(1)) * _UNITS[unit]
