@@ -281,7 +281,14 @@ class ProcessInstance:
             env_ptr = self._push(env_json)
             ret = self._handle(store, msg_ptr, env_ptr)
             assert self._host.mem is not None
-            return self._host.mem.cstring(ret, self.limits.max_response_bytes + 1)
+            limit = self.limits.max_response_bytes
+            try:
+                return self._host.mem.cstring(ret, limit + 1)
+            except GuestFault:
+                if self._host.mem.size - ret > limit:
+                    raise EvaluationError(
+                        f"response exceeds the limit of {limit} bytes") from None
+                raise
         except wasmtime.Trap as trap:
             raise EvaluationError(_describe_trap(trap)) from None
         except (GuestExit, GuestAbort, GuestFault) as exc:
@@ -329,8 +336,9 @@ def _describe_trap(trap: wasmtime.Trap) -> str:
         return "compute limit exceeded (out of gas)"
     if code == wasmtime.TrapCode.INTERRUPT:
         return "wall-clock limit exceeded"
-    first = str(trap.message).splitlines()[0] if trap.message else "trap"
-    return f"wasm trap: {first}"
+    if code is not None:
+        return f"wasm trap: {code.name.lower().replace('_', ' ')}"
+    return f"wasm trap: {str(trap.message).splitlines()[0] if trap.message else 'unknown'}"
 
 
 def _parse_response(raw: bytes, gas: int) -> EvalResult:

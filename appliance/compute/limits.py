@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from appliance.errors import ConfigError
 
@@ -47,3 +47,17 @@ def parse_size(text: str) -> int:
         raise ConfigError(f"not a size: {text!r}")
     unit = match.group(2).lower() if match.group(2) else None
     return int(match.group(1)) * _UNITS[unit]
+
+
+def limits_from_tags(tags: list[dict[str, str]], base: ComputeLimits) -> ComputeLimits:
+    """Apply AO ``Memory-Limit`` / ``Compute-Limit`` tags (module or process) to ``base``."""
+    values = {t.get("name"): t.get("value") for t in tags if isinstance(t, dict)}
+    memory, compute = values.get("Memory-Limit"), values.get("Compute-Limit")
+    changes: dict[str, int] = {}
+    if isinstance(memory, str):
+        changes["memory_bytes"] = parse_size(memory)
+    if isinstance(compute, str):
+        if not compute.strip().isdigit():
+            raise ConfigError(f"Compute-Limit must be a whole number, got {compute!r}")
+        changes["fuel"] = int(compute)
+    return replace(base, **changes) if changes else base
