@@ -180,9 +180,12 @@ class ProcessInstance:
         self._engine = engine
         self.loaded = loaded
         self.limits = limits
-        self._base = snapshot
+        self._base: bytearray | None = None
+        self._base_clock = 0
         self._log: list[tuple[bytes, bytes]] = []
         self._build(snapshot)
+        if snapshot is not None:
+            self._take_base()
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -270,8 +273,18 @@ class ProcessInstance:
             return result
         self._log.append((msg_json, env_json))
         if len(self._log) >= self.limits.rollback_window:
-            self._base, self._log = self.snapshot(), []
+            self._take_base()
         return result
+
+    def _take_base(self) -> None:
+        """Copy memory into the reused base buffer (its pages stay mapped: a plain memcpy)."""
+        mem = self._host.mem
+        assert mem is not None
+        if self._base is None or len(self._base) != mem.size:
+            self._base = bytearray(mem.size)
+        mem.read_into(0, self._base)
+        self._base_clock = self._host.clock
+        self._log = []
 
     def _call(self, msg_json: bytes, env_json: bytes) -> bytes:
         store = self._store
@@ -308,8 +321,16 @@ class ProcessInstance:
         return ptr
 
     def _rollback(self) -> None:
-        log = self._log
-        self._build(self._base)
+        mem = self._host.mem
+        assert mem is not None
+        if self._base is None:
+            self._build(None)
+        elif len(self._base) == mem.size:
+            mem.write(0, self._base)
+            self._host.clock = self._base_clock
+        else:
+            self._build(Snapshot(bytes(self._base), self._base_clock))
+        log, self._log = self._log, []
         for msg_json, env_json in log:
             self._arm(self.limits.fuel)
             try:
@@ -320,7 +341,7 @@ class ProcessInstance:
                 raise EvaluationError("replay after rollback diverged: evaluation is not "
                                       "deterministic for this module")
         if log:
-            self._base, self._log = self.snapshot(), []
+            self._take_base()
 
 
 def _func(exports: Any, name: str) -> wasmtime.Func:

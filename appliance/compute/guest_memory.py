@@ -39,9 +39,16 @@ class GuestMemory:
         """Copy ``length`` bytes from ``addr``."""
         return ctypes.string_at(self._base(addr, length), length)
 
-    def write(self, addr: int, data: bytes) -> None:
+    def read_into(self, addr: int, buffer: bytearray) -> None:
+        """Fill ``buffer`` from guest memory at ``addr`` without allocating."""
+        target = (ctypes.c_char * len(buffer)).from_buffer(buffer)
+        ctypes.memmove(target, self._base(addr, len(buffer)), len(buffer))
+
+    def write(self, addr: int, data: bytes | bytearray) -> None:
         """Copy ``data`` into guest memory at ``addr``."""
-        ctypes.memmove(self._base(addr, len(data)), data, len(data))
+        source = (ctypes.c_char * len(data)).from_buffer(data) if isinstance(
+            data, bytearray) else data
+        ctypes.memmove(self._base(addr, len(data)), source, len(data))
 
     def move(self, dest: int, src: int, length: int) -> None:
         """``memmove`` inside guest memory."""
