@@ -63,7 +63,7 @@ class EmscriptenHost:
         self._stack_save: wasmtime.Func | None = None
         self._stack_restore: wasmtime.Func | None = None
         self._set_threw: wasmtime.Func | None = None
-        self._varargs = 0
+        self._temp_ret0 = 0
 
     def attach(self, store: wasmtime.Store, exports: Any) -> None:
         """Bind to the instantiated module's memory, table and stack helpers."""
@@ -75,8 +75,9 @@ class EmscriptenHost:
         self.mem = GuestMemory(store, memory, self.fmt.pointer_size)
         table = exports.get("__indirect_function_table")
         self._table = table if isinstance(table, wasmtime.Table) else None
-        self._stack_save = exports.get("emscripten_stack_get_current")
-        self._stack_restore = exports.get("_emscripten_stack_restore")
+        self._stack_save = exports.get("emscripten_stack_get_current") or exports.get("stackSave")
+        self._stack_restore = (exports.get("_emscripten_stack_restore")
+                               or exports.get("stackRestore"))
         self._set_threw = exports.get("setThrew")
         self._table_cache.clear()
 
@@ -136,6 +137,14 @@ class EmscriptenHost:
             "_timegm_js": self._timegm,
             "strftime": self._strftime,
             "strftime_l": lambda s, n, f, tm, _loc: self._strftime(s, n, f, tm),
+            "emscripten_memcpy_big": self._memcpy,
+            "_emscripten_date_now": self._legacy_date_now,
+            "getTempRet0": lambda: self._temp_ret0,
+            "setTempRet0": self._set_temp_ret0,
+            "__assert_fail": self._assert_fail,
+            "_dlinit": lambda *_a: None,
+            "_dlopen_js": self._no_dynamic_linking,
+            "_dlsym_js": self._no_dynamic_linking,
             "_munmap_js": lambda *_a: -ENOSYS,
             "_mmap_js": lambda *_a: -ENOSYS,
         }
@@ -190,6 +199,23 @@ class EmscriptenHost:
 
     def _exit(self, code: int) -> None:
         raise GuestExit(code)
+
+    def _assert_fail(self, condition: int, filename: int, line: int, _func: int) -> None:
+        assert self.mem is not None
+        what = self.mem.cstring(condition).decode("utf-8", "replace") if condition else "?"
+        where = self.mem.cstring(filename).decode("utf-8", "replace") if filename else "unknown"
+        raise GuestAbort(f"Assertion failed: {what}, at: {where}:{line}")
+
+    def _no_dynamic_linking(self, *_args: Any) -> None:
+        raise GuestAbort("dynamic linking is not supported")
+
+    def _set_temp_ret0(self, value: int) -> None:
+        self._temp_ret0 = value
+
+    @staticmethod
+    def _legacy_date_now() -> float:
+        """The emscripten2 runtime's ``_emscripten_date_now`` always answered 0."""
+        return 0.0
 
     # --- memory ------------------------------------------------------------------------------
 

@@ -154,9 +154,11 @@ class ComputeEngine:
             width = "64" if memory.is_64 else "32"
             raise ModuleError(f"module has a wasm{width} memory but format {loaded.fmt.name!r} "
                               f"says otherwise")
-        for name in ("handle", "emscripten_stack_get_current", "_emscripten_stack_alloc",
-                     "_emscripten_stack_restore"):
-            if not isinstance(exports.get(name), wasmtime.FuncType):
+        for name, legacy in (("handle", "handle"), ("emscripten_stack_get_current", "stackSave"),
+                             ("_emscripten_stack_alloc", "stackAlloc"),
+                             ("_emscripten_stack_restore", "stackRestore")):
+            if not (isinstance(exports.get(name), wasmtime.FuncType)
+                    or isinstance(exports.get(legacy), wasmtime.FuncType)):
                 raise ModuleError(f"module does not export the function {name!r} the AO loader "
                                   f"contract needs")
 
@@ -202,9 +204,9 @@ class ProcessInstance:
         host.attach(store, exports)
         self._store, self._host = store, host
         self._handle = _func(exports, "handle")
-        self._stack_save = _func(exports, "emscripten_stack_get_current")
-        self._stack_alloc = _func(exports, "_emscripten_stack_alloc")
-        self._stack_restore = _func(exports, "_emscripten_stack_restore")
+        self._stack_save = _func(exports, "emscripten_stack_get_current", "stackSave")
+        self._stack_alloc = _func(exports, "_emscripten_stack_alloc", "stackAlloc")
+        self._stack_restore = _func(exports, "_emscripten_stack_restore", "stackRestore")
         self._arm(self.limits.fuel)
         init = exports.get("emscripten_stack_init")
         if isinstance(init, wasmtime.Func):
@@ -344,10 +346,10 @@ class ProcessInstance:
             self._take_base()
 
 
-def _func(exports: Any, name: str) -> wasmtime.Func:
-    func = exports[name]
+def _func(exports: Any, name: str, legacy_name: str | None = None) -> wasmtime.Func:
+    func = exports.get(name) or (exports.get(legacy_name) if legacy_name else None)
     if not isinstance(func, wasmtime.Func):
-        raise ModuleError(f"module export {name!r} is not a function")
+        raise ModuleError(f"module does not export the function {name!r}")
     return func
 
 
