@@ -262,14 +262,7 @@ class ProcessInstance:
 
     def handle_json(self, msg_json: bytes, env_json: bytes) -> EvalResult:
         """Evaluate one message given as JSON text; roll back on any failure."""
-        self._arm(self.limits.fuel)
-        try:
-            response = self._call(msg_json, env_json)
-            gas = self.limits.fuel - self._store.get_fuel()
-            result = _parse_response(response, gas)
-        except EvaluationError as exc:
-            gas = self.limits.fuel - self._store.get_fuel()
-            result = EvalResult(None, [], [], [], str(exc), gas)
+        result = self._evaluate(msg_json, env_json)
         if result.error is not None:
             self._rollback()
             return result
@@ -277,6 +270,21 @@ class ProcessInstance:
         if len(self._log) >= self.limits.rollback_window:
             self._take_base()
         return result
+
+    def dry_run_json(self, msg_json: bytes, env_json: bytes) -> EvalResult:
+        """Evaluate one message and then discard every effect it had on the state."""
+        result = self._evaluate(msg_json, env_json)
+        self._rollback()
+        return result
+
+    def _evaluate(self, msg_json: bytes, env_json: bytes) -> EvalResult:
+        self._arm(self.limits.fuel)
+        try:
+            response = self._call(msg_json, env_json)
+            return _parse_response(response, self.limits.fuel - self._store.get_fuel())
+        except EvaluationError as exc:
+            return EvalResult(None, [], [], [], str(exc),
+                              self.limits.fuel - self._store.get_fuel())
 
     def _take_base(self) -> None:
         """Copy memory into the reused base buffer (its pages stay mapped: a plain memcpy)."""

@@ -1,0 +1,77 @@
+"""The node's ed25519 identity: created once in the data dir (0600), never logged."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nacl.signing
+
+from appliance.errors import ConfigError
+
+KEY_FILE = "node-key.ed25519"
+
+
+def b64url(data: bytes) -> str:
+    """Base64url without padding (Arweave's encoding)."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text: str) -> bytes:
+    """Inverse of :func:`b64url`; raises ``ValueError`` on malformed input."""
+    if not isinstance(text, str) or any(c in text for c in "+/="):
+        raise ValueError("not base64url")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@dataclass(frozen=True)
+class NodeIdentity:
+    """An ed25519 signing key and the AO address derived from it."""
+
+    signing_key: nacl.signing.SigningKey = field(repr=False)
+
+    @property
+    def public_key(self) -> bytes:
+        """The 32-byte ed25519 public key (the ANS-104 owner for signature type 2)."""
+        return bytes(self.signing_key.verify_key)
+
+    @property
+    def address(self) -> str:
+        """base64url(SHA-256(public key)): the node's AO/Arweave address."""
+        return b64url(hashlib.sha256(self.public_key).digest())
+
+    def sign(self, message: bytes) -> bytes:
+        """Deterministic ed25519 signature (RFC 8032): same input, same signature."""
+        return bytes(self.signing_key.sign(message).signature)
+
+    @classmethod
+    def load_or_create(cls, data_dir: Path) -> NodeIdentity:
+        """Load the key from ``data_dir``, creating it (mode 0600, atomically) on first start."""
+        path = data_dir / KEY_FILE
+        if path.exists():
+            mode = path.stat().st_mode & 0o777
+            if mode & 0o077:
+                raise ConfigError(f"{path} is readable by others (mode {mode:o}); chmod 600 it")
+            seed = path.read_bytes()
+            if len(seed) != 32:
+                raise ConfigError(f"{path} is not a 32-byte ed25519 seed")
+            return cls(nacl.signing.SigningKey(seed))
+        data_dir.mkdir(parents=True, exist_ok=True)
+        key = nacl.signing.SigningKey.generate()
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, bytes(key))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        dir_fd = os.open(data_dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return cls(key)
