@@ -10,7 +10,7 @@ environment is empty, stdio is a TTY that discards output, there is no file syst
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import wasmtime
@@ -44,10 +44,6 @@ class GuestAbort(Exception):
     """The guest called ``abort()``."""
 
 
-class LongJump(Exception):
-    """An emscripten ``longjmp`` unwinding to the nearest ``invoke_*`` frame."""
-
-
 class EmscriptenHost:
     """Host functions for one instance; call :meth:`attach` once the instance exists."""
 
@@ -58,33 +54,22 @@ class EmscriptenHost:
         self.store: wasmtime.Store | None = None
         self.mem: GuestMemory | None = None
         self._wasm_memory: wasmtime.Memory | None = None
-        self._table: wasmtime.Table | None = None
-        self._table_cache: dict[int, wasmtime.Func] = {}
-        self._stack_save: wasmtime.Func | None = None
-        self._stack_restore: wasmtime.Func | None = None
-        self._set_threw: wasmtime.Func | None = None
         self._temp_ret0 = 0
 
     def attach(self, store: wasmtime.Store, exports: Any) -> None:
-        """Bind to the instantiated module's memory, table and stack helpers."""
+        """Bind to the instantiated module's memory."""
         memory = exports.get("memory")
         if not isinstance(memory, wasmtime.Memory):
             raise ModuleError("module does not export its memory as 'memory'")
         self.store = store
         self._wasm_memory = memory
         self.mem = GuestMemory(store, memory, self.fmt.pointer_size)
-        table = exports.get("__indirect_function_table")
-        self._table = table if isinstance(table, wasmtime.Table) else None
-        self._stack_save = exports.get("emscripten_stack_get_current") or exports.get("stackSave")
-        self._stack_restore = (exports.get("_emscripten_stack_restore")
-                               or exports.get("stackRestore"))
-        self._set_threw = exports.get("setThrew")
-        self._table_cache.clear()
 
     # --- import resolution -------------------------------------------------------------------
 
-    def build_imports(self, store: wasmtime.Store, module: wasmtime.Module) -> list[wasmtime.Func]:
-        """One host function per import, typed as the module declares it."""
+    def build_imports(self, store: wasmtime.Store, module: wasmtime.Module,
+                      in_wasm: Mapping[str, wasmtime.Func]) -> list[wasmtime.Func]:
+        """One function per import, typed as the module declares it: ``in_wasm`` first."""
         externs: list[wasmtime.Func] = []
         missing: list[str] = []
         for imp in module.imports:
@@ -92,7 +77,10 @@ class EmscriptenHost:
             if not isinstance(ftype, wasmtime.FuncType) or imp.name is None:
                 missing.append(f"{imp.module}.{imp.name} (non-function import)")
                 continue
-            impl = self._resolve(imp.module, imp.name, ftype)
+            if imp.module == "env" and imp.name in in_wasm:
+                externs.append(in_wasm[imp.name])
+                continue
+            impl = self._resolve(imp.module, imp.name)
             if impl is None:
                 missing.append(f"{imp.module}.{imp.name}")
                 continue
@@ -102,11 +90,7 @@ class EmscriptenHost:
                               + ", ".join(missing))
         return externs
 
-    def _resolve(
-        self, module: str, name: str, ftype: wasmtime.FuncType
-    ) -> Callable[..., Any] | None:
-        if name.startswith("invoke_"):
-            return self._make_invoke(len(ftype.results) > 0)
+    def _resolve(self, module: str, name: str) -> Callable[..., Any] | None:
         if name.startswith("__syscall_"):
             syscall: Callable[..., Any] = self._syscalls().get(name[len("__syscall_"):], _enosys)
             return syscall
@@ -117,14 +101,11 @@ class EmscriptenHost:
 
     def _env(self) -> dict[str, Callable[..., Any]]:
         return {
-            "_emscripten_throw_longjmp": self._throw_longjmp,
             "_abort_js": self._abort,
             "abort": self._abort,
             "exit": self._exit,
             "_emscripten_system": _system,
             "system": _system,
-            "_emscripten_memcpy_js": self._memcpy,
-            "emscripten_memcpy_js": self._memcpy,
             "emscripten_date_now": self._now,
             "emscripten_get_now": self._now,
             "_emscripten_get_now_is_monotonic": lambda: 1,
@@ -137,7 +118,6 @@ class EmscriptenHost:
             "_timegm_js": self._timegm,
             "strftime": self._strftime,
             "strftime_l": lambda s, n, f, tm, _loc: self._strftime(s, n, f, tm),
-            "emscripten_memcpy_big": self._memcpy,
             "_emscripten_date_now": self._legacy_date_now,
             "getTempRet0": lambda: self._temp_ret0,
             "setTempRet0": self._set_temp_ret0,
@@ -167,33 +147,6 @@ class EmscriptenHost:
 
     # --- control flow ------------------------------------------------------------------------
 
-    def _make_invoke(self, returns: bool) -> Callable[..., Any]:
-        def invoke(index: int, *args: Any) -> Any:
-            assert self.store is not None and self._stack_save is not None
-            sp = self._stack_save(self.store)
-            try:
-                return self._table_func(index)(self.store, *args)
-            except LongJump:
-                assert self._stack_restore is not None and self._set_threw is not None
-                self._stack_restore(self.store, sp)
-                self._set_threw(self.store, 1, 0)
-                return 0 if returns else None
-
-        return invoke
-
-    def _table_func(self, index: int) -> wasmtime.Func:
-        func = self._table_cache.get(index)
-        if func is None:
-            assert self._table is not None and self.store is not None
-            func = self._table.get(self.store, index)
-            if not isinstance(func, wasmtime.Func):
-                raise GuestAbort(f"indirect call to empty table slot {index}")
-            self._table_cache[index] = func
-        return func
-
-    def _throw_longjmp(self) -> None:
-        raise LongJump
-
     def _abort(self, *_args: Any) -> None:
         raise GuestAbort("native code called abort()")
 
@@ -218,10 +171,6 @@ class EmscriptenHost:
         return 0.0
 
     # --- memory ------------------------------------------------------------------------------
-
-    def _memcpy(self, dest: int, src: int, num: int) -> None:
-        assert self.mem is not None
-        self.mem.move(dest, src, num)
 
     def _resize_heap(self, requested: int) -> int:
         assert self.mem is not None and self._wasm_memory is not None and self.store is not None

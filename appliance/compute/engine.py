@@ -17,7 +17,8 @@ from typing import Any
 import wasmtime
 
 from appliance.compute import jsjson
-from appliance.compute.abi import EmscriptenHost, GuestAbort, GuestExit, LongJump
+from appliance.compute import trampolines
+from appliance.compute.abi import EmscriptenHost, GuestAbort, GuestExit
 from appliance.compute.formats import ModuleFormat
 from appliance.compute.guest_memory import GuestFault
 from appliance.compute.limits import ComputeLimits
@@ -70,11 +71,15 @@ class EvalResult:
 
 @dataclass(frozen=True)
 class LoadedModule:
-    """A compiled module, its format and its content hash."""
+    """A compiled module, its format, its content hash and its in-wasm import trampolines."""
 
     module: wasmtime.Module
     fmt: ModuleFormat
     sha256: str
+    forwarder: wasmtime.Module
+    implementation: wasmtime.Module
+    slot_names: tuple[str, ...]
+    landing_pads: bool
 
 
 class _EpochTicker:
@@ -113,7 +118,14 @@ class ComputeEngine:
         with self._lock:
             cached = self._loaded.get((digest, fmt.name))
             if cached is None:
-                cached = LoadedModule(self._compile(wasm, digest), fmt, digest)
+                module = self._compile(wasm, digest)
+                slots = trampolines.hot_imports(module)
+                cached = LoadedModule(
+                    module, fmt, digest,
+                    wasmtime.Module(self.engine, trampolines.forwarder_wat(slots)),
+                    wasmtime.Module(self.engine, trampolines.implementation_wat(
+                        slots, fmt.memory64, table64=False)),
+                    tuple(slot.name for slot in slots), trampolines.needs_landing_pads(slots))
                 self._check_shape(cached)
                 self._loaded[(digest, fmt.name)] = cached
         return cached
@@ -155,7 +167,6 @@ class ComputeEngine:
             raise ModuleError(f"module has a wasm{width} memory but format {loaded.fmt.name!r} "
                               f"says otherwise")
         for name, legacy in (("handle", "handle"), ("emscripten_stack_get_current", "stackSave"),
-                             ("_emscripten_stack_alloc", "stackAlloc"),
                              ("_emscripten_stack_restore", "stackRestore")):
             if not (isinstance(exports.get(name), wasmtime.FuncType)
                     or isinstance(exports.get(legacy), wasmtime.FuncType)):
@@ -196,16 +207,17 @@ class ProcessInstance:
         store.set_limits(memory_size=self.limits.memory_bytes)
         host = EmscriptenHost(self.loaded.fmt, self.limits.memory_bytes)
         try:
-            instance = wasmtime.Instance(store, self.loaded.module,
-                                         host.build_imports(store, self.loaded.module))
+            forwarder = wasmtime.Instance(store, self.loaded.forwarder, []).exports(store)
+            in_wasm = {name: forwarder[name] for name in
+                       (*self.loaded.slot_names, trampolines.LONGJMP)}
+            instance = wasmtime.Instance(store, self.loaded.module, host.build_imports(
+                store, self.loaded.module, in_wasm))
+            exports = instance.exports(store)
+            self._bind_trampolines(store, forwarder, exports)
         except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
             raise ModuleError(f"cannot instantiate module: {exc}") from None
-        exports = instance.exports(store)
         host.attach(store, exports)
         self._store, self._host = store, host
-        self._handle = _func(exports, "handle")
-        self._stack_save = _func(exports, "emscripten_stack_get_current", "stackSave")
-        self._stack_alloc = _func(exports, "_emscripten_stack_alloc", "stackAlloc")
         self._stack_restore = _func(exports, "_emscripten_stack_restore", "stackRestore")
         self._arm(self.limits.fuel)
         init = exports.get("emscripten_stack_init")
@@ -217,6 +229,23 @@ class ProcessInstance:
                 ctors(store)
         else:
             self._load_memory(snapshot)
+        self._sp0: int = _func(exports, "emscripten_stack_get_current", "stackSave")(store)
+        end = exports.get("emscripten_stack_get_end")
+        self._stack_end: int = end(store) if isinstance(end, wasmtime.Func) else 0
+
+    def _bind_trampolines(self, store: wasmtime.Store, forwarder: Any, exports: Any) -> None:
+        """Instantiate the in-wasm import implementations and late-bind the forwarder to them."""
+        wanted = [exports["memory"], _func(exports, "handle"),
+                  _func(exports, "_emscripten_stack_restore", "stackRestore")]
+        if self.loaded.landing_pads:
+            wanted += [exports["__indirect_function_table"],
+                       _func(exports, "emscripten_stack_get_current", "stackSave"),
+                       _func(exports, "setThrew"), forwarder["longjmp"]]
+        impl = wasmtime.Instance(store, self.loaded.implementation, wanted).exports(store)
+        late = forwarder["late"]
+        for i in range(len(self.loaded.slot_names)):
+            late.set(store, i, impl[f"s{i}"])
+        self._run = _func(impl, "run")
 
     def _load_memory(self, snapshot: Snapshot) -> None:
         assert self._host.mem is not None
@@ -298,37 +327,34 @@ class ProcessInstance:
 
     def _call(self, msg_json: bytes, env_json: bytes) -> bytes:
         store = self._store
-        sp = self._stack_save(store)
+        mem = self._host.mem
+        assert mem is not None
+        msg_ptr = (self._sp0 - len(msg_json) - 1) & ~15
+        env_ptr = (msg_ptr - len(env_json) - 1) & ~15
+        if env_ptr < self._stack_end:
+            raise EvaluationError(
+                f"message and env ({len(msg_json) + len(env_json)} bytes) do not fit the "
+                f"module's stack ({self._sp0 - self._stack_end} bytes)")
+        mem.write(msg_ptr, msg_json + b"\0")
+        mem.write(env_ptr, env_json + b"\0")
         try:
-            msg_ptr = self._push(msg_json)
-            env_ptr = self._push(env_json)
-            ret = self._handle(store, msg_ptr, env_ptr)
-            assert self._host.mem is not None
+            ret = self._run(store, env_ptr, msg_ptr, env_ptr, self._sp0)
             limit = self.limits.max_response_bytes
             try:
-                return self._host.mem.cstring(ret, limit + 1)
+                return mem.cstring(ret, limit + 1)
             except GuestFault:
-                if self._host.mem.size - ret > limit:
+                if mem.size - ret > limit:
                     raise EvaluationError(
                         f"response exceeds the limit of {limit} bytes") from None
                 raise
-        except wasmtime.Trap as trap:
-            raise EvaluationError(_describe_trap(trap)) from None
-        except (GuestExit, GuestAbort, GuestFault) as exc:
-            raise EvaluationError(str(exc)) from None
-        except LongJump:
-            raise EvaluationError("longjmp with no matching setjmp") from None
-        except wasmtime.WasmtimeError as exc:
-            raise EvaluationError(f"wasm execution failed: {exc}") from None
-        finally:
+        except (wasmtime.Trap, wasmtime.WasmtimeError, GuestExit, GuestAbort, GuestFault) as exc:
             with contextlib.suppress(wasmtime.Trap, wasmtime.WasmtimeError):
-                self._stack_restore(store, sp)
-
-    def _push(self, data: bytes) -> int:
-        assert self._host.mem is not None
-        ptr: int = self._stack_alloc(self._store, len(data) + 1)
-        self._host.mem.write(ptr, data + b"\0")
-        return ptr
+                self._stack_restore(store, self._sp0)
+            if isinstance(exc, wasmtime.Trap):
+                raise EvaluationError(_describe_trap(exc)) from None
+            if isinstance(exc, wasmtime.WasmtimeError):
+                raise EvaluationError(f"wasm execution failed: {exc}") from None
+            raise EvaluationError(str(exc)) from None
 
     def _rollback(self) -> None:
         mem = self._host.mem
