@@ -16,8 +16,7 @@ from typing import Any
 
 import wasmtime
 
-from appliance.compute import jsjson
-from appliance.compute import trampolines
+from appliance.compute import jsjson, trampolines
 from appliance.compute.abi import EmscriptenHost, GuestAbort, GuestExit
 from appliance.compute.formats import ModuleFormat
 from appliance.compute.guest_memory import GuestFault

@@ -101,8 +101,10 @@ def implementation_wat(slots: list[_Slot], memory64: bool, table64: bool) -> str
             continue
         target = _sig(slot.params[1:], slot.results)
         wide = slot.params[0] == "i64"
-        index = ("(local.get 0)" if wide == table64
-                 else "(i32.wrap_i64 (local.get 0))" if wide else "(i64.extend_i32_u (local.get 0))")
+        if wide == table64:
+            index = "(local.get 0)"
+        else:
+            index = "(i32.wrap_i64 (local.get 0))" if wide else "(i64.extend_i32_u (local.get 0))"
         args = " ".join(f"(local.get {n})" for n in range(1, len(slot.params)))
         zero = "".join(f" ({r}.const 0)" for r in slot.results)
         block_type = f"(result {' '.join(slot.results)})" if slot.results else ""
