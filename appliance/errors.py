@@ -30,3 +30,23 @@ class EvaluationError(ApplianceError):
 
 class LimitExceeded(EvaluationError):
     """A per-message limit (compute, memory, wall clock, output size) was exceeded."""
+
+
+class RequestError(ApplianceError):
+    """A client request the node refuses; nothing was stored. Mapped to 4xx / gRPC codes."""
+
+
+class BadRequest(RequestError):
+    """The request or item is malformed, unsigned, forged or violates AO's rules."""
+
+
+class NotFound(RequestError):
+    """The process, message or result asked for does not exist on this node."""
+
+
+class TooLarge(RequestError):
+    """The request exceeds a configured size limit."""
+
+
+class NotHosted(RequestError):
+    """The process is scheduled by another node (its ``Scheduler`` tag names someone else)."""

@@ -1,0 +1,105 @@
+"""The slice of the Arweave gateway GraphQL API that AO clients need, over the node's own items.
+
+aoconnect looks modules and processes up by id, and ao-scheduler-utils finds a scheduler's URL
+through its ``Scheduler-Location`` record (by owner and ``Type`` tag); both are answered from the
+items this node holds. Parsing and validation are graphql-core's (the reference implementation
+of the GraphQL spec for Python), so malformed queries get standard GraphQL errors.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import graphql
+
+from appliance.errors import BadRequest
+from appliance.node import items
+from appliance.node.identity import b64url
+from appliance.node.node import Node
+
+MAX_FIRST = 100
+
+SDL = """
+type Query {
+  transactions(ids: [ID!], owners: [String!], recipients: [String!], tags: [TagFilter!],
+               first: Int = 10, after: String, sort: SortOrder = HEIGHT_DESC,
+               block: BlockFilter, bundledIn: [ID!]): TransactionConnection!
+  transaction(id: ID!): Transaction
+}
+input TagFilter { name: String!, values: [String!]!, op: TagOperator = EQ }
+input BlockFilter { min: Int, max: Int }
+enum TagOperator { EQ NEQ }
+enum SortOrder { HEIGHT_ASC HEIGHT_DESC INGESTED_AT_ASC INGESTED_AT_DESC }
+type TransactionConnection { pageInfo: PageInfo!, edges: [TransactionEdge!]! }
+type PageInfo { hasNextPage: Boolean! }
+type TransactionEdge { cursor: String!, node: Transaction! }
+type Transaction {
+  id: ID!, anchor: String!, signature: String!, recipient: String!, owner: Owner!,
+  fee: Amount!, quantity: Amount!, data: MetaData!, tags: [Tag!]!, block: Block,
+  bundledIn: Bundle, parent: Bundle
+}
+type Owner { address: String!, key: String! }
+type Amount { winston: String!, ar: String! }
+type MetaData { size: String!, type: String }
+type Tag { name: String!, value: String! }
+type Block { id: ID!, timestamp: Int!, height: Int!, previous: ID! }
+type Bundle { id: ID! }
+"""
+
+
+def _transaction(item: items.Item) -> dict[str, Any]:
+    zero = {"winston": "0", "ar": "0.000000000000"}
+    content_type = items.first_tag(item, "Content-Type")
+    return {
+        "id": item.id, "anchor": b64url(item.anchor), "signature": b64url(item.signature),
+        "recipient": item.target or "", "owner": {"address": item.owner_address,
+                                                 "key": b64url(item.owner)},
+        "fee": zero, "quantity": zero,
+        "data": {"size": str(len(item.data)), "type": content_type},
+        "tags": [{"name": n, "value": v} for n, v in item.tags],
+        "block": None, "bundledIn": None, "parent": None,
+    }
+
+
+class GraphQLEndpoint:
+    """Executes gateway queries against one node's item store."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.schema = graphql.build_schema(SDL)
+        query = self.schema.query_type
+        assert query is not None
+        query.fields["transactions"].resolve = self._transactions
+        query.fields["transaction"].resolve = self._one
+
+    def execute(self, body: Any) -> dict[str, Any]:
+        """Run one ``{query, variables, operationName}`` request; GraphQL errors stay in-band."""
+        if not isinstance(body, dict) or not isinstance(body.get("query"), str):
+            raise BadRequest("GraphQL body needs a query string")
+        variables = body.get("variables")
+        if variables is not None and not isinstance(variables, dict):
+            raise BadRequest("GraphQL variables must be an object")
+        result = graphql.graphql_sync(self.schema, body["query"], variable_values=variables,
+                                      operation_name=body.get("operationName"))
+        return dict(result.formatted)
+
+    def _one(self, _root: Any, _info: Any, id: str) -> dict[str, Any] | None:  # noqa: A002
+        rows = self.node.find_items(ids=[id], limit=1)
+        return _transaction(items.parse_trusted(rows[0][1])) if rows else None
+
+    def _transactions(self, _root: Any, _info: Any, **args: Any) -> dict[str, Any]:
+        first = min(max(int(args.get("first") or 10), 0), MAX_FIRST)
+        after = args.get("after")
+        try:
+            after_row = int(after) if after else None
+        except ValueError:
+            raise graphql.GraphQLError("after must be a cursor returned by this node") from None
+        tags = [(t["name"], list(t["values"]), t.get("op", "EQ") == "NEQ")
+                for t in args.get("tags") or []]
+        rows = self.node.find_items(
+            ids=args.get("ids"), owners=args.get("owners"), recipients=args.get("recipients"),
+            tags=tags, after_row=after_row, ascending=str(args.get("sort", "")).endswith("ASC"),
+            limit=first + 1)
+        edges = [{"cursor": str(row), "node": _transaction(items.parse_trusted(raw))}
+                 for row, raw in rows[:first]]
+        return {"pageInfo": {"hasNextPage": len(rows) > first}, "edges": edges}

@@ -1,0 +1,242 @@
+"""AO's HTTP API on one port: legacy MU, SU and CU routes, a gateway GraphQL subset, and ours.
+
+Handlers run the node's blocking calls on worker threads; every error leaves as
+``{"error": message}`` with the status chosen in :mod:`appliance.api.http_errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from appliance import __version__
+from appliance.api import su_json
+from appliance.api.graphql import GraphQLEndpoint
+from appliance.api.http_errors import http_status, reason
+from appliance.errors import ApplianceError, BadRequest
+from appliance.node.identity import b64url_decode
+from appliance.node.node import Node
+
+log = logging.getLogger("appliance.http")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+NODE_KEY: web.AppKey[Node] = web.AppKey("node", Node)
+MAX_PAGE = 1000
+
+
+def _json(value: Any, status: int = 200) -> web.Response:
+    return web.json_response(value, status=status, dumps=lambda v: json.dumps(
+        v, ensure_ascii=False, separators=(",", ":")))
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    observe = request.app.get("observe")
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        if observe:
+            observe(request, exc.status, "http")
+        raise
+    except ApplianceError as exc:
+        if observe:
+            observe(request, http_status(exc), reason(exc))
+        return _json({"error": str(exc)}, http_status(exc))
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        if observe:
+            observe(request, 500, "internal")
+        return _json({"error": "internal error"}, 500)
+    if observe:
+        observe(request, response.status, "")
+    return response
+
+
+def _int_param(request: web.Request, name: str) -> int | None:
+    value = request.query.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise BadRequest(f"query parameter {name} must be an integer") from None
+
+
+def _required(request: web.Request, name: str) -> str:
+    value = request.query.get(name)
+    if not value:
+        raise BadRequest(f"query parameter {name} is required")
+    return value
+
+
+def _limit(request: web.Request, default: int) -> int:
+    limit = _int_param(request, "limit")
+    if limit is None:
+        return default
+    if not 1 <= limit <= MAX_PAGE:
+        raise BadRequest(f"limit must be between 1 and {MAX_PAGE}")
+    return limit
+
+
+def _cursor(slot: int) -> str:
+    return base64.urlsafe_b64encode(str(slot).encode()).decode().rstrip("=")
+
+
+def _uncursor(value: str | None) -> int | None:
+    if not value:
+        return None
+    try:
+        return int(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
+    except (ValueError, binascii.Error):
+        raise BadRequest(f"not a results cursor: {value!r}") from None
+
+
+class Routes:
+    """Route handlers bound to one node."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.graphql = GraphQLEndpoint(node)
+
+    @staticmethod
+    async def _run(fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.to_thread(fn, *args)
+
+    async def health(self, _request: web.Request) -> web.Response:
+        status = await self._run(self.node.status)
+        return _json({"Unit": "ao-appliance", "version": __version__,
+                      "timestamp": time.time_ns() // 1_000_000, **status})
+
+    async def post_item(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        if not raw:
+            raise BadRequest("the request body must be an ANS-104 data item")
+        receipt = await self._run(self.node.ingest, raw)
+        body: dict[str, Any] = {"id": receipt.id, "message": "Processing DataItem",
+                                "timestamp": time.time_ns() // 1_000_000}
+        if receipt.type == "Process":
+            body["processId"] = receipt.id
+        if receipt.slot is not None:
+            body["slot"] = receipt.slot
+        return _json(body, 202 if receipt.type != "Module" else 200)
+
+    async def timestamp(self, _request: web.Request) -> web.Response:
+        return _json({"timestamp": time.time_ns() // 1_000_000,
+                      "block_height": self.node.settings.block_height})
+
+    async def process(self, request: web.Request) -> web.Response:
+        process, slot, assignment = await self._run(self.node.process_info,
+                                                    request.match_info["id"])
+        return _json(su_json.process_json(process, assignment, slot.timestamp_ms,
+                                          slot.block_height))
+
+    async def item_or_schedule(self, request: web.Request) -> web.Response:
+        ident = request.match_info["id"]
+        process_id = request.query.get("process-id")
+        if process_id and process_id != ident:
+            message, assignment = await self._run(self.node.scheduled, process_id, ident)
+            return _json({"message": su_json.message_json(message),
+                          "assignment": su_json.assignment_json(assignment)})
+        page, more = await self._run(lambda: self.node.schedule_page(
+            ident, from_ms=_int_param(request, "from"), to_ms=_int_param(request, "to"),
+            from_slot=_int_param(request, "from-nonce"), to_slot=_int_param(request, "to-nonce"),
+            limit=_limit(request, 100)))
+        edges = [{"cursor": str(slot.timestamp_ms),
+                  "node": {"message": su_json.message_json(message),
+                           "assignment": su_json.assignment_json(assignment)}}
+                 for slot, message, assignment in page]
+        return _json({"page_info": {"has_next_page": more}, "edges": edges})
+
+    async def result(self, request: web.Request) -> web.Response:
+        value = await self._run(self.node.result, _required(request, "process-id"),
+                                request.match_info["message"])
+        return _json(value)
+
+    async def results(self, request: web.Request) -> web.Response:
+        sort = request.query.get("sort", "ASC").upper()
+        if sort not in ("ASC", "DESC"):
+            raise BadRequest("sort must be ASC or DESC")
+        after, before = _uncursor(request.query.get("from")), _uncursor(request.query.get("to"))
+        if sort == "DESC":
+            after, before = before, after
+        rows = await self._run(lambda: self.node.results_page(
+            request.match_info["process"], after_slot=after, before_slot=before,
+            descending=sort == "DESC", limit=_limit(request, 25)))
+        return _json({"edges": [{"cursor": _cursor(slot), "node": value}
+                                for slot, value in rows]})
+
+    async def dry_run(self, request: web.Request) -> web.Response:
+        process_id = _required(request, "process-id")
+        try:
+            message = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise BadRequest("dry-run body must be a JSON message") from None
+        if not isinstance(message, dict):
+            raise BadRequest("dry-run body must be a JSON object")
+        return _json(await self._run(self.node.dry_run, process_id, message))
+
+    async def state(self, request: web.Request) -> web.Response:
+        memory = await self._run(self.node.state, request.match_info["process"])
+        return web.Response(body=memory, content_type="application/octet-stream")
+
+    async def cron(self, request: web.Request) -> web.Response:
+        await self._run(self.node.process_info, request.match_info["process"])
+        return _json({"edges": []})
+
+    async def attestation(self, request: web.Request) -> web.Response:
+        nonce_text = request.query.get("nonce")
+        if nonce_text is None:
+            raw = await self._run(self.node.item_raw, self.node.attestation_id)
+        else:
+            try:
+                nonce = b64url_decode(nonce_text)
+            except (ValueError, binascii.Error):
+                raise BadRequest("nonce must be base64url") from None
+            if not 1 <= len(nonce) <= 64:
+                raise BadRequest("nonce must be 1 to 64 bytes")
+            raw = (await self._run(self.node.attest, nonce)).raw
+        return web.Response(body=raw, content_type="application/octet-stream")
+
+    async def result_item(self, request: web.Request) -> web.Response:
+        raw = await self._run(self.node.result_item, _required(request, "process-id"),
+                              request.match_info["message"])
+        return web.Response(body=raw, content_type="application/octet-stream")
+
+    async def graphql_query(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise BadRequest("GraphQL body must be JSON") from None
+        return _json(await self._run(self.graphql.execute, body))
+
+
+def make_app(node: Node, observe: Callable[[web.Request, int, str], None] | None = None
+             ) -> web.Application:
+    """The aiohttp application serving ``node``."""
+    app = web.Application(middlewares=[_errors],
+                          client_max_size=node.settings.max_item_bytes + 64 * 1024)
+    app[NODE_KEY] = node
+    if observe is not None:
+        app["observe"] = observe
+    r = Routes(node)
+    app.router.add_get("/", r.health)
+    app.router.add_post("/", r.post_item)
+    app.router.add_get("/timestamp", r.timestamp)
+    app.router.add_get("/processes/{id}", r.process)
+    app.router.add_get("/result/{message}", r.result)
+    app.router.add_get("/results/{process}", r.results)
+    app.router.add_post("/dry-run", r.dry_run)
+    app.router.add_get("/state/{process}", r.state)
+    app.router.add_get("/cron/{process}", r.cron)
+    app.router.add_get("/attestation", r.attestation)
+    app.router.add_get("/result-item/{message}", r.result_item)
+    app.router.add_post("/graphql", r.graphql_query)
+    app.router.add_get("/{id}", r.item_or_schedule)
+    return app

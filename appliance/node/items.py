@@ -1,0 +1,230 @@
+"""ANS-104 data items as the node core uses them: parse, verify, sign (ed25519, type 2).
+
+Layout (ANS-104): signature type (u16 LE) | signature | owner | target flag [+32] |
+anchor flag [+32] | tag count (u64 LE) | tag bytes length (u64 LE) | Avro tags | data.
+The signed message is the SHA-384 deep hash of
+``["dataitem", "1", type, owner, target, anchor, tags, data]``; the id is SHA-256(signature).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import nacl.exceptions
+import nacl.signing
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from appliance.errors import BadRequest, TooLarge
+from appliance.node.identity import NodeIdentity, b64url, b64url_decode
+
+# signature type -> (signature length, owner length)
+SIGNATURE_TYPES = {1: (512, 512), 2: (64, 32)}
+MAX_TAGS = 128
+MAX_TAG_NAME = 1024
+MAX_TAG_VALUE = 3072
+
+
+@dataclass(frozen=True)
+class Item:
+    """A parsed data item; ``raw`` is its exact serialisation."""
+
+    signature_type: int
+    signature: bytes
+    owner: bytes
+    target: str
+    anchor: bytes
+    tags: list[tuple[str, str]]
+    data: bytes
+    raw: bytes
+    tag_bytes: bytes
+
+    @property
+    def id(self) -> str:
+        """base64url(SHA-256(signature))."""
+        return b64url(hashlib.sha256(self.signature).digest())
+
+    @property
+    def owner_address(self) -> str:
+        """base64url(SHA-256(owner public key))."""
+        return b64url(hashlib.sha256(self.owner).digest())
+
+    def signature_message(self) -> bytes:
+        """The 48-byte deep hash the signature covers."""
+        target = b64url_decode(self.target) if self.target else b""
+        return deep_hash([b"dataitem", b"1", str(self.signature_type).encode(), self.owner,
+                          target, self.anchor, self.tag_bytes, self.data])
+
+
+def first_tag(item: Item, name: str) -> str | None:
+    """Value of the first tag called ``name``."""
+    return next((v for n, v in item.tags if n == name), None)
+
+
+def deep_hash(chunk: bytes | Sequence[bytes]) -> bytes:
+    """Arweave's SHA-384 deep hash of a blob or a list of blobs."""
+    if isinstance(chunk, bytes | bytearray):
+        tag = hashlib.sha384(b"blob" + str(len(chunk)).encode()).digest()
+        return hashlib.sha384(tag + hashlib.sha384(chunk).digest()).digest()
+    acc = hashlib.sha384(b"list" + str(len(chunk)).encode()).digest()
+    for part in chunk:
+        acc = hashlib.sha384(acc + deep_hash(part)).digest()
+    return acc
+
+
+def _zigzag(value: int) -> bytes:
+    n = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while n & ~0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def encode_tags(tags: Sequence[tuple[str, str]]) -> bytes:
+    """Avro encoding of ``[{name: bytes, value: bytes}]`` (empty bytes for no tags)."""
+    if not tags:
+        return b""
+    out = bytearray(_zigzag(len(tags)))
+    for name, value in tags:
+        for text in (name.encode(), value.encode()):
+            out += _zigzag(len(text)) + text
+    return bytes(out + b"\0")
+
+
+def _read_long(buf: bytes, pos: int) -> tuple[int, int]:
+    shift = result = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise BadRequest("malformed Avro tag encoding")
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return (result >> 1) ^ -(result & 1), pos
+        shift += 7
+
+
+def decode_tags(buf: bytes, count: int) -> list[tuple[str, str]]:
+    """Strict inverse of :func:`encode_tags`; ``count`` is the header's tag count."""
+    if count == 0:
+        if buf:
+            raise BadRequest("tag bytes present but tag count is 0")
+        return []
+    tags: list[tuple[str, str]] = []
+    pos = 0
+    while True:
+        block, pos = _read_long(buf, pos)
+        if block == 0:
+            break
+        if block < 0:
+            _, pos = _read_long(buf, pos)
+            block = -block
+        for _ in range(block):
+            fields = []
+            for limit in (MAX_TAG_NAME, MAX_TAG_VALUE):
+                length, pos = _read_long(buf, pos)
+                if length < 0 or length > limit or pos + length > len(buf):
+                    raise BadRequest("tag name or value is too long or truncated")
+                try:
+                    fields.append(buf[pos:pos + length].decode("utf-8"))
+                except UnicodeDecodeError:
+                    raise BadRequest("tag name or value is not UTF-8") from None
+                pos += length
+            tags.append((fields[0], fields[1]))
+        if len(tags) > MAX_TAGS:
+            raise BadRequest(f"more than {MAX_TAGS} tags")
+    if pos != len(buf) or len(tags) != count:
+        raise BadRequest("tag count or tag bytes do not match the header")
+    return tags
+
+
+def parse_trusted(raw: bytes, max_bytes: int = 1 << 62) -> Item:
+    """Parse a data item strictly (layout only; see :func:`parse_verified`)."""
+    if len(raw) > max_bytes:
+        raise TooLarge(f"item of {len(raw)} bytes exceeds the limit of {max_bytes}")
+    if len(raw) < 2:
+        raise BadRequest("data item is truncated")
+    (sig_type,) = struct.unpack_from("<H", raw, 0)
+    if sig_type not in SIGNATURE_TYPES:
+        raise BadRequest(f"unsupported signature type {sig_type}")
+    sig_len, owner_len = SIGNATURE_TYPES[sig_type]
+    pos = 2
+    if len(raw) < pos + sig_len + owner_len + 2:
+        raise BadRequest("data item is truncated")
+    signature = raw[pos:pos + sig_len]
+    pos += sig_len
+    owner = raw[pos:pos + owner_len]
+    pos += owner_len
+    fields = []
+    for _ in range(2):
+        if pos >= len(raw) or raw[pos] not in (0, 1):
+            raise BadRequest("target/anchor presence byte must be 0 or 1")
+        present = raw[pos] == 1
+        pos += 1
+        if present:
+            if pos + 32 > len(raw):
+                raise BadRequest("data item is truncated")
+            fields.append(raw[pos:pos + 32])
+            pos += 32
+        else:
+            fields.append(b"")
+    if pos + 16 > len(raw):
+        raise BadRequest("data item is truncated")
+    count, length = struct.unpack_from("<QQ", raw, pos)
+    pos += 16
+    if count > MAX_TAGS:
+        raise BadRequest(f"more than {MAX_TAGS} tags")
+    if pos + length > len(raw):
+        raise BadRequest("data item is truncated")
+    tag_bytes = raw[pos:pos + length]
+    tags = decode_tags(tag_bytes, count)
+    pos += length
+    return Item(sig_type, signature, owner, b64url(fields[0]) if fields[0] else "", fields[1],
+                tags, raw[pos:], raw, tag_bytes)
+
+
+def parse_verified(raw: bytes, max_bytes: int) -> Item:
+    """Parse and check the signature; any failure is a :class:`BadRequest`."""
+    item = parse_trusted(raw, max_bytes)
+    message = item.signature_message()
+    if item.signature_type == 2:
+        try:
+            nacl.signing.VerifyKey(item.owner).verify(message, item.signature)
+        except (nacl.exceptions.BadSignatureError, ValueError):
+            raise BadRequest("data item signature does not verify") from None
+    else:
+        key = rsa.RSAPublicNumbers(65537, int.from_bytes(item.owner, "big")).public_key()
+        try:
+            key.verify(item.signature, message,
+                       padding.PSS(mgf=padding.MGF1(hashes.SHA256()),
+                                   salt_length=padding.PSS.AUTO), hashes.SHA256())
+        except InvalidSignature:
+            raise BadRequest("data item signature does not verify") from None
+    return item
+
+
+def sign(identity: NodeIdentity, *, tags: Sequence[tuple[str, str]], data: bytes = b"",
+         target: str | None = None, anchor: bytes = b"") -> Item:
+    """A data item signed by ``identity`` (ed25519, deterministic)."""
+    if anchor and len(anchor) != 32:
+        raise ValueError("anchor must be 32 bytes")
+    tag_bytes = encode_tags(tags)
+    target_raw = b64url_decode(target) if target else b""
+    if target_raw and len(target_raw) != 32:
+        raise ValueError("target must be a 32-byte id")
+    owner = identity.public_key
+    message = deep_hash([b"dataitem", b"1", b"2", owner, target_raw, anchor, tag_bytes, data])
+    signature = identity.sign(message)
+    raw = b"".join([
+        struct.pack("<H", 2), signature, owner,
+        b"\1" + target_raw if target_raw else b"\0",
+        b"\1" + anchor if anchor else b"\0",
+        struct.pack("<QQ", len(tags), len(tag_bytes)), tag_bytes, data,
+    ])
+    return Item(2, signature, owner, target or "", anchor, list(tags), data, raw, tag_bytes)

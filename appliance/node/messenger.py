@@ -1,0 +1,133 @@
+"""Messenger (MU role): turns a result's outbox into node-signed items, in the result's transaction.
+
+Pushed items are built deterministically (content and anchor derive from the result), so
+re-deriving a result after a crash yields the same item ids and scheduling is idempotent: a
+pushed message is delivered once. Local targets are scheduled at once; targets this node does not
+host stay in the durable outbox as ``pending-remote`` (cross-node delivery comes later); chains
+deeper than the configured bound are recorded as ``dropped-depth``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from appliance.errors import RequestError
+from appliance.node import items
+from appliance.node.guest import ScheduledSlot
+from appliance.node.scheduler import (
+    SchedulerContext,
+    assign,
+    create_process,
+    existing_slot,
+    schedule_message,
+    store_item,
+)
+
+_PROTOCOL_TAGS = (("Data-Protocol", "ao"), ("Variant", "ao.TN.1"))
+
+
+@dataclass(frozen=True)
+class PushContext:
+    """Where the outbox came from."""
+
+    slot: ScheduledSlot
+    module_id: str
+    max_depth: int
+
+
+def push_outbox(conn: sqlite3.Connection, ctx: SchedulerContext, push: PushContext,
+                result: dict[str, Any]) -> set[str]:
+    """Deliver Messages, Spawns and Assignments of one result; return processes to wake."""
+    woken: set[str] = set()
+    depth = push.slot.push_depth + 1
+    for index, message in enumerate(_entries(result.get("Messages"))):
+        item = _build(ctx, push, message, index, "Message")
+        target = str(message.get("Target") or "")
+        woken |= _deliver(conn, ctx, push, item, target, depth, "message")
+    for index, spawn in enumerate(_entries(result.get("Spawns"))):
+        item = _build(ctx, push, spawn, index, "Process")
+        woken |= _deliver(conn, ctx, push, item, "", depth, "spawn")
+    for assignment in _entries(result.get("Assignments")):
+        woken |= _assign_existing(conn, ctx, push, assignment, depth)
+    return woken
+
+
+def _entries(value: Any) -> list[dict[str, Any]]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _anchor(push: PushContext, kind: str, index: int, given: Any) -> bytes:
+    if isinstance(given, str) and len(given.encode()) == 32:
+        return given.encode()
+    seed = f"{push.slot.process_id}/{push.slot.slot}/{kind}/{index}".encode()
+    return hashlib.sha256(seed).digest()
+
+
+def _build(ctx: SchedulerContext, push: PushContext, entry: dict[str, Any], index: int,
+           kind: str) -> items.Item:
+    tags = [(str(t.get("name")), str(t.get("value"))) for t in entry.get("Tags") or []
+            if isinstance(t, dict) and "name" in t and "value" in t]
+    names = {name for name, _ in tags}
+    extra = [*_PROTOCOL_TAGS, ("Type", kind), ("From-Process", push.slot.process_id),
+             ("From-Module", push.module_id), ("Pushed-For", push.slot.message_id)]
+    if kind == "Process":
+        extra.append(("Scheduler", ctx.identity.address))
+    tags += [(n, v) for n, v in extra if n not in names]
+    data = entry.get("Data")
+    payload = data.encode() if isinstance(data, str) else b""
+    target = str(entry.get("Target") or "") if kind == "Message" else ""
+    return items.sign(ctx.identity, target=target or None,
+                      anchor=_anchor(push, kind, index, entry.get("Anchor")), tags=tags,
+                      data=payload)
+
+
+def _record(conn: sqlite3.Connection, push: PushContext, item: items.Item, target: str,
+            kind: str, status: str, detail: str, depth: int) -> None:
+    conn.execute(
+        "INSERT OR IGNORE INTO outbox (item_id, from_process, from_slot, target, kind, status, "
+        "detail, push_depth, created_ms) VALUES (?,?,?,?,?,?,?,?,?)",
+        (item.id, push.slot.process_id, push.slot.slot, target, kind, status, detail, depth,
+         time.time_ns() // 1_000_000))
+
+
+def _deliver(conn: sqlite3.Connection, ctx: SchedulerContext, push: PushContext,
+             item: items.Item, target: str, depth: int, kind: str) -> set[str]:
+    if depth > push.max_depth:
+        store_item(conn, item, kind)
+        _record(conn, push, item, target, kind, "dropped-depth",
+                f"push depth {depth} exceeds {push.max_depth}", depth)
+        return set()
+    try:
+        if kind == "spawn":
+            create_process(conn, ctx, item, depth)
+            target = item.id
+        else:
+            schedule_message(conn, ctx, item, target, depth)
+    except RequestError as exc:
+        store_item(conn, item, kind)
+        _record(conn, push, item, target, kind, "pending-remote", str(exc), depth)
+        return set()
+    _record(conn, push, item, target, kind, "scheduled", "", depth)
+    return {target}
+
+
+def _assign_existing(conn: sqlite3.Connection, ctx: SchedulerContext, push: PushContext,
+                     entry: dict[str, Any], depth: int) -> set[str]:
+    message_id = str(entry.get("Message") or "")
+    processes = entry.get("Processes")
+    woken: set[str] = set()
+    if not message_id or not isinstance(processes, list):
+        return woken
+    known = conn.execute("SELECT 1 FROM items WHERE id = ?", (message_id,)).fetchone()
+    for target in map(str, processes):
+        hosted = conn.execute("SELECT 1 FROM processes WHERE id = ?", (target,)).fetchone()
+        if known is None or hosted is None or depth > push.max_depth:
+            continue
+        if existing_slot(conn, target, message_id) is None:
+            assign(conn, ctx, target, message_id, depth)
+            woken.add(target)
+    return woken

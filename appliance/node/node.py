@@ -1,0 +1,525 @@
+"""The node core: ingest → schedule → durable → evaluate → sign → store → push.
+
+HTTP and gRPC front-ends call :class:`Node`; everything it acknowledges is durable first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from appliance.compute import ComputeLimits, jsjson, module_format
+from appliance.compute.limits import limits_from_tags
+from appliance.errors import (
+    ApplianceError,
+    BadRequest,
+    EvaluationError,
+    ModuleError,
+    NotFound,
+    NotHosted,
+    TooLarge,
+)
+from appliance.node import items
+from appliance.node.attest import make_attestation
+from appliance.node.evaluator import (
+    CheckpointFile,
+    EvaluatorPool,
+    WorkerCrashed,
+    read_checkpoint,
+)
+from appliance.node.guest import ScheduledSlot, guest_env, guest_message, tag_list
+from appliance.node.identity import NodeIdentity
+from appliance.node.messenger import PushContext, push_outbox
+from appliance.node.results import (
+    UnsignedResult,
+    intent_for,
+    record_intents,
+    result_data,
+    store_result,
+    stored_result,
+    unsigned_result,
+)
+from appliance.node.scheduler import (
+    SchedulerContext,
+    create_process,
+    load_item,
+    schedule_message,
+    slot_row,
+    store_item,
+)
+from appliance.node.settings import NodeSettings
+from appliance.node.store import Store
+from attestation.evidence import EvidenceProvider
+
+log = logging.getLogger("appliance.node")
+ScheduledEntry = tuple[ScheduledSlot, items.Item, items.Item]
+ITEM_TYPES = ("Module", "Process", "Message")
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What the node acknowledges for an accepted item (durable by then)."""
+
+    id: str
+    type: str
+    process_id: str | None = None
+    slot: int | None = None
+
+
+@dataclass
+class _Actor:
+    process_id: str
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    running: bool = False
+    pending: bool = False
+    generation: int | None = None
+    next_slot: int = 0
+    env_json: bytes = b""
+    module_id: str = ""
+    since_checkpoint: int = 0
+    last_checkpoint: float = field(default_factory=time.monotonic)
+    broken: str | None = None
+
+
+class Node:
+    """One ao-appliance node: SU + CU + MU for the processes it hosts."""
+
+    def __init__(self, settings: NodeSettings, identity: NodeIdentity,
+                 provider: EvidenceProvider, config_digest: bytes) -> None:
+        self.settings = settings
+        self.identity = identity
+        self.provider = provider
+        self.config_digest = config_digest
+        self.store = Store(settings.data_dir)
+        self.pool = EvaluatorPool(settings.workers, settings.cache_dir)
+        self._executor = ThreadPoolExecutor(max_workers=settings.workers * 2,
+                                            thread_name_prefix="actor")
+        self._actors: dict[str, _Actor] = {}
+        self._actors_lock = threading.Lock()
+        self._progress = threading.Condition()
+        self.attestation_id = self._standing_attestation()
+        self._resume_pending()
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def _standing_attestation(self) -> str:
+        item = self.attest(os.urandom(32))
+
+        def remember(conn: Any) -> None:
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) "
+                         "VALUES ('standing_attestation', ?)", (item.id,))
+
+        self.store.write(remember)
+        return str(item.id)
+
+    def attest(self, nonce: bytes) -> items.Item:
+        """A fresh, stored Attestation item binding this node's key for ``nonce``."""
+        item = make_attestation(self.identity, self.provider, self.config_digest, nonce)
+        self.store.write(lambda conn: store_item(conn, item, "attestation"))
+        return item
+
+    def publish_location(self, url: str) -> str:
+        """Sign and store this node's ``Scheduler-Location`` record pointing at ``url``."""
+        tags = [("Data-Protocol", "ao"), ("Variant", "ao.TN.1"), ("Type", "Scheduler-Location"),
+                ("Url", url), ("Time-To-Live", str(7 * 24 * 3600 * 1000))]
+        item = items.sign(self.identity, tags=tags, anchor=hashlib.sha256(url.encode()).digest())
+        self.store.write(lambda conn: store_item(conn, item, "scheduler-location"))
+        return str(item.id)
+
+    def _resume_pending(self) -> None:
+        rows = self.store.all(
+            "SELECT DISTINCT s.process_id FROM schedule s LEFT JOIN results r "
+            "ON r.process_id = s.process_id AND r.slot = s.slot WHERE r.slot IS NULL")
+        for (pid,) in rows:
+            self._wake(str(pid))
+
+    def close(self) -> None:
+        """Finish in-flight batches and stop workers and the store."""
+        self._executor.shutdown(wait=True)
+        self.pool.stop()
+        self.store.close()
+
+    def _ctx(self) -> SchedulerContext:
+        return SchedulerContext(self.identity, self.attestation_id, self.settings.block_height)
+
+    # --- ingest ------------------------------------------------------------------------------
+
+    def ingest(self, raw: bytes) -> Receipt:
+        """Verify, classify, schedule and durably store one client data item."""
+        if len(raw) > self.settings.max_item_bytes:
+            raise TooLarge(f"item of {len(raw)} bytes exceeds the limit of "
+                           f"{self.settings.max_item_bytes}")
+        item = items.parse_verified(raw, self.settings.max_item_bytes)
+        if items.first_tag(item, "Data-Protocol") != "ao":
+            raise BadRequest("item lacks the tag Data-Protocol: ao")
+        kind = items.first_tag(item, "Type")
+        if kind not in ITEM_TYPES:
+            raise BadRequest(f"Type tag must be one of {', '.join(ITEM_TYPES)}; got {kind!r}")
+        if kind == "Module":
+            return self._ingest_module(item)
+        if kind == "Process":
+            return self._ingest_process(item)
+        return self._ingest_message(item)
+
+    def _ingest_module(self, item: items.Item) -> Receipt:
+        fmt = items.first_tag(item, "Module-Format")
+        if fmt is None:
+            raise BadRequest("a Module item needs a Module-Format tag")
+        try:
+            module_format(fmt)
+        except ModuleError as exc:
+            raise BadRequest(str(exc)) from None
+        self.store.write(lambda conn: store_item(conn, item, "module"))
+        return Receipt(item.id, "Module")
+
+    def _ingest_process(self, item: items.Item) -> Receipt:
+        scheduler = items.first_tag(item, "Scheduler")
+        if scheduler != self.identity.address:
+            raise NotHosted(f"process names scheduler {scheduler!r}; this node is "
+                            f"{self.identity.address}")
+        ctx = self._ctx()
+        self.store.write(lambda conn: create_process(conn, ctx, item))
+        self._wake(item.id)
+        return Receipt(item.id, "Process", item.id, 0)
+
+    def _ingest_message(self, item: items.Item) -> Receipt:
+        if not item.target:
+            raise BadRequest("a Message item needs a Target (the process id)")
+        ctx = self._ctx()
+        slot = self.store.write(
+            lambda conn: schedule_message(conn, ctx, item, item.target, 0))
+        self._wake(item.target)
+        return Receipt(item.id, "Message", item.target, slot)
+
+    # --- actors ------------------------------------------------------------------------------
+
+    def _wake(self, process_id: str) -> None:
+        with self._actors_lock:
+            actor = self._actors.get(process_id)
+            if actor is None:
+                actor = self._actors[process_id] = _Actor(process_id)
+            if actor.running:
+                actor.pending = True
+                return
+            actor.running = True
+        self._executor.submit(self._drive, actor)
+
+    def _drive(self, actor: _Actor) -> None:
+        while True:
+            try:
+                with actor.lock:
+                    progressed = self._step(actor)
+            except WorkerCrashed:
+                log.warning("evaluation worker for %s restarted; reopening", actor.process_id)
+                progressed = True
+            except Exception:
+                log.exception("process %s stopped evaluating", actor.process_id)
+                actor.broken = "internal error; see the node log"
+                progressed = False
+            with self._actors_lock:
+                if not progressed and not actor.pending:
+                    actor.running = False
+                    return
+                actor.pending = False
+
+    def _open(self, actor: _Actor) -> None:
+        pid = actor.process_id
+        process = load_item(self.store.reader, pid)
+        if process is None:
+            raise NotFound(f"process {pid} is not hosted on this node")
+        module_id = items.first_tag(process, "Module") or ""
+        module = load_item(self.store.reader, module_id)
+        if module is None:
+            raise NotFound(f"module {module_id} is missing")
+        path = self.settings.module_dir / f"{module_id}.wasm"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(module.data)
+            tmp.replace(path)
+        limits = limits_from_tags(tag_list(module.tags) + tag_list(process.tags),
+                                  self.settings.limits)
+        row = self.store.one("SELECT slot, file, sha256, raw_size, clock FROM checkpoints "
+                             "WHERE process_id = ? ORDER BY slot DESC LIMIT 1", pid)
+        checkpoint = None if row is None else CheckpointFile(
+            Path(row[1]), str(row[2]), int(row[3]), int(row[4]))
+        actor.generation = self.pool.generation(pid)
+        self.pool.open(pid, path, items.first_tag(module, "Module-Format") or "", limits,
+                       checkpoint)
+        actor.next_slot = 0 if row is None else int(row[0]) + 1
+        actor.env_json = jsjson.stringify(guest_env(process, module))
+        actor.module_id = module_id
+
+    def _step(self, actor: _Actor) -> bool:
+        if actor.broken is not None:
+            return False
+        pid = actor.process_id
+        if actor.generation != self.pool.generation(pid):
+            try:
+                self._open(actor)
+            except (ModuleError, NotFound, EvaluationError) as exc:
+                actor.broken = str(exc)
+                log.error("process %s cannot be evaluated: %s", pid, exc)
+                return False
+        rows = self.store.all("SELECT * FROM schedule WHERE process_id = ? AND slot >= ? "
+                              "ORDER BY slot LIMIT ?", pid, actor.next_slot,
+                              self.settings.batch_size)
+        if not rows:
+            return False
+        slots = [slot_row(r) for r in rows]
+        reader = self.store.reader
+        batch = []
+        for s in slots:
+            item = load_item(reader, s.message_id)
+            if item is None:
+                raise EvaluationError(f"scheduled message {s.message_id} is missing")
+            batch.append((jsjson.stringify(guest_message(item, s)), actor.env_json))
+        outputs = self.pool.evaluate(pid, batch)
+        self._commit_results(actor, slots, outputs)
+        actor.next_slot = slots[-1].slot + 1
+        actor.since_checkpoint += len(slots)
+        if (actor.since_checkpoint >= self.settings.checkpoint_every_messages
+                or time.monotonic() - actor.last_checkpoint
+                >= self.settings.checkpoint_every_seconds):
+            self._checkpoint(actor, slots[-1].slot)
+        return True
+
+    def _commit_results(self, actor: _Actor, slots: list[ScheduledSlot],
+                        outputs: list[dict[str, Any]]) -> None:
+        pid = actor.process_id
+        reader = self.store.reader
+        previous = stored_result(reader, pid, slots[0].slot - 1)
+        prev_id = previous[0] if previous else None
+        fresh: list[UnsignedResult] = []
+        signed: list[tuple[ScheduledSlot, items.Item]] = []
+        for s, out in zip(slots, outputs, strict=True):
+            done = stored_result(reader, pid, s.slot)
+            if done is not None:
+                if done[1] != result_data(out):
+                    log.critical("replay of %s slot %d differs from its stored result", pid,
+                                 s.slot)
+                prev_id = done[0]
+                continue
+            unsigned = intent_for(reader, pid, s.slot)
+            if unsigned is None:
+                unsigned = unsigned_result(s, out, prev_id)
+                fresh.append(unsigned)
+            elif unsigned.data != result_data(out):
+                log.critical("%s slot %d re-evaluated differently; signing the recorded intent",
+                             pid, s.slot)
+            item = unsigned.sign(self.identity)
+            prev_id = item.id
+            signed.append((s, item))
+        if not signed:
+            return
+        if fresh:
+            self.store.write(lambda conn: record_intents(conn, fresh))
+        ctx = self._ctx()
+        max_depth = self.settings.max_push_depth
+
+        def commit(conn: Any) -> set[str]:
+            woken: set[str] = set()
+            for s, item in signed:
+                store_result(conn, s, item)
+                push = PushContext(s, actor.module_id, max_depth)
+                woken |= push_outbox(conn, ctx, push, json.loads(item.data))
+            return woken
+
+        for target in self.store.write(commit):
+            if target != pid:
+                self._wake(target)
+        with self._progress:
+            self._progress.notify_all()
+
+    def _checkpoint(self, actor: _Actor, slot: int) -> None:
+        pid = actor.process_id
+        name = hashlib.sha256(pid.encode()).hexdigest()[:16]
+        ref = self.pool.checkpoint(pid, self.settings.checkpoint_dir / name / f"{slot}.gz")
+        self.store.write(lambda conn: conn.execute(
+            "INSERT OR REPLACE INTO checkpoints (process_id, slot, file, sha256, raw_size, clock, "
+            "item_id, created_ms) VALUES (?, ?, ?, ?, ?, ?, '', ?)",
+            (pid, slot, str(ref.path), ref.sha256, ref.raw_size, ref.clock,
+             time.time_ns() // 1_000_000)))
+        actor.since_checkpoint = 0
+        actor.last_checkpoint = time.monotonic()
+
+    def checkpoint_now(self, process_id: str) -> int:
+        """Checkpoint a process at its latest evaluated slot; returns that slot."""
+        actor = self._actor(process_id)
+        with actor.lock:
+            if actor.next_slot == 0:
+                raise BadRequest(f"process {process_id} has not evaluated anything yet")
+            self._checkpoint(actor, actor.next_slot - 1)
+            return actor.next_slot - 1
+
+    def _actor(self, process_id: str) -> _Actor:
+        if self.store.one("SELECT 1 FROM processes WHERE id = ?", process_id) is None:
+            raise NotFound(f"process {process_id} is not hosted on this node")
+        with self._actors_lock:
+            actor = self._actors.get(process_id)
+            if actor is None:
+                actor = self._actors[process_id] = _Actor(process_id)
+        return actor
+
+    # --- reads -------------------------------------------------------------------------------
+
+    def result(self, process_id: str, message_id: str, wait: bool = True) -> dict[str, Any]:
+        """The result JSON of ``message_id`` in ``process_id``, waiting for evaluation."""
+        row = self.store.one("SELECT slot FROM schedule WHERE process_id = ? AND message_id = ?",
+                             process_id, message_id)
+        if row is None:
+            raise NotFound(f"message {message_id} is not scheduled on process {process_id}")
+        slot = int(row[0])
+        deadline = time.monotonic() + (self.settings.result_wait_seconds if wait else 0)
+        while True:
+            done = stored_result(self.store.reader, process_id, slot)
+            if done is not None:
+                value: dict[str, Any] = json.loads(done[1])
+                return value
+            actor = self._actors.get(process_id)
+            if actor is not None and actor.broken:
+                raise EvaluationError(f"process {process_id} cannot evaluate: {actor.broken}")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise NotFound(f"result for {message_id} is not computed yet")
+            with self._progress:
+                self._progress.wait(min(remaining, 0.5))
+
+    def result_item(self, process_id: str, message_id: str) -> bytes:
+        """The raw signed Result item of ``message_id``."""
+        self.result(process_id, message_id)
+        row = self.store.one("SELECT i.raw FROM results r JOIN items i ON i.id = r.result_id "
+                             "WHERE r.process_id = ? AND r.message_id = ?", process_id, message_id)
+        if row is None:
+            raise NotFound(f"no result item for {message_id}")
+        return bytes(row[0])
+
+    def dry_run(self, process_id: str, message: dict[str, Any]) -> dict[str, Any]:
+        """Evaluate ``message`` against the process's latest state without keeping anything."""
+        actor = self._actor(process_id)
+        self._wake(process_id)
+        with actor.lock:
+            if actor.generation != self.pool.generation(process_id):
+                self._open(actor)
+            msg = {"Id": "dry-run", "Owner": message.get("Owner", ""),
+                   "From": message.get("From") or message.get("Owner", ""),
+                   "Target": process_id, "Tags": message.get("Tags", []),
+                   "Data": message.get("Data", ""), "Anchor": message.get("Anchor", "0"),
+                   "Timestamp": int(time.time() * 1000), "Block-Height": self.settings.block_height,
+                   "Cron": False, "Read-Only": True}
+            return self.pool.dry_run(process_id, jsjson.stringify(msg), actor.env_json)
+
+    def scheduled(self, process_id: str, message_id: str) -> tuple[items.Item, items.Item]:
+        """(message item, assignment item) for a message scheduled on ``process_id``."""
+        row = self.store.one("SELECT message_id, assignment_id FROM schedule WHERE "
+                             "process_id = ? AND message_id = ?", process_id, message_id)
+        if row is None:
+            raise NotFound(f"message {message_id} is not scheduled on process {process_id}")
+        return self._pair(str(row[0]), str(row[1]))
+
+    def _pair(self, message_id: str, assignment_id: str) -> tuple[items.Item, items.Item]:
+        reader = self.store.reader
+        message, assignment = load_item(reader, message_id), load_item(reader, assignment_id)
+        if message is None or assignment is None:
+            raise NotFound(f"message {message_id} is missing from the store")
+        return message, assignment
+
+    def schedule_page(self, process_id: str, *, from_ms: int | None = None,
+                      to_ms: int | None = None, from_slot: int | None = None,
+                      to_slot: int | None = None,
+                      limit: int = 100) -> tuple[list[ScheduledEntry], bool]:
+        """A page of the schedule, ordered by slot: ``from`` bounds exclusive, ``to`` inclusive."""
+        self._actor(process_id)
+        where, params = ["process_id = ?"], [process_id]
+        for column, op, value in (("timestamp_ms", ">", from_ms), ("timestamp_ms", "<=", to_ms),
+                                  ("slot", ">=", from_slot), ("slot", "<=", to_slot)):
+            if value is not None:
+                where.append(f"{column} {op} ?")
+                params.append(value)  # type: ignore[arg-type]
+        rows = self.store.all(f"SELECT * FROM schedule WHERE {' AND '.join(where)} "  # noqa: S608
+                              "ORDER BY slot LIMIT ?", *params, limit + 1)
+        page = [slot_row(r) for r in rows[:limit]]
+        return [(s, *self._pair(s.message_id, s.assignment_id)) for s in page], len(rows) > limit
+
+    def process_info(self, process_id: str) -> tuple[items.Item, ScheduledSlot, items.Item]:
+        """(process item, its slot 0, slot-0 assignment)."""
+        page, _ = self.schedule_page(process_id, from_slot=0, to_slot=0, limit=1)
+        if not page:
+            raise NotFound(f"process {process_id} is not hosted on this node")
+        slot, process, assignment = page[0]
+        return process, slot, assignment
+
+    def results_page(self, process_id: str, *, after_slot: int | None, before_slot: int | None,
+                     descending: bool, limit: int) -> list[tuple[int, dict[str, Any]]]:
+        """Stored results as (slot, result JSON), ascending or descending by slot."""
+        self._actor(process_id)
+        low = -1 if after_slot is None else after_slot
+        high = 2**62 if before_slot is None else before_slot
+        order = "DESC" if descending else "ASC"
+        sql = f"SELECT slot, data FROM results WHERE process_id = ? AND slot > ? AND slot < ? ORDER BY slot {order} LIMIT ?"  # noqa: E501, S608 - only ASC/DESC is interpolated
+        rows = self.store.all(sql, process_id, low, high, limit)
+        return [(int(slot), json.loads(data)) for slot, data in rows]
+
+    def item_raw(self, item_id: str) -> bytes:
+        """Raw bytes of any item the node holds."""
+        row = self.store.one("SELECT raw FROM items WHERE id = ?", item_id)
+        if row is None:
+            raise NotFound(f"item {item_id} is not stored on this node")
+        return bytes(row[0])
+
+    def find_items(self, *, ids: list[str] | None = None, owners: list[str] | None = None,
+                   recipients: list[str] | None = None,
+                   tags: list[tuple[str, list[str], bool]] | None = None,
+                   after_row: int | None = None, ascending: bool = False,
+                   limit: int = 10) -> list[tuple[int, bytes]]:
+        """(row cursor, raw item) of stored items matching every given filter."""
+        where: list[str] = []
+        params: list[Any] = []
+        for column, values in (("id", ids), ("owner", owners), ("target", recipients)):
+            if values is not None:
+                where.append(f"{column} IN ({','.join('?' * len(values))})")
+                params += values
+        for name, values, negate in tags or []:
+            marks = ",".join("?" * len(values))
+            clause = f"EXISTS (SELECT 1 FROM tags t WHERE t.item_id = items.id AND t.name = ? AND t.value IN ({marks}))"  # noqa: E501, S608 - placeholders only
+            where.append(f"NOT {clause}" if negate else clause)
+            params += [name, *values]
+        if after_row is not None:
+            where.append("rowid > ?" if ascending else "rowid < ?")
+            params.append(after_row)
+        sql = ("SELECT rowid, raw FROM items"  # noqa: S608 - clauses hold placeholders only
+               + (f" WHERE {' AND '.join(where)}" if where else "")
+               + f" ORDER BY rowid {'ASC' if ascending else 'DESC'} LIMIT ?")
+        return [(int(r), bytes(raw)) for r, raw in self.store.all(sql, *params, limit)]
+
+    def state(self, process_id: str) -> bytes:
+        """The process's raw memory after its latest evaluated slot (checkpoints it first)."""
+        slot = self.checkpoint_now(process_id)
+        row = self.store.one("SELECT file, sha256, raw_size, clock FROM checkpoints WHERE "
+                             "process_id = ? AND slot = ?", process_id, slot)
+        assert row is not None
+        return read_checkpoint(CheckpointFile(Path(row[0]), str(row[1]), int(row[2]),
+                                              int(row[3]))).memory
+
+    def status(self) -> dict[str, Any]:
+        """Counters for health and operator status."""
+        processes = self.store.one("SELECT count(*) FROM processes")
+        pending = self.store.one(
+            "SELECT count(*) FROM schedule s LEFT JOIN results r ON r.process_id = s.process_id "
+            "AND r.slot = s.slot WHERE r.slot IS NULL")
+        outbox = self.store.one("SELECT count(*) FROM outbox WHERE status = 'pending-remote'")
+        return {"address": self.identity.address, "attestation": self.attestation_id,
+                "processes": int(processes[0]) if processes else 0,
+                "schedule_backlog": int(pending[0]) if pending else 0,
+                "outbox_pending": int(outbox[0]) if outbox else 0}
+
+
+__all__ = ["ApplianceError", "ComputeLimits", "Node", "NodeSettings", "Receipt"]

@@ -1,0 +1,99 @@
+"""The signed result chain: one node-signed Result item per (process, slot), never two.
+
+Before a result is signed its unsigned form (tags + data) is recorded durably as an *intent*.
+After a crash between signing and storing, the slot is evaluated again and the recorded intent,
+not the fresh computation, is what gets signed: ed25519 signatures are deterministic, so the
+node signs byte-identical items and can never publish two different results for one slot.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+from appliance.node import items
+from appliance.node.chain import canonical_json
+from appliance.node.guest import ScheduledSlot
+from appliance.node.identity import NodeIdentity
+from appliance.node.scheduler import store_item
+
+RESULT_KEYS = ("Output", "Messages", "Spawns", "Assignments", "Error", "GasUsed")
+
+
+@dataclass(frozen=True)
+class UnsignedResult:
+    """Everything that goes into a Result item except its signature."""
+
+    process_id: str
+    slot: int
+    tags: tuple[tuple[str, str], ...]
+    data: bytes
+
+    def encode(self) -> bytes:
+        """The durable intent form."""
+        return canonical_json({"tags": [list(t) for t in self.tags],
+                               "data": self.data.decode("utf-8")})
+
+    @classmethod
+    def decode(cls, process_id: str, slot: int, blob: bytes) -> UnsignedResult:
+        """Inverse of :meth:`encode`."""
+        value = json.loads(blob)
+        return cls(process_id, slot, tuple((str(n), str(v)) for n, v in value["tags"]),
+                   str(value["data"]).encode("utf-8"))
+
+    def sign(self, identity: NodeIdentity) -> items.Item:
+        """The Result item (target = process, no anchor, deterministic signature)."""
+        return items.sign(identity, target=self.process_id, tags=list(self.tags), data=self.data)
+
+
+def result_data(result: dict[str, Any]) -> bytes:
+    """Canonical JSON of the six result fields (Error null when none)."""
+    return canonical_json({key: result.get(key) for key in RESULT_KEYS})
+
+
+def unsigned_result(slot: ScheduledSlot, result: dict[str, Any],
+                    previous_result_id: str | None) -> UnsignedResult:
+    """Build the Result item content for ``slot`` exactly as DESIGN §4 specifies."""
+    tags = [
+        ("Data-Protocol", "ao"), ("Variant", "ao.TN.1"), ("Type", "Result"),
+        ("Process", slot.process_id), ("Message", slot.message_id), ("Nonce", str(slot.slot)),
+        ("Assignment", slot.assignment_id), ("Hash-Chain", slot.hash_chain),
+    ]
+    if previous_result_id is not None:
+        tags.append(("Previous-Result", previous_result_id))
+    tags += [("Attestation", slot.attestation_id), ("Content-Type", "application/json")]
+    return UnsignedResult(slot.process_id, slot.slot, tuple(tags), result_data(result))
+
+
+def intent_for(conn: sqlite3.Connection, process_id: str, slot: int) -> UnsignedResult | None:
+    """The intent recorded for a slot whose result was not stored yet (crash recovery)."""
+    row = conn.execute("SELECT unsigned FROM result_intents WHERE process_id = ? AND slot = ?",
+                       (process_id, slot)).fetchone()
+    return None if row is None else UnsignedResult.decode(process_id, slot, bytes(row[0]))
+
+
+def record_intents(conn: sqlite3.Connection, intents: list[UnsignedResult]) -> None:
+    """Durably record what is about to be signed."""
+    conn.executemany(
+        "INSERT OR IGNORE INTO result_intents (process_id, slot, unsigned) VALUES (?, ?, ?)",
+        [(i.process_id, i.slot, i.encode()) for i in intents])
+
+
+def store_result(conn: sqlite3.Connection, slot: ScheduledSlot, signed: items.Item) -> None:
+    """Store a signed Result item and retire its intent."""
+    store_item(conn, signed, "result")
+    conn.execute("INSERT INTO results (process_id, slot, message_id, result_id, data) "
+                 "VALUES (?, ?, ?, ?, ?)",
+                 (slot.process_id, slot.slot, slot.message_id, signed.id, signed.data))
+    conn.execute("DELETE FROM result_intents WHERE process_id = ? AND slot = ?",
+                 (slot.process_id, slot.slot))
+
+
+def stored_result(conn: sqlite3.Connection, process_id: str,
+                  slot: int) -> tuple[str, bytes] | None:
+    """(result id, data) stored for a slot, if any."""
+    row = conn.execute("SELECT result_id, data FROM results WHERE process_id = ? AND slot = ?",
+                       (process_id, slot)).fetchone()
+    return None if row is None else (str(row[0]), bytes(row[1]))

@@ -1,0 +1,58 @@
+"""The node's tunables in one frozen place (the YAML config maps onto this)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from appliance.compute import ComputeLimits
+from appliance.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """Everything the node core needs besides its identity and evidence provider.
+
+    ``max_item_bytes`` bounds any data item the node accepts; ``max_push_depth`` bounds chains
+    of messages pushed from results (a ping-pong loop stops there); checkpoints are taken every
+    ``checkpoint_every_messages`` evaluated messages or ``checkpoint_every_seconds``, whichever
+    comes first; ``block_height`` is what assignments carry (the node has no Arweave view of its
+    own: an operator may set it, see docs).
+    """
+
+    data_dir: Path
+    limits: ComputeLimits = field(default_factory=ComputeLimits)
+    max_item_bytes: int = 16 * 1024 * 1024
+    max_push_depth: int = 64
+    batch_size: int = 64
+    workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
+    checkpoint_every_messages: int = 1000
+    checkpoint_every_seconds: float = 3600.0
+    block_height: int = 0
+    result_wait_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.max_item_bytes < 1024:
+            raise ConfigError("max_item_bytes must be at least 1024")
+        if self.max_push_depth < 1 or self.batch_size < 1 or self.workers < 1:
+            raise ConfigError("max_push_depth, batch_size and workers must be positive")
+        if self.checkpoint_every_messages < 1 or self.checkpoint_every_seconds <= 0:
+            raise ConfigError("checkpoint intervals must be positive")
+        if self.block_height < 0:
+            raise ConfigError("block_height cannot be negative")
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Where checkpoint blobs live."""
+        return self.data_dir / "checkpoints"
+
+    @property
+    def module_dir(self) -> Path:
+        """Where module binaries are kept for the evaluator workers."""
+        return self.data_dir / "modules"
+
+    @property
+    def cache_dir(self) -> Path:
+        """Compiled-module cache."""
+        return self.data_dir / "cache"

