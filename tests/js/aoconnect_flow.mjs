@@ -1,8 +1,8 @@
 // Drives a running ao-appliance node with the unmodified aoconnect client (legacy mode).
-// Usage: NODE_URL=http://127.0.0.1:PORT NODE_ADDRESS=... MODULE=path.wasm MODULE_FORMAT=... \
+// Usage: NODE_URL=http://127.0.0.1:PORT NODE_ADDRESS=... MODULE_ID=<an uploaded Module item> \
 //        GRAPHQL_URL=$NODE_URL/graphql node aoconnect_flow.mjs
+// (aoconnect has no module upload; the test uploads the Module item itself.)
 // Prints one JSON object with everything the pytest side asserts on.
-import { readFileSync } from 'node:fs'
 import { generateKeyPairSync } from 'node:crypto'
 import { connect, createDataItemSigner } from '@permaweb/aoconnect'
 
@@ -13,25 +13,6 @@ const wallet = { kty: 'RSA', ...privateKey.export({ format: 'jwk' }) }
 const signer = createDataItemSigner(wallet)
 const ao = connect({ MODE: 'legacy', MU_URL: NODE_URL, CU_URL: NODE_URL, GATEWAY_URL: NODE_URL, GRAPHQL_URL: `${NODE_URL}/graphql`, noLog: true })
 
-async function uploadModule () {
-  const signed = await signer({
-    data: readFileSync(process.env.MODULE),
-    tags: [
-      { name: 'Data-Protocol', value: 'ao' },
-      { name: 'Variant', value: 'ao.TN.1' },
-      { name: 'Type', value: 'Module' },
-      { name: 'Module-Format', value: process.env.MODULE_FORMAT },
-      { name: 'Input-Encoding', value: 'JSON-1' },
-      { name: 'Output-Encoding', value: 'JSON-1' },
-      { name: 'Memory-Limit', value: '1-gb' },
-      { name: 'Compute-Limit', value: '9000000000000' }
-    ]
-  })
-  const res = await fetch(NODE_URL, { method: 'POST', headers: { 'Content-Type': 'application/octet-stream' }, body: signed.raw })
-  if (!res.ok) throw new Error(`module upload: ${res.status} ${await res.text()}`)
-  return signed.id
-}
-
 async function send (process, tags, data) {
   const id = await ao.message({ process, signer, tags, data })
   const res = await ao.result({ process, message: id })
@@ -39,7 +20,7 @@ async function send (process, tags, data) {
 }
 
 const out = {}
-const moduleId = await uploadModule()
+const moduleId = process.env.MODULE_ID
 out.module = moduleId
 // aos trusts pushed messages only from an Authority: the node signs what it pushes.
 const spawnTags = (name) => [{ name: 'Name', value: name }, { name: 'Authority', value: NODE_ADDRESS }]
@@ -58,5 +39,8 @@ for (let i = 0; i < 60; i++) {
   await new Promise(resolve => setTimeout(resolve, 250))
 }
 out.results = await ao.results({ process: a, sort: 'DESC', limit: 3 })
-out.dryrun = await ao.dryrun({ process: a, tags: [{ name: 'Action', value: 'Eval' }], data: 'return 6 * 7' })
+// Dry-runs come from an anonymous sender, and aos only evaluates Eval from the owner: ask a handler.
+await send(a, [{ name: 'Action', value: 'Eval' }],
+  "Handlers.add('answer', 'Answer', function (m) m.reply({ Data = tostring(6 * 7) }) end)")
+out.dryrun = await ao.dryrun({ process: a, tags: [{ name: 'Action', value: 'Answer' }] })
 console.log(JSON.stringify(out))
