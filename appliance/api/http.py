@@ -44,7 +44,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         if observe:
             observe(request, exc.status, "http")
-        raise
+        if exc.status < 400:
+            raise
+        return _json({"error": exc.text or exc.reason}, exc.status)
     except ApplianceError as exc:
         if observe:
             observe(request, http_status(exc), reason(exc))

@@ -1,0 +1,120 @@
+"""AO HTTP API on loopback: routes answer in AO's shapes; bad input gets 4xx and stores nothing."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from appliance.node import items
+from appliance.node.identity import NodeIdentity
+from appliance.node.node import Node
+from tests.integration.clients import client_identity, message, spawn, upload_module
+from tests.integration.inproc import serve_in_thread
+from tests.integration.server import Server
+from tests.node.test_node_core import StaticEvidence
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Node, NodeIdentity, str]]:
+    base = tmp_path_factory.mktemp("http")
+    with serve_in_thread(base / "node", StaticEvidence(), max_item_bytes=4 * 1024 * 1024) as (srv, node):
+        client = client_identity(base / "client")
+        module = upload_module(srv, client)
+        process = spawn(srv, client, module, "http")
+        yield srv, node, client, process
+
+
+def _count(node: Node) -> tuple[int, int]:
+    items_n = node.store.one("SELECT count(*) FROM items")
+    sched_n = node.store.one("SELECT count(*) FROM schedule")
+    assert items_n is not None and sched_n is not None
+    return int(items_n[0]), int(sched_n[0])
+
+
+def test_routes_answer_in_ao_shapes(live: tuple[Server, Node, NodeIdentity, str]) -> None:
+    srv, node, client, process = live
+    msg = message(client, process, "return 1 + 1", 1)
+    status, body = srv.post("/", msg.raw)
+    assert status == 202 and body["id"] == msg.id and body["slot"] >= 1
+    assert "2" in json.dumps(srv.get_json(f"/result/{msg.id}?process-id={process}")["Output"])
+    health = srv.get_json("/")
+    assert health["address"] == node.identity.address
+    assert srv.get_json("/timestamp")["timestamp"] > 0
+    meta = srv.get_json(f"/processes/{process}")
+    assert meta["process_id"] == process and meta["assignment"]["tags"]
+    one = srv.get_json(f"/{msg.id}?process-id={process}")
+    assert one["message"]["id"] == msg.id
+    page = srv.get_json(f"/{process}?limit=1")
+    assert page["page_info"]["has_next_page"] is True and len(page["edges"]) == 1
+    results = srv.get_json(f"/results/{process}?sort=DESC&limit=1")
+    cursor = results["edges"][0]["cursor"]
+    older = srv.get_json(f"/results/{process}?sort=DESC&limit=5&from={cursor}")
+    assert all(e["cursor"] != cursor for e in older["edges"])
+    attestation = items.parse_verified(srv.get("/attestation?nonce=bm9uY2U"), 1 << 20)
+    assert items.first_tag(attestation, "Nonce-Base64") == "bm9uY2U="
+    gql = srv.post("/graphql", json.dumps({"query": "{ transactions(owners: [\"%s\"], tags: "
+                                           "[{name: \"Type\", values: [\"Scheduler-Location\"]}]) "
+                                           "{ edges { node { tags { name value } } } } }"
+                                           % node.identity.address}).encode(),
+                   "application/json")[1]
+    tags = gql["data"]["transactions"]["edges"][0]["node"]["tags"]
+    assert {"name": "Url", "value": srv.url} in tags
+    memory = srv.get(f"/state/{process}")
+    assert len(memory) % 65536 == 0
+
+
+@pytest.mark.parametrize("case", ["empty", "garbage", "forged", "unsigned-type", "no-protocol",
+                                  "unknown-process", "wrong-scheduler", "oversized",
+                                  "bad-limit", "unknown-result", "bad-dry-run", "bad-graphql"])
+def test_bad_input_is_refused_and_stores_nothing(
+        live: tuple[Server, Node, NodeIdentity, str], case: str) -> None:
+    srv, node, client, process = live
+    before = _count(node)
+    good = message(client, process, "return 1", 99)
+    if case == "empty":
+        status, body = srv.post("/", b"")
+    elif case == "garbage":
+        status, body = srv.post("/", b"\x02\x00" + b"x" * 200)
+    elif case == "forged":
+        raw = bytearray(good.raw)
+        raw[-1] ^= 0x01
+        status, body = srv.post("/", bytes(raw))
+    elif case == "unsigned-type":
+        status, body = srv.post("/", b"\x07\x00" + good.raw[2:])
+    elif case == "no-protocol":
+        status, body = srv.post("/", items.sign(client, target=process, data=b"x",
+                                                tags=[("Type", "Message")]).raw)
+    elif case == "unknown-process":
+        status, body = srv.post("/", message(client, "Q" * 43, "return 1", 5).raw)
+    elif case == "wrong-scheduler":
+        proc = items.sign(client, tags=[("Data-Protocol", "ao"), ("Type", "Process"),
+                                        ("Module", "M" * 43), ("Scheduler", "S" * 43)])
+        status, body = srv.post("/", proc.raw)
+    elif case == "oversized":
+        big = items.sign(client, target=process, data=b"x" * (5 * 1024 * 1024),
+                         tags=[("Data-Protocol", "ao"), ("Type", "Message")])
+        status, body = srv.post("/", big.raw)
+    elif case == "bad-limit":
+        status = _status(srv, f"/{process}?limit=0")
+        body = {"error": "x"}
+    elif case == "unknown-result":
+        status = _status(srv, f"/result/{'Z' * 43}?process-id={process}")
+        body = {"error": "x"}
+    elif case == "bad-dry-run":
+        status, body = srv.post(f"/dry-run?process-id={process}", b"[1,2", "application/json")
+    else:
+        status, body = srv.post("/graphql", b"{}", "application/json")
+    assert 400 <= status < 500, (status, body)
+    assert body.get("error")
+    assert _count(node) == before
+
+
+def _status(srv: Server, path: str) -> int:
+    try:
+        with urllib.request.urlopen(srv.url + path, timeout=60) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
