@@ -17,10 +17,16 @@ from tests.integration.server import Server
 from tests.node.test_node_core import StaticEvidence
 
 
+Live = tuple[Server, Node, NodeIdentity, str]
+SCHEDULER_QUERY = ('{ transactions(owners: ["%s"], tags: [{name: "Type", values: '
+                   '["Scheduler-Location"]}]) { edges { node { tags { name value } } } } }')
+
+
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Node, NodeIdentity, str]]:
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     base = tmp_path_factory.mktemp("http")
-    with serve_in_thread(base / "node", StaticEvidence(), max_item_bytes=4 * 1024 * 1024) as (srv, node):
+    limit = 4 * 1024 * 1024
+    with serve_in_thread(base / "node", StaticEvidence(), max_item_bytes=limit) as (srv, node):
         client = client_identity(base / "client")
         module = upload_module(srv, client)
         process = spawn(srv, client, module, "http")
@@ -34,7 +40,7 @@ def _count(node: Node) -> tuple[int, int]:
     return int(items_n[0]), int(sched_n[0])
 
 
-def test_routes_answer_in_ao_shapes(live: tuple[Server, Node, NodeIdentity, str]) -> None:
+def test_routes_answer_in_ao_shapes(live: Live) -> None:
     srv, node, client, process = live
     msg = message(client, process, "return 1 + 1", 1)
     status, body = srv.post("/", msg.raw)
@@ -55,11 +61,8 @@ def test_routes_answer_in_ao_shapes(live: tuple[Server, Node, NodeIdentity, str]
     assert all(e["cursor"] != cursor for e in older["edges"])
     attestation = items.parse_verified(srv.get("/attestation?nonce=bm9uY2U"), 1 << 20)
     assert items.first_tag(attestation, "Nonce-Base64") == "bm9uY2U="
-    gql = srv.post("/graphql", json.dumps({"query": "{ transactions(owners: [\"%s\"], tags: "
-                                           "[{name: \"Type\", values: [\"Scheduler-Location\"]}]) "
-                                           "{ edges { node { tags { name value } } } } }"
-                                           % node.identity.address}).encode(),
-                   "application/json")[1]
+    query = SCHEDULER_QUERY.replace("%s", node.identity.address)
+    gql = srv.post("/graphql", json.dumps({"query": query}).encode(), "application/json")[1]
     tags = gql["data"]["transactions"]["edges"][0]["node"]["tags"]
     assert {"name": "Url", "value": srv.url} in tags
     memory = srv.get(f"/state/{process}")
@@ -70,7 +73,7 @@ def test_routes_answer_in_ao_shapes(live: tuple[Server, Node, NodeIdentity, str]
                                   "unknown-process", "wrong-scheduler", "oversized",
                                   "bad-limit", "unknown-result", "bad-dry-run", "bad-graphql"])
 def test_bad_input_is_refused_and_stores_nothing(
-        live: tuple[Server, Node, NodeIdentity, str], case: str) -> None:
+        live: Live, case: str) -> None:
     srv, node, client, process = live
     before = _count(node)
     good = message(client, process, "return 1", 99)
