@@ -16,7 +16,6 @@ from tests.integration.inproc import serve_in_thread
 from tests.integration.server import Server
 from tests.node.test_node_core import StaticEvidence
 
-
 Live = tuple[Server, Node, NodeIdentity, str]
 SCHEDULER_QUERY = ('{ transactions(owners: ["%s"], tags: [{name: "Type", values: '
                    '["Scheduler-Location"]}]) { edges { node { tags { name value } } } } }')
