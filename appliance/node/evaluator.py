@@ -103,7 +103,10 @@ def _serve(conn: Connection, cache_dir: Path) -> None:
             reply = (False, (type(exc).__name__, str(exc)))
         except Exception as exc:  # noqa: BLE001 - reported to the parent, never fatal here
             reply = (False, ("EvaluationError", f"{type(exc).__name__}: {exc}"))
-        conn.send(reply)
+        try:
+            conn.send(reply)
+        except (BrokenPipeError, EOFError, OSError):
+            return  # the node went away (for example kill -9); nothing left to answer
 
 
 class WorkerCrashed(EvaluationError):

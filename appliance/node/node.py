@@ -62,6 +62,7 @@ from attestation.evidence import EvidenceProvider
 log = logging.getLogger("appliance.node")
 ScheduledEntry = tuple[ScheduledSlot, items.Item, items.Item]
 ITEM_TYPES = ("Module", "Process", "Message")
+MAX_WORKER_CRASHES = 3
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class _Actor:
     since_checkpoint: int = 0
     last_checkpoint: float = field(default_factory=time.monotonic)
     broken: str | None = None
+    crashes: int = 0
 
 
 class Node:
@@ -218,8 +220,15 @@ class Node:
                 with actor.lock:
                     progressed = self._step(actor)
             except WorkerCrashed:
-                log.warning("evaluation worker for %s restarted; reopening", actor.process_id)
-                progressed = True
+                actor.crashes += 1
+                if actor.crashes > MAX_WORKER_CRASHES:
+                    actor.broken = f"its evaluation worker crashed {actor.crashes} times"
+                    log.error("process %s: %s", actor.process_id, actor.broken)
+                    progressed = False
+                else:
+                    log.warning("evaluation worker for %s restarted; reopening",
+                                actor.process_id)
+                    progressed = True
             except Exception:
                 log.exception("process %s stopped evaluating", actor.process_id)
                 actor.broken = "internal error; see the node log"
@@ -265,6 +274,8 @@ class Node:
         if actor.generation != self.pool.generation(pid):
             try:
                 self._open(actor)
+            except WorkerCrashed:
+                raise
             except (ModuleError, NotFound, EvaluationError) as exc:
                 actor.broken = str(exc)
                 log.error("process %s cannot be evaluated: %s", pid, exc)

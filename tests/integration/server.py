@@ -54,12 +54,16 @@ class Server:
                 self.kill()
 
 
-def start_server(data_dir: Path, *extra: str) -> Server:
-    """Start a node with the emulated TEE on a free loopback port and wait until it listens."""
+SERVE = ("-m", "appliance.cli", "serve", "--http", "127.0.0.1:0", "--tee", "emulated",
+         "--data-dir")
+STUB = ("-m", "tests.integration.stub_serve")
+
+
+def start_server(data_dir: Path, command: tuple[str, ...] = SERVE) -> Server:
+    """Start a node on a free loopback port and wait until it listens."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "appliance.cli", "serve", "--data-dir", str(data_dir),
-         "--http", "127.0.0.1:0", "--tee", "emulated", *extra],
+        [sys.executable, *command, str(data_dir)],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=sys.stderr, text=True)
     assert proc.stdout is not None
     for line in proc.stdout:

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,9 +26,19 @@ def server(tmp_path: Path):  # type: ignore[no-untyped-def]
         yield srv
 
 
+def whole_schedule(server: Server, process: str) -> list[dict[str, Any]]:
+    """Every schedule edge of a process, paging by slot."""
+    edges: list[dict[str, Any]] = []
+    while True:
+        page = server.get_json(f"/{process}?limit=1000&from-nonce={len(edges)}")
+        edges += page["edges"]
+        if not page["page_info"]["has_next_page"]:
+            return edges
+
+
 def verify_result_chain(server: Server, process: str) -> list[items.Item]:
     """Every slot's signed Result verifies and links to the previous one, back to slot 0."""
-    edges = server.get_json(f"/{process}?limit=1000")["edges"]
+    edges = whole_schedule(server, process)
     chain: list[items.Item] = []
     for slot, edge in enumerate(edges):
         assignment = {t["name"]: t["value"] for t in edge["node"]["assignment"]["tags"]}
