@@ -207,7 +207,7 @@ class ProcessInstance:
         host = EmscriptenHost(self.loaded.fmt, self.limits.memory_bytes)
         try:
             forwarder = wasmtime.Instance(store, self.loaded.forwarder, []).exports(store)
-            in_wasm = {name: forwarder[name] for name in
+            in_wasm = {name: _func(forwarder, name) for name in
                        (*self.loaded.slot_names, trampolines.LONGJMP)}
             instance = wasmtime.Instance(store, self.loaded.module, host.build_imports(
                 store, self.loaded.module, in_wasm))
