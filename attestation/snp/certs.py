@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Sequence
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
@@ -41,7 +42,9 @@ def load_certificates(blobs: Sequence[bytes]) -> list[x509.Certificate]:
                     out.extend(x509.load_pem_x509_certificates(bytes(blob)))
                 else:
                     out.append(x509.load_der_x509_certificate(bytes(blob)))
-        except (ValueError, TypeError) as exc:
+                for cert in out:
+                    _ = (cert.subject, cert.issuer, cert.extensions, cert.not_valid_after_utc)
+        except (ValueError, TypeError, x509.InvalidVersion, UnsupportedAlgorithm) as exc:
             raise MalformedEvidence(f"certificate cannot be parsed: {exc}") from exc
     return out
 
