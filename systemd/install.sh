@@ -5,7 +5,8 @@
 #   sudo systemd/install.sh --wheel FILE.whl     install a given wheel (upgrade: same command, new wheel)
 #   sudo systemd/install.sh --uninstall [--purge]
 #   systemd/install.sh --dry-run ...             print what would change, change nothing
-#   sudo systemd/install.sh --root DIR ...       install into a scratch root (no live-system calls)
+#   sudo systemd/install.sh --root DIR ...       install into a scratch root (no live-system calls;
+#                                                the unit is enabled offline with systemctl --root)
 #
 # Idempotent: a second run with the same wheel changes nothing. Never overwrites
 # /etc/ao-appliance/config.yaml. --uninstall keeps /var/lib/ao-appliance (the node key and data) and
@@ -39,9 +40,11 @@ usage: install.sh [--wheel FILE] [--python PYTHON] [--root DIR] [--no-start] [--
        install.sh --uninstall [--purge] [--root DIR] [--dry-run]
 
   --wheel FILE     install this wheel instead of building one from $repo
-  --python PYTHON  interpreter for the venv (default: python3; must be >= 3.11 with venv/ensurepip)
+  --python PYTHON  interpreter for the venv (default: /usr/bin/python3, the system python; must be
+                   >= 3.11 with venv/ensurepip, and outside /root and /home, which the unit hides)
   --root DIR       install under DIR (a scratch or image root): every path is prefixed with DIR and
-                   systemctl/udevadm are not called; users are made with systemd-sysusers --root.
+                   the running systemd and udev are not touched: users are made with
+                   systemd-sysusers --root and the unit is enabled with systemctl --root.
                    The venv's scripts then name DIR in their #! lines: such a tree is for inspection
                    and tests, not for copying to / as is.
   --no-start       enable the service but do not start or restart it
@@ -55,7 +58,7 @@ EOF
 say() { printf 'install.sh: %s\n' "$*"; }
 die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }
 
-root="" wheel="" python=python3 dry_run=0 uninstall=0 purge=0 start=1
+root="" wheel="" python=/usr/bin/python3 dry_run=0 uninstall=0 purge=0 start=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --root) [ $# -ge 2 ] || die "--root needs a directory"; root="$2"; shift 2 ;;
@@ -97,6 +100,9 @@ if [ -z "$root" ]; then
   fi
 fi
 
+sysroot=()  # systemctl's offline mode for the target root
+[ -z "$root" ] || sysroot=(--root="$root")
+
 r() { printf '%s%s' "$root" "$1"; }   # a target path under --root
 
 run() {  # run a command, or show it under --dry-run
@@ -135,6 +141,14 @@ put() {  # put SRC MODE DST [GROUP]: install a file if its content, mode or grou
   changed=1
 }
 
+udev_reload() {  # apply the rule to existing devices; not fatal: the rule also applies at boot
+  if ! run udevadm control --reload \
+      || ! run udevadm trigger --action=change --subsystem-match=misc \
+             --sysname-match=sev-guest --sysname-match=tdx_guest; then
+    say "warning: udevadm failed (is systemd-udevd running?); the TEE device rule applies from the next boot"
+  fi
+}
+
 remove() {  # remove a file or tree if present
   local dst
   dst="$(r "$1")"
@@ -146,8 +160,12 @@ remove() {  # remove a file or tree if present
 
 # ------------------------------------------------------------------------------------- uninstall
 if [ "$uninstall" -eq 1 ]; then
-  if [ "$live" -eq 1 ] && systemctl cat "$NAME.service" >/dev/null 2>&1; then
-    run systemctl disable --now "$NAME.service"
+  if [ -e "$(r "$UNIT")" ]; then
+    if [ "$live" -eq 1 ]; then
+      run systemctl disable --now "$NAME.service"
+    else
+      run systemctl "${sysroot[@]}" disable "$NAME.service"
+    fi
   fi
   remove "$UNIT"
   remove "$UDEV_RULE"
@@ -155,9 +173,8 @@ if [ "$uninstall" -eq 1 ]; then
   remove "$OPT"
   if [ "$live" -eq 1 ]; then
     run systemctl daemon-reload
-    run udevadm control --reload
-    run udevadm trigger --action=change --subsystem-match=misc \
-      --sysname-match=sev-guest --sysname-match=tdx_guest
+    systemctl reset-failed "$NAME.service" 2>/dev/null || true
+    udev_reload
     [ ! -d "$TSM_ENTRY" ] || run rmdir "$TSM_ENTRY"
   fi
   if [ "$purge" -eq 1 ]; then
@@ -174,7 +191,13 @@ fi
 
 # ------------------------------------------------------------------------------------- install
 "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
-  || die "$python is missing or older than 3.11 (use --python)"
+  || die "$python is missing or older than 3.11 (use --python; Debian: apt install python3 python3-venv)"
+# The venv links to its base interpreter; the service must be able to run it under ProtectHome=yes
+# (a pyenv or ~/.local python is invisible to it).
+base="$("$python" -c 'import os, sys; print(os.path.realpath(sys.executable))')"
+case "$base" in
+  /root/*|/home/*|/run/user/*) die "$python is $base, which the service cannot see (ProtectHome=yes); use a system python (--python /usr/bin/python3)" ;;
+esac
 for tool in systemd-sysusers install cmp sha256sum; do
   command -v "$tool" >/dev/null || die "$tool not found (Debian: apt install systemd coreutils diffutils)"
 done
@@ -189,9 +212,8 @@ fi
 
 # 2. the venv, from the system python.
 venv_ok=0
-if "$(r "$VENV")/bin/python" -c 'import sys' 2>/dev/null \
-    && [ "$("$(r "$VENV")/bin/python" -c 'import sys; print(sys.version_info[:2])')" \
-         = "$("$python" -c 'import sys; print(sys.version_info[:2])')" ]; then
+if [ "$("$(r "$VENV")/bin/python" -c 'import os, sys; print(os.path.realpath(sys.executable))' \
+       2>/dev/null || true)" = "$base" ]; then
   venv_ok=1
   say "unchanged $VENV"
 else
@@ -282,9 +304,7 @@ fi
 
 # 7. live system: udev, systemd.
 if [ "$live" -eq 1 ]; then
-  run udevadm control --reload
-  run udevadm trigger --action=change --subsystem-match=misc \
-    --sysname-match=sev-guest --sysname-match=tdx_guest
+  udev_reload
   run systemctl daemon-reload
   if [ "$start" -eq 1 ]; then
     if [ "$changed" -eq 1 ] && systemctl -q is-active "$NAME.service"; then
@@ -294,6 +314,11 @@ if [ "$live" -eq 1 ]; then
   else
     run systemctl enable "$NAME.service"
   fi
+elif [ -n "$(find "$(r /etc/systemd/system)" -path '*.wants/*' -name "$NAME.service" 2>/dev/null)" ]; then
+  say "unchanged: $NAME.service enabled"
+else
+  # No running systemd (image root, container): enable offline, it starts at the next boot.
+  run systemctl "${sysroot[@]}" enable "$NAME.service"
 fi
 
 if [ "$dry_run" -eq 1 ]; then

@@ -49,6 +49,8 @@ INSTALLED = [
     "etc/ao-appliance/config.example.yaml",
 ]
 REMOVED_BY_UNINSTALL = [*INSTALLED[:4], "opt/ao-appliance"]
+# Enabled offline (systemctl --root): the symlink is absolute, so check it as a link.
+WANTS = "etc/systemd/system/multi-user.target.wants/ao-appliance.service"
 
 
 def _missing(reason: str) -> None:
@@ -212,6 +214,10 @@ def test_install_lays_out_the_tree(installed: Installed) -> None:
     root = installed.root
     for rel in INSTALLED:
         assert (root / rel).exists(), rel
+    assert os.readlink(root / WANTS) == "/etc/systemd/system/ao-appliance.service"
+    # The venv is built on the system python, never one the unit hides (ProtectHome=yes).
+    base = os.path.realpath(root / "opt/ao-appliance/venv/bin/python")
+    assert not base.startswith(("/root/", "/home/")), base
     group = (root / "etc/group").read_text()
     match = re.search(r"^ao-appliance:x:(\d+):", group, re.M)
     assert match
@@ -266,6 +272,7 @@ def test_uninstall_keeps_data_and_config_unless_purge(installed: Installed, tmp_
     _install(root, "--uninstall")
     for rel in REMOVED_BY_UNINSTALL:
         assert not (root / rel).exists(), rel
+    assert not (root / WANTS).is_symlink()
     assert key.read_bytes() == b"identity"
     assert (root / "etc/ao-appliance/config.yaml").exists()
     # A second uninstall is a no-op.
