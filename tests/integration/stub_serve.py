@@ -12,13 +12,13 @@ from appliance.cli.serve_cmd import _serve_http
 from appliance.node.identity import NodeIdentity
 from appliance.node.node import Node
 from appliance.node.settings import NodeSettings
-from tests.node.test_node_core import StaticEvidence
+from attestation.providers import EmulatedProvider
 
 
 def main() -> None:
     data = Path(sys.argv[1])
     node = Node(NodeSettings(data_dir=data, checkpoint_every_messages=25),
-                NodeIdentity.load_or_create(data), StaticEvidence(), b"\2" * 32)
+                NodeIdentity.load_or_create(data), EmulatedProvider(data / "tee"), b"\2" * 32)
     try:
         asyncio.run(_serve_http(make_app(node), ("127.0.0.1", 0)))
     finally:

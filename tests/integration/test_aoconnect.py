@@ -12,17 +12,17 @@ from typing import Any
 import pytest
 
 from appliance.node import items
+from attestation.providers import EmulatedProvider
 from tests.integration.clients import client_identity, upload_module
 from tests.integration.inproc import serve_in_thread
 from tests.integration.server import Server
-from tests.node.test_node_core import StaticEvidence
 from tests.support.paths import JS_DIR, node_modules
 
 
 @pytest.fixture
 def server(tmp_path: Path):  # type: ignore[no-untyped-def]
     node_modules()
-    with serve_in_thread(tmp_path / "node", StaticEvidence()) as (srv, _node):
+    with serve_in_thread(tmp_path / "node", EmulatedProvider(tmp_path / "tee")) as (srv, _node):
         yield srv
 
 

