@@ -24,6 +24,7 @@ from appliance.api.http_errors import http_status, reason
 from appliance.errors import ApplianceError, BadRequest
 from appliance.node.identity import b64url_decode
 from appliance.node.node import Node
+from appliance.proof.export import build_proof
 
 log = logging.getLogger("appliance.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -211,6 +212,13 @@ class Routes:
                               request.match_info["message"])
         return web.Response(body=raw, content_type="application/octet-stream")
 
+    async def proof(self, request: web.Request) -> web.Response:
+        replay = request.query.get("replay", "") in ("1", "true")
+        proof = await self._run(lambda: build_proof(
+            self.node, _required(request, "process-id"), request.match_info["message"],
+            replay=replay))
+        return web.Response(body=proof.encode(), content_type="application/json")
+
     async def graphql_query(self, request: web.Request) -> web.Response:
         try:
             body = await request.json()
@@ -239,6 +247,7 @@ def make_app(node: Node, observe: Callable[[web.Request, int, str], None] | None
     app.router.add_get("/cron/{process}", r.cron)
     app.router.add_get("/attestation", r.attestation)
     app.router.add_get("/result-item/{message}", r.result_item)
+    app.router.add_get("/proof/{message}", r.proof)
     app.router.add_post("/graphql", r.graphql_query)
     app.router.add_get("/{id}", r.item_or_schedule)
     return app

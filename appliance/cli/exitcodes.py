@@ -1,8 +1,9 @@
-"""Process exit codes, mapped from the error tree in one place."""
+"""Process exit codes, mapped from the error trees (appliance and attestation) in one place."""
 
 from __future__ import annotations
 
 from appliance.errors import ConfigError, UsageError
+from attestation.errors import CollateralError, PolicyError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -14,6 +15,6 @@ def exit_code_for(exc: BaseException) -> int:
     """Exit code for an error that reached the top of a command."""
     if isinstance(exc, ConfigError):
         return EXIT_CONFIG
-    if isinstance(exc, UsageError | OSError | ValueError):
+    if isinstance(exc, UsageError | PolicyError | CollateralError | OSError | ValueError):
         return EXIT_USAGE
     return EXIT_FAILED
