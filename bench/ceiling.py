@@ -1,0 +1,68 @@
+"""Section 2: the pipeline on a trivial module vs the sum of its irreducible parts, same run."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import wasmtime
+
+from appliance.compute import ComputeEngine, ComputeLimits, module_format
+from appliance.compute.jsjson import stringify
+from appliance.node import items
+from appliance.node.identity import NodeIdentity
+from bench.common import ENV, guest_message, pipeline, rate
+
+FORMAT = "wasm32-unknown-emscripten4"
+ECHO = Path(__file__).with_name("echo.wat")
+
+
+def _per_call(count: int, fn: Any) -> float:
+    start = time.perf_counter()
+    for _ in range(count):
+        fn()
+    return (time.perf_counter() - start) / count
+
+
+def run(quick: bool, cache: Any, log: Any) -> dict[str, Any]:
+    """Pipeline msgs/s for echo.wat, the ceiling from its parts, and their ratio."""
+    count = 200 if quick else 3000
+    wasm = bytes(wasmtime.wat2wasm(ECHO.read_text()))
+    engine = ComputeEngine(cache)
+    instance = engine.instantiate(engine.load(wasm, module_format(FORMAT)), ComputeLimits())
+    msg, env = stringify(guest_message(1, {"Action": "Eval"}, "x")), stringify(ENV)
+    log("ceiling: parts")
+    wasm_call = _per_call(count, lambda: instance.handle_json(msg, env))
+    with tempfile.TemporaryDirectory() as tmp:
+        signer = NodeIdentity.load_or_create(Path(tmp))
+        result_data = b'{"Assignments":[],"Error":null,"GasUsed":0,"Messages":[],"Output":"echo"}'
+        sign = _per_call(count, lambda: items.sign(signer, tags=[("Type", "Result")] * 10,
+                                                   data=result_data, target="P" * 43))
+        sha = _per_call(count, lambda: hashlib.sha256(msg).digest())
+        fd = os.open(Path(tmp) / "f", os.O_WRONLY | os.O_CREAT)
+        def write_and_sync() -> None:
+            os.write(fd, b"x" * 4096)
+            os.fsync(fd)
+
+        try:
+            fsync = _per_call(max(20, count // 20), write_and_sync)
+        finally:
+            os.close(fd)
+    batch = 64  # NodeSettings.batch_size: one group commit per batch of results
+    # Per message: the guest call, signing its Assignment and its Result, hashing, and a share
+    # of two fsyncs (the message's durable ingest and the results' commit).
+    per_message = wasm_call + 2 * sign + 2 * sha + 2 * fsync / batch
+    ceiling = 1 / per_message
+    log(f"ceiling: pipeline on echo.wat ({count} msgs)")
+    with pipeline(wasm, FORMAT) as pipe:
+        pid = pipe.spawn("echo")
+        batch_items = {pid: [pipe.item(pid, {"Action": "Echo"}, "x") for _ in range(count)]}
+        measured = rate(count, pipe.send_all(batch_items, clients=8))
+    return {"pipeline_echo": measured, "ceiling": ceiling, "pipeline/ceiling": measured / ceiling,
+            "parts_us": {"wasm_call": wasm_call * 1e6, "ed25519_sign_item": sign * 1e6,
+                         "sha256": sha * 1e6, "fsync": fsync * 1e6, "fsync_batch": batch},
+            "target": "pipeline >= 50% of ceiling"}

@@ -1,0 +1,183 @@
+"""Shared pieces of the benchmarks: modules, message streams, a node to drive, timing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from appliance.node import items
+from appliance.node.identity import NodeIdentity
+from appliance.node.node import Node
+from appliance.node.settings import NodeSettings
+from attestation.providers import EmulatedProvider
+
+REPO = Path(__file__).resolve().parents[1]
+JS_DIR = REPO / "tests" / "js"
+PROCESS = "P" * 43
+OWNER = "O" * 43
+ENV: dict[str, Any] = {
+    "Process": {"Id": PROCESS, "Owner": OWNER, "Tags": [{"name": "Name", "value": "bench"}]},
+    "Module": {"Id": "M" * 43, "Owner": OWNER, "Tags": []},
+}
+PING_HANDLER = "Handlers.add('ping', 'Ping', function(m) m.reply({Data = 'Pong'}) end)"
+TOKEN_HANDLER = """
+Balances = Balances or { [Owner] = 1000000000000 }
+Handlers.add('transfer', 'Transfer', function(m)
+  local qty = tonumber(m.Quantity)
+  local from = m.From
+  if (Balances[from] or 0) >= qty then
+    Balances[from] = Balances[from] - qty
+    Balances[m.Recipient] = (Balances[m.Recipient] or 0) + qty
+    m.reply({ Action = 'Debit-Notice', Recipient = m.Recipient, Quantity = tostring(qty) })
+    Send({ Target = m.Recipient, Action = 'Credit-Notice', Sender = from,
+           Quantity = tostring(qty) })
+  else
+    m.reply({ Action = 'Transfer-Error', Error = 'Insufficient Balance!' })
+  end
+end)
+"""
+RECIPIENT = "R" * 43
+# (tags, data) of the three workload kinds, cycled.
+WORKLOAD: list[tuple[dict[str, str], str]] = [
+    ({"Action": "Eval"}, "return 1"),
+    ({"Action": "Ping"}, ""),
+    ({"Action": "Transfer", "Recipient": RECIPIENT, "Quantity": "1"}, ""),
+]
+SETUP: list[tuple[dict[str, str], str]] = [
+    ({"Action": "Eval"}, PING_HANDLER), ({"Action": "Eval"}, TOKEN_HANDLER)]
+
+
+def guest_message(n: int, tags: dict[str, str], data: str) -> dict[str, Any]:
+    """The n-th message as the loader receives it (n = 0 is the process itself)."""
+    return {
+        "Id": PROCESS if n == 0 else f"{n:043d}", "Owner": OWNER, "From": OWNER,
+        "Target": PROCESS, "Module": "M" * 43,
+        "Tags": [{"name": k, "value": v} for k, v in tags.items()],
+        "Data": data, "Block-Height": str(1000 + n),
+        "Timestamp": str(1_700_000_000_000 + n * 1000), "Cron": False,
+    }
+
+
+def streams(count: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(setup incl. the process message, workload of ``count`` messages)."""
+    setup = [guest_message(0, {"Type": "Process"}, "")]
+    setup += [guest_message(i + 1, t, d) for i, (t, d) in enumerate(SETUP)]
+    base = len(setup)
+    workload = [guest_message(base + i, *WORKLOAD[i % len(WORKLOAD)]) for i in range(count)]
+    return setup, workload
+
+
+def node_binary() -> str | None:
+    """The ``node`` executable, or None."""
+    return shutil.which("node")
+
+
+def run_loader(module: Path, fmt: str, mode: str, count: int) -> float:
+    """Messages per second through @permaweb/ao-loader in ``mode`` (legacy | resident)."""
+    node = node_binary()
+    if node is None or not (JS_DIR / "node_modules" / "@permaweb" / "ao-loader").is_dir():
+        raise RuntimeError("node and tests/js/node_modules are needed (bash tests/run.sh once)")
+    setup, workload = streams(count)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as spec:
+        json.dump({"js_dir": str(JS_DIR), "module": str(module), "format": fmt, "env": ENV,
+                   "setup": setup, "workload": workload, "mode": mode}, spec)
+    try:
+        flags = ["--experimental-wasm-memory64"] if fmt.startswith("wasm64") else []
+        proc = subprocess.run([node, *flags, str(REPO / "bench" / "loader.mjs"), spec.name],
+                              capture_output=True, text=True, timeout=3600, check=False)
+    finally:
+        Path(spec.name).unlink()
+    if proc.returncode != 0:
+        raise RuntimeError(f"ao-loader bench failed: {proc.stderr[-2000:]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    return float(out["messages"]) / float(out["seconds"])
+
+
+def rate(count: int, seconds: float) -> float:
+    """Items per second."""
+    return count / seconds if seconds > 0 else float("inf")
+
+
+def best_of(runs: int, fn: Callable[[], float]) -> float:
+    """Median of ``runs`` calls of ``fn`` (each returning a rate)."""
+    return statistics.median(fn() for _ in range(runs))
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0..100) by nearest rank."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+
+
+@dataclass
+class Pipeline:
+    """A node in this process, a client key, and helpers to spawn and message processes."""
+
+    node: Node
+    client: NodeIdentity
+    module_id: str
+    counter: int = 0
+
+    def item(self, process: str, tags: dict[str, str], data: str) -> items.Item:
+        """A signed client Message (pre-signed before timing starts)."""
+        self.counter += 1
+        return items.sign(self.client, target=process, data=data.encode(),
+                          anchor=f"{self.counter:032d}".encode(),
+                          tags=[("Data-Protocol", "ao"), ("Variant", "ao.TN.1"),
+                                ("Type", "Message"), *tags.items()])
+
+    def spawn(self, name: str) -> str:
+        """A new process of the module, scheduled on this node."""
+        proc = items.sign(self.client, anchor=name.encode().ljust(32, b"."), tags=[
+            ("Data-Protocol", "ao"), ("Variant", "ao.TN.1"), ("Type", "Process"),
+            ("Module", self.module_id), ("Scheduler", self.node.identity.address),
+            ("Authority", self.node.identity.address), ("Name", name)])
+        self.node.ingest(proc.raw)
+        self.node.result(proc.id, proc.id)
+        return proc.id
+
+    def send_all(self, batches: dict[str, list[items.Item]], clients: int) -> float:
+        """Ingest every batch from ``clients`` threads; return seconds until all results exist."""
+        work = [(pid, it) for pid, its in batches.items() for it in its]
+        shares = [work[i::clients] for i in range(clients)]
+        start = time.perf_counter()
+        threads = [threading.Thread(target=lambda s=s: [self.node.ingest(it.raw) for _, it in s])
+                   for s in shares]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for pid, its in batches.items():
+            self.node.result(pid, its[-1].id)
+        return time.perf_counter() - start
+
+
+@contextmanager
+def pipeline(module_bytes: bytes, fmt: str, workers: int = 2,
+             **settings: Any) -> Iterator[Pipeline]:
+    """A fresh node (emulated TEE, SQLite in a temp dir) with ``module_bytes`` uploaded."""
+    with tempfile.TemporaryDirectory(prefix="ao-bench-") as tmp:
+        base = Path(tmp)
+        node = Node(NodeSettings(data_dir=base / "node", workers=workers, **settings),
+                    NodeIdentity.load_or_create(base / "node"), EmulatedProvider(base / "tee"),
+                    b"\0" * 32)
+        try:
+            client = NodeIdentity.load_or_create(base / "client")
+            module = items.sign(client, data=module_bytes, tags=[
+                ("Data-Protocol", "ao"), ("Variant", "ao.TN.1"), ("Type", "Module"),
+                ("Module-Format", fmt), ("Memory-Limit", "1-gb"),
+                ("Compute-Limit", "9000000000000")])
+            node.ingest(module.raw)
+            yield Pipeline(node, client, module.id)
+        finally:
+            node.close()

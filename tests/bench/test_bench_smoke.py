@@ -1,0 +1,25 @@
+"""The benchmark suite runs end to end on tiny sizes (figures are not asserted: see bench/)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.paths import REPO, node_modules, vectors_dir
+
+
+def test_bench_quick_runs_and_writes_every_section(tmp_path: Path) -> None:
+    node_modules()
+    vectors_dir()
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads(out.read_text())
+    assert {"aos", "ceiling", "cold_start", "verification", "scaling"} <= results.keys()
+    for row in results["aos"]:
+        assert row["c_engine"] > 0 and row["d_pipeline_1"] > 0 and row["a_loader_legacy"] > 0
+    assert results["verification"]["snp_reports_per_s"] > 0
+    assert "== scaling" in proc.stdout
