@@ -12,6 +12,7 @@ import hashlib
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import nacl.exceptions
 import nacl.signing
@@ -43,12 +44,12 @@ class Item:
     raw: bytes
     tag_bytes: bytes
 
-    @property
+    @cached_property
     def id(self) -> str:
         """base64url(SHA-256(signature))."""
         return b64url(hashlib.sha256(self.signature).digest())
 
-    @property
+    @cached_property
     def owner_address(self) -> str:
         """base64url(SHA-256(owner public key))."""
         return b64url(hashlib.sha256(self.owner).digest())
