@@ -56,7 +56,6 @@ class Server:
 
 SERVE = ("-m", "appliance.cli", "serve", "--http", "127.0.0.1:0", "--tee", "emulated",
          "--data-dir")
-STUB = ("-m", "tests.integration.stub_serve")
 
 
 def start_server(data_dir: Path, command: tuple[str, ...] = SERVE) -> Server:

