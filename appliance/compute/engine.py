@@ -192,12 +192,12 @@ class ProcessInstance:
         self._engine = engine
         self.loaded = loaded
         self.limits = limits
-        self._base: bytearray | None = None
+        self._base: bytes | bytearray | None = None
         self._base_clock = 0
         self._log: list[tuple[bytes, bytes]] = []
         self._build(snapshot)
         if snapshot is not None:
-            self._take_base()
+            self._base, self._base_clock = snapshot.memory, snapshot.clock  # immutable: no copy
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -318,7 +318,7 @@ class ProcessInstance:
         """Copy memory into the reused base buffer (its pages stay mapped: a plain memcpy)."""
         mem = self._host.mem
         assert mem is not None
-        if self._base is None or len(self._base) != mem.size:
+        if not isinstance(self._base, bytearray) or len(self._base) != mem.size:
             self._base = bytearray(mem.size)
         mem.read_into(0, self._base)
         self._base_clock = self._host.clock
