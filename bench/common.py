@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.node import items
+from appliance.node.guest import ScheduledSlot, guest_env, guest_message
 from appliance.node.identity import NodeIdentity
 from appliance.node.node import Node
 from appliance.node.settings import NodeSettings
@@ -23,12 +24,7 @@ from attestation.providers import EmulatedProvider
 
 REPO = Path(__file__).resolve().parents[1]
 JS_DIR = REPO / "tests" / "js"
-PROCESS = "P" * 43
 OWNER = "O" * 43
-ENV: dict[str, Any] = {
-    "Process": {"Id": PROCESS, "Owner": OWNER, "Tags": [{"name": "Name", "value": "bench"}]},
-    "Module": {"Id": "M" * 43, "Owner": OWNER, "Tags": []},
-}
 PING_HANDLER = "Handlers.add('ping', 'Ping', function(m) m.reply({Data = 'Pong'}) end)"
 TOKEN_HANDLER = """
 Balances = Balances or { [Owner] = 1000000000000 }
@@ -57,24 +53,36 @@ SETUP: list[tuple[dict[str, str], str]] = [
     ({"Action": "Eval"}, PING_HANDLER), ({"Action": "Eval"}, TOKEN_HANDLER)]
 
 
-def guest_message(n: int, tags: dict[str, str], data: str) -> dict[str, Any]:
-    """The n-th message as the loader receives it (n = 0 is the process itself)."""
-    return {
-        "Id": PROCESS if n == 0 else f"{n:043d}", "Owner": OWNER, "From": OWNER,
-        "Target": PROCESS, "Module": "M" * 43,
-        "Tags": [{"name": k, "value": v} for k, v in tags.items()],
-        "Data": data, "Block-Height": str(1000 + n),
-        "Timestamp": str(1_700_000_000_000 + n * 1000), "Cron": False,
-    }
+def _client() -> NodeIdentity:
+    with tempfile.TemporaryDirectory() as tmp:
+        return NodeIdentity.load_or_create(Path(tmp))
 
 
-def streams(count: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(setup incl. the process message, workload of ``count`` messages)."""
-    setup = [guest_message(0, {"Type": "Process"}, "")]
-    setup += [guest_message(i + 1, t, d) for i, (t, d) in enumerate(SETUP)]
-    base = len(setup)
-    workload = [guest_message(base + i, *WORKLOAD[i % len(WORKLOAD)]) for i in range(count)]
-    return setup, workload
+def shaped(kinds: list[tuple[dict[str, str], str]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The process message then one message per (tags, data), and the env, shaped exactly as
+    the node hands them to the module (signed items through ``guest_message``/``guest_env``)."""
+    client = _client()
+    module = items.sign(client, data=b"module", tags=[
+        ("Data-Protocol", "ao"), ("Type", "Module"), ("Module-Format", "bench")])
+    process = items.sign(client, anchor=b"bench".ljust(32, b"."), tags=[
+        ("Data-Protocol", "ao"), ("Variant", "ao.TN.1"), ("Type", "Process"),
+        ("Module", module.id), ("Scheduler", OWNER), ("Name", "bench")])
+    msgs = [process] + [
+        items.sign(client, target=process.id, data=data.encode(),
+                   anchor=f"{n:032d}".encode(), tags=[
+                       ("Data-Protocol", "ao"), ("Variant", "ao.TN.1"), ("Type", "Message"),
+                       *tags.items()])
+        for n, (tags, data) in enumerate(kinds)]
+    out = [guest_message(item, ScheduledSlot(process.id, n, item.id, "A" * 43, "H" * 43,
+                                             1_700_000_000_000 + n * 1000, 1000 + n, "", 0))
+           for n, item in enumerate(msgs)]
+    return out, guest_env(process, module)
+
+
+def streams(count: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """(process message + setup, workload of ``count`` messages cycling WORKLOAD, env)."""
+    msgs, env = shaped([*SETUP, *(WORKLOAD[i % len(WORKLOAD)] for i in range(count))])
+    return msgs[:1 + len(SETUP)], msgs[1 + len(SETUP):], env
 
 
 def node_binary() -> str | None:
@@ -87,9 +95,9 @@ def run_loader(module: Path, fmt: str, mode: str, count: int) -> float:
     node = node_binary()
     if node is None or not (JS_DIR / "node_modules" / "@permaweb" / "ao-loader").is_dir():
         raise RuntimeError("node and tests/js/node_modules are needed (bash tests/run.sh once)")
-    setup, workload = streams(count)
+    setup, workload, env = streams(count)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as spec:
-        json.dump({"js_dir": str(JS_DIR), "module": str(module), "format": fmt, "env": ENV,
+        json.dump({"js_dir": str(JS_DIR), "module": str(module), "format": fmt, "env": env,
                    "setup": setup, "workload": workload, "mode": mode}, spec)
     try:
         flags = ["--experimental-wasm-memory64"] if fmt.startswith("wasm64") else []
