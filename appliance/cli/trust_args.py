@@ -12,6 +12,7 @@ from typing import Any
 from appliance.errors import UsageError
 from attestation.errors import MalformedEvidence
 from attestation.policy import Policy
+from attestation.policy_file import load_policy
 from attestation.snp.certs import load_certificates
 
 MAX_INPUT_BYTES = 4 << 20
@@ -67,8 +68,7 @@ def policy(path: Path | None) -> tuple[Policy, str]:
     if path is None:
         return Policy(any_measurement=True), "none given: measurement NOT checked"
     text = read_input(path, "--policy", 1 << 20).decode("utf-8", "replace")
-    loaded: Policy = optional_module("attestation.policy_file").load_policy(text, str(path))
-    return loaded, f"{path}: satisfied"
+    return load_policy(text, str(path)), f"{path}: satisfied"
 
 
 def now(text: str | None) -> datetime:

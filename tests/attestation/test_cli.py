@@ -89,3 +89,29 @@ def test_usage_errors_exit_2_without_traceback(args: tuple[str, ...],
     out = _cli(*(str(milan[0]) if a == "__REPORT__" else a for a in args))
     assert out.returncode == 2, out
     assert "Traceback" not in out.stderr and out.stderr.strip()
+
+
+def test_real_milan_report_verifies_under_a_debug_policy(milan: tuple[Path, Path],
+                                                         tmp_path: Path) -> None:
+    report, certs = milan
+    measurement = json.loads(_cli("verify", report, "--certs", certs, "--now", NOW, "--json",
+                                  "--policy", _policy(tmp_path, "any_measurement: true\n"
+                                                      "snp: {allow_debug: true}\n")).stdout)
+    assert measurement["verified"] and measurement["steps"][:2] == ["SNP-1", "SNP-2"]
+    pinned = _policy(tmp_path, f"allowed_measurements: [{measurement['measurement']}]\n"
+                               "snp: {allow_debug: true}\n")
+    assert _cli("verify", report, "--certs", certs, "--now", NOW, "--policy",
+                pinned).returncode == 0
+    other = _policy(tmp_path, f"allowed_measurements: ['{'00' * 48}']\n"
+                              "snp: {allow_debug: true}\n")
+    out = _cli("verify", report, "--certs", certs, "--now", NOW, "--policy", other, "--json")
+    assert out.returncode == 1 and json.loads(out.stdout)["step"] == "SNP-15"
+    bad = _policy(tmp_path, "allowed_measurements: []\nallow_emulated: true\n")
+    out = _cli("verify", report, "--certs", certs, "--policy", bad)
+    assert out.returncode == 2 and "policy.yaml:2:" in out.stderr
+
+
+def _policy(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "policy.yaml"
+    path.write_text(text)
+    return path
