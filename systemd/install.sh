@@ -288,15 +288,13 @@ fi
 cli="$(r "$VENV")/bin/ao-appliance"
 if [ ! -x "$cli" ]; then
   say "skip validation: $VENV/bin/ao-appliance is not installed yet (dry run)"
-elif ! PYTHONDONTWRITEBYTECODE=1 "$cli" check-config --help >/dev/null 2>&1; then
-  say "skip validation: this ao-appliance has no check-config command yet"
 else
   set +e
   PYTHONDONTWRITEBYTECODE=1 "$cli" check-config "$(r "$CONF")"
   rc=$?
   set -e
   case "$rc" in
-    0) say "configuration valid: $CONF" ;;
+    0) say "check-config: configuration valid: $CONF" ;;
     "$EX_CONFIG") die "$CONF is invalid (see above); fix it and run install.sh again (the service was not (re)started)" ;;
     *) die "check-config failed with exit code $rc" ;;
   esac

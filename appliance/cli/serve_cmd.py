@@ -1,10 +1,14 @@
-"""``ao-appliance serve``: run the node (embedded SQLite store, TEE evidence, AO HTTP API)."""
+"""``ao-appliance serve``: run the node (embedded SQLite store, TEE evidence, AO HTTP API, and the
+operator gRPC and metrics listeners when configured)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import hashlib
+import importlib
 import json
 import logging
 import signal
@@ -14,22 +18,25 @@ from typing import Any
 
 from aiohttp import web
 
-from appliance.api.http import NODE_KEY, make_app
+from appliance.api.http import make_app
+from appliance.config import TEE_NAMES, AppConfig, is_loopback, load_config, parse_host_port
 from appliance.errors import ConfigError, UsageError
 from appliance.node.identity import NodeIdentity
 from appliance.node.node import Node
 from appliance.node.settings import NodeSettings
+from appliance.sdnotify import sd_notify, watchdog_loop
+from attestation.evidence import EvidenceProvider
+from attestation.providers import provider_for
 
 log = logging.getLogger("appliance.serve")
-TEE_CHOICES = ("auto", "emulated", "sev-snp", "tdx")
 
 
 def host_port(text: str) -> tuple[str, int]:
-    """Parse ``HOST:PORT`` (IPv6 hosts in brackets)."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    """argparse type for ``HOST:PORT``."""
+    try:
+        return parse_host_port(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def register(sub: Any) -> None:
@@ -39,61 +46,115 @@ def register(sub: Any) -> None:
     parser.add_argument("--config", type=Path, default=None, help="YAML configuration file")
     parser.add_argument("--http", type=host_port, default=None,
                         help="AO HTTP API listener (default 127.0.0.1:8734)")
-    parser.add_argument("--tee", choices=TEE_CHOICES, default=None,
+    parser.add_argument("--grpc", type=host_port, default=None, help="operator gRPC listener")
+    parser.add_argument("--metrics", type=host_port, default=None,
+                        help="Prometheus listener (serves /metrics)")
+    parser.add_argument("--tee", choices=TEE_NAMES, default=None,
                         help="evidence provider (default auto: hardware, else emulated)")
     parser.set_defaults(func=serve)
 
 
-def _provider(tee: str, state_dir: Path) -> Any:
-    from attestation.providers import provider_for  # noqa: PLC0415 - device layer, on demand
+def effective_config(args: argparse.Namespace) -> AppConfig:
+    """The configuration file (or defaults) with command-line flags applied on top."""
+    config = load_config(args.config) if args.config is not None else AppConfig()
+    listen = config.listen
+    if args.http is not None:
+        listen = dataclasses.replace(listen, http=args.http)
+    if args.grpc is not None:
+        listen = dataclasses.replace(listen, grpc=args.grpc)
+    if args.metrics is not None:
+        listen = dataclasses.replace(listen, metrics=args.metrics)
+    config = dataclasses.replace(config, listen=listen, tee=args.tee or config.tee)
+    if args.grpc is not None and not config.tls.enabled:
+        if not is_loopback(args.grpc[0]):
+            raise ConfigError("--grpc on a non-loopback address needs tls in the configuration")
+        config = dataclasses.replace(  # a loopback --grpc without TLS is explicit plaintext
+            config, tls=dataclasses.replace(config.tls, plaintext_loopback=True))
+    return config
 
+
+def config_digest(config: AppConfig) -> bytes:
+    """SHA-256 of the effective configuration (bound into every attestation)."""
+    return hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True,
+                                     default=str).encode()).digest()
+
+
+def _provider(tee: str, state_dir: Path) -> EvidenceProvider:
     provider = provider_for(tee, state_dir)
     if provider is None:
         log.warning("NO TEE DETECTED: falling back to the EMULATED TEE. Results will carry an "
                     "emulated attestation that proves nothing about hardware.")
         provider = provider_for("emulated", state_dir)
+    assert provider is not None
     return provider
 
 
 def serve(args: argparse.Namespace) -> int:
     """Start the node and serve until SIGTERM/SIGINT."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+    config = effective_config(args)
+    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     data_dir: Path = args.data_dir
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create data dir {data_dir}: {exc}") from None
-    if args.config is not None and not args.config.is_file():
-        raise ConfigError(f"config file {args.config} does not exist")
-    settings = NodeSettings(data_dir=data_dir)
-    http = args.http or ("127.0.0.1", 8734)
-    config_digest = hashlib.sha256(json.dumps(
-        {"settings": repr(settings), "http": list(http)}, sort_keys=True).encode()).digest()
+    settings = NodeSettings(data_dir=data_dir, limits=config.limits,
+                            **dataclasses.asdict(config.node))
     identity = NodeIdentity.load_or_create(data_dir)
-    provider = _provider(args.tee or "auto", data_dir / "tee")
-    node = Node(settings, identity, provider, config_digest)
-    log.info("node %s serving AO HTTP on %s:%d", identity.address, *http)
+    node = Node(settings, identity, _provider(config.tee, data_dir / "tee"),
+                config_digest(config))
+    log.info("node %s starting (tee %s)", identity.address, node.provider.platform)
     try:
-        asyncio.run(_serve_http(make_app(node), http))
+        asyncio.run(_serve(node, config))
     finally:
+        sd_notify("STOPPING=1")
         node.close()
     return 0
 
 
-async def _serve_http(app: web.Application, listen: tuple[str, int]) -> None:
-    runner = web.AppRunner(app, access_log=None)
+def _optional(module: str, what: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError:
+        raise ConfigError(f"{what} is configured but not part of this build") from None
+
+
+async def _serve(node: Node, config: AppConfig) -> None:
+    metrics = None
+    observe = None
+    if config.listen.metrics is not None:
+        metrics = _optional("appliance.metrics", "the metrics listener")
+        observe = metrics.attach(node)
+    runner = web.AppRunner(make_app(node, observe), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, listen[0], listen[1])
+    site = web.TCPSite(runner, *config.listen.http)
     await site.start()
+    host, port = runner.addresses[0][:2]
+    event: dict[str, Any] = {"event": "listening", "http": f"{host}:{port}",
+                             "address": node.identity.address}
+    cleanups = [runner.cleanup]
+    if metrics is not None and config.listen.metrics is not None:
+        metrics_runner = await metrics.start_metrics_server(*config.listen.metrics)
+        cleanups.append(metrics_runner.cleanup)
+        metrics_host, metrics_port = metrics_runner.addresses[0][:2]
+        event["metrics"] = f"{metrics_host}:{metrics_port}"
+    if config.listen.grpc is not None or config.listen.grpc_unix is not None:
+        rpc = _optional("appliance.rpc.server", "the gRPC listener")
+        server = await rpc.start_grpc(node, config)
+        cleanups.append(lambda: server.stop(5))
+        event["grpc"] = getattr(server, "bound_address", None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    host, port = runner.addresses[0][:2]
-    node = app[NODE_KEY]
     await asyncio.to_thread(node.publish_location, f"http://{host}:{port}")
-    print(json.dumps({"event": "listening", "http": f"{host}:{port}",
-                      "address": node.identity.address}), flush=True)
+    print(json.dumps(event), flush=True)
+    sd_notify(f"READY=1\nSTATUS=serving AO HTTP on {host}:{port}")
+    watchdog = asyncio.create_task(watchdog_loop())
     await stop.wait()
-    await runner.cleanup()
+    watchdog.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watchdog
+    for cleanup in reversed(cleanups):
+        await cleanup()

@@ -1,0 +1,254 @@
+"""The node's YAML configuration, strictly validated into frozen dataclasses.
+
+Every problem is a :class:`ConfigError` carrying ``file:line:col`` (exit code 78). Command-line
+flags of ``serve`` override the file. docs/configuration.md documents every option.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from appliance.compute import ComputeLimits
+from appliance.compute.limits import parse_size
+from appliance.errors import ConfigError
+from attestation.errors import PolicyError
+from attestation.strict_yaml import (
+    Node,
+    boolean,
+    integer,
+    load_strict,
+    mapping,
+    number,
+    sequence,
+    string,
+)
+
+TEE_NAMES = ("auto", "emulated", "sev-snp", "tdx")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+DEFAULT_HTTP = ("127.0.0.1", 8734)
+
+
+@dataclass(frozen=True)
+class Listeners:
+    """Where the node listens; ``None`` turns a listener off."""
+
+    http: tuple[str, int] = DEFAULT_HTTP
+    grpc: tuple[str, int] | None = None
+    grpc_unix: Path | None = None
+    metrics: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """mTLS for the operator gRPC listener."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    allowed_clients: tuple[str, ...] = ()
+    plaintext_loopback: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        """True when server certificate, key and operator CA are all configured."""
+        return None not in (self.ca_file, self.cert_file, self.key_file)
+
+
+@dataclass(frozen=True)
+class NodeOptions:
+    """The NodeSettings fields a configuration file may set (data_dir comes from the command)."""
+
+    max_item_bytes: int = 16 * 1024 * 1024
+    max_push_depth: int = 64
+    batch_size: int = 64
+    workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
+    checkpoint_every_messages: int = 1000
+    checkpoint_every_seconds: float = 3600.0
+    block_height: int = 0
+    result_wait_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """The whole configuration file."""
+
+    tee: str = "auto"
+    listen: Listeners = field(default_factory=Listeners)
+    tls: TlsSettings = field(default_factory=TlsSettings)
+    node: NodeOptions = field(default_factory=NodeOptions)
+    limits: ComputeLimits = field(default_factory=ComputeLimits)
+    log_level: str = "info"
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (IPv6 hosts in brackets); ValueError when malformed."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names the loopback interface."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _address(node: Node, what: str) -> tuple[str, int] | None:
+    if node.value is None:
+        return None
+    try:
+        return parse_host_port(string(node, what))
+    except ValueError as exc:
+        raise node.error(f"{what}: {exc}") from None
+
+
+def _path(node: Node, what: str, must_exist: bool = False) -> Path | None:
+    if node.value is None:
+        return None
+    path = Path(string(node, what))
+    if must_exist and not os.access(path, os.R_OK):
+        raise node.error(f"{what}: {path} is not a readable file")
+    return path
+
+
+def _choice(node: Node, what: str, choices: tuple[str, ...]) -> str:
+    value = string(node, what)
+    if value not in choices:
+        raise node.error(f"{what} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _size(node: Node, what: str, low: int, high: int) -> int:
+    if isinstance(node.value, int) and not isinstance(node.value, bool):
+        value = node.value
+    else:
+        try:
+            value = parse_size(string(node, what))
+        except ValueError as exc:
+            raise node.error(f"{what}: {exc}") from None
+    if not low <= value <= high:
+        raise node.error(f"{what} must be between {low} and {high} bytes, got {value}")
+    return value
+
+
+_LISTEN = {"http", "grpc", "grpc_unix", "metrics"}
+_TLS = {"ca_file", "cert_file", "key_file", "allowed_clients", "plaintext_loopback"}
+_INT_RANGES = {"max_item_bytes": (1024, 1 << 30), "max_push_depth": (1, 10_000),
+               "batch_size": (1, 10_000), "workers": (1, 256),
+               "checkpoint_every_messages": (1, 10**9), "block_height": (0, 2**62)}
+_FLOAT_RANGES = {"checkpoint_every_seconds": (1.0, 10**7), "result_wait_seconds": (0.0, 3600.0)}
+_LIMITS = {"memory": (1 << 16, 1 << 40), "max_response_bytes": (1024, 1 << 32)}
+
+
+def _listeners(node: Node) -> Listeners:
+    keys = mapping(node, _LISTEN, "listen")
+    http = _address(keys["http"], "listen.http") if "http" in keys else DEFAULT_HTTP
+    if http is None:
+        raise keys["http"].error("listen.http cannot be null: the AO HTTP API is always on")
+    return Listeners(
+        http=http,
+        grpc=_address(keys["grpc"], "listen.grpc") if "grpc" in keys else None,
+        grpc_unix=_path(keys["grpc_unix"], "listen.grpc_unix") if "grpc_unix" in keys else None,
+        metrics=_address(keys["metrics"], "listen.metrics") if "metrics" in keys else None)
+
+
+def _tls(node: Node) -> TlsSettings:
+    keys = mapping(node, _TLS, "tls")
+    files = {name: _path(keys[name], f"tls.{name}", must_exist=True) if name in keys else None
+             for name in ("ca_file", "cert_file", "key_file")}
+    clients = tuple(sequence(keys["allowed_clients"], "tls.allowed_clients",
+                             lambda n: string(n, "tls.allowed_clients item"))) \
+        if "allowed_clients" in keys else ()
+    plaintext = boolean(keys["plaintext_loopback"], "tls.plaintext_loopback") \
+        if "plaintext_loopback" in keys else False
+    settings = TlsSettings(files["ca_file"], files["cert_file"], files["key_file"], clients,
+                           plaintext)
+    if any(files.values()) and not settings.enabled:
+        raise node.error("tls needs all of ca_file, cert_file and key_file")
+    return settings
+
+
+def _node_options(node: Node) -> NodeOptions:
+    keys = mapping(node, set(_INT_RANGES) | set(_FLOAT_RANGES), "node")
+    values: dict[str, Any] = {}
+    for name, child in keys.items():
+        if name == "max_item_bytes":
+            values[name] = _size(child, f"node.{name}", *_INT_RANGES[name])
+        elif name in _INT_RANGES:
+            values[name] = integer(child, f"node.{name}", *_INT_RANGES[name])
+        else:
+            values[name] = number(child, f"node.{name}", *_FLOAT_RANGES[name])
+    return NodeOptions(**values)
+
+
+def _limits(node: Node) -> ComputeLimits:
+    keys = mapping(node, {"memory", "fuel", "wall_clock_seconds", "max_response_bytes",
+                          "rollback_window"}, "limits")
+    base = ComputeLimits()
+    return ComputeLimits(
+        memory_bytes=_size(keys["memory"], "limits.memory", *_LIMITS["memory"])
+        if "memory" in keys else base.memory_bytes,
+        fuel=integer(keys["fuel"], "limits.fuel", 1, 2**63 - 1)
+        if "fuel" in keys else base.fuel,
+        wall_clock_seconds=number(keys["wall_clock_seconds"], "limits.wall_clock_seconds",
+                                  0.1, 3600.0)
+        if "wall_clock_seconds" in keys else base.wall_clock_seconds,
+        max_response_bytes=_size(keys["max_response_bytes"], "limits.max_response_bytes",
+                                 *_LIMITS["max_response_bytes"])
+        if "max_response_bytes" in keys else base.max_response_bytes,
+        rollback_window=integer(keys["rollback_window"], "limits.rollback_window", 1, 100_000)
+        if "rollback_window" in keys else base.rollback_window,
+    )
+
+
+def _check_transport(config: AppConfig, root: Node) -> None:
+    grpc = config.listen.grpc
+    if grpc is None or config.tls.enabled:
+        return
+    if not (config.tls.plaintext_loopback and is_loopback(grpc[0])):
+        raise root.error("listen.grpc on TCP needs tls (ca_file, cert_file, key_file); "
+                         "plaintext is only allowed on loopback with tls.plaintext_loopback: true")
+
+
+def parse_config(text: str, source: str) -> AppConfig:
+    """Validate configuration text; every problem is a ConfigError with file:line:col."""
+    sections = {"tee", "listen", "tls", "node", "limits", "log_level"}
+    try:
+        root = load_strict(text, source)
+        keys = mapping(root, sections, "the configuration")
+        config = AppConfig(
+            tee=_choice(keys["tee"], "tee", TEE_NAMES) if "tee" in keys else "auto",
+            listen=_listeners(keys["listen"]) if "listen" in keys else Listeners(),
+            tls=_tls(keys["tls"]) if "tls" in keys else TlsSettings(),
+            node=_node_options(keys["node"]) if "node" in keys else NodeOptions(),
+            limits=_limits(keys["limits"]) if "limits" in keys else ComputeLimits(),
+            log_level=_choice(keys["log_level"], "log_level", LOG_LEVELS)
+            if "log_level" in keys else "info",
+        )
+        _check_transport(config, root)
+    except PolicyError as exc:
+        raise ConfigError(str(exc)) from None
+    return config
+
+
+def load_config(path: Path) -> AppConfig:
+    """Read and validate ``path``; unreadable files are ConfigErrors too."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 (byte {exc.start})") from None
+    return parse_config(text, str(path))
+
