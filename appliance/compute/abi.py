@@ -54,6 +54,8 @@ class EmscriptenHost:
         self.store: wasmtime.Store | None = None
         self.mem: GuestMemory | None = None
         self._wasm_memory: wasmtime.Memory | None = None
+        self._malloc: wasmtime.Func | None = None
+        self._free: wasmtime.Func | None = None
         self._temp_ret0 = 0
 
     def attach(self, store: wasmtime.Store, exports: Any) -> None:
@@ -63,6 +65,9 @@ class EmscriptenHost:
             raise ModuleError("module does not export its memory as 'memory'")
         self.store = store
         self._wasm_memory = memory
+        malloc, free = exports.get("malloc"), exports.get("free")
+        if isinstance(malloc, wasmtime.Func) and isinstance(free, wasmtime.Func):
+            self._malloc, self._free = malloc, free
         self.mem = GuestMemory(store, memory, self.fmt.pointer_size)
 
     # --- import resolution -------------------------------------------------------------------
@@ -94,6 +99,8 @@ class EmscriptenHost:
         if name.startswith("__syscall_"):
             syscall: Callable[..., Any] = self._syscalls().get(name[len("__syscall_"):], _enosys)
             return syscall
+        if name == "__asyncjs__weavedrive_open":
+            return self._weavedrive_open
         if name.startswith("__asyncjs__weavedrive"):
             return _weavedrive_unavailable
         table = self._wasi() if module == "wasi_snapshot_preview1" else self._env()
@@ -189,6 +196,19 @@ class EmscriptenHost:
             except wasmtime.WasmtimeError:
                 continue
             return 1
+        return 0
+
+    # --- WeaveDrive ---------------------------------------------------------------------------
+
+    def _weavedrive_open(self, *_args: Any) -> int:
+        """No drive is attached: the loader answers ``null`` (0), after its Asyncify round trip
+        has malloc'd and freed its data buffer in the guest heap, which we do too."""
+        size = self.fmt.asyncify_data
+        if size and self._malloc is not None and self._free is not None:
+            assert self.store is not None
+            pointer = self._malloc(self.store, size)
+            if pointer:
+                self._free(self.store, pointer)
         return 0
 
     # --- clock and calendar ------------------------------------------------------------------

