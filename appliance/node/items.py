@@ -1,4 +1,5 @@
-"""ANS-104 data items as the node core uses them: parse, verify, sign (ed25519, type 2).
+"""ANS-104 data items as the node core uses them: parse, verify (types 1 Arweave RSA-PSS-4096,
+2 ed25519, 3 Ethereum secp256k1), sign (ed25519, type 2).
 
 Layout (ANS-104): signature type (u16 LE) | signature | owner | target flag [+32] |
 anchor flag [+32] | tag count (u64 LE) | tag bytes length (u64 LE) | Avro tags | data.
@@ -16,15 +17,18 @@ from functools import cached_property
 
 import nacl.exceptions
 import nacl.signing
+from Crypto.Hash import keccak
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
 
 from appliance.errors import BadRequest, TooLarge
 from appliance.node.identity import NodeIdentity, b64url, b64url_decode
 
 # signature type -> (signature length, owner length)
-SIGNATURE_TYPES = {1: (512, 512), 2: (64, 32)}
+SIGNATURE_TYPES = {1: (512, 512), 2: (64, 32), 3: (65, 65)}
+_SECP256K1_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 MAX_TAGS = 128
 MAX_TAG_NAME = 1024
 MAX_TAG_VALUE = 3072
@@ -190,23 +194,53 @@ def parse_trusted(raw: bytes, max_bytes: int = 1 << 62) -> Item:
                 tags, raw[pos:], raw, tag_bytes)
 
 
-def parse_verified(raw: bytes, max_bytes: int) -> Item:
-    """Parse and check the signature; any failure is a :class:`BadRequest`."""
-    item = parse_trusted(raw, max_bytes)
+def _ethereum_digest(message: bytes) -> bytes:
+    """keccak256 of the EIP-191 personal message (what ``signMessage`` signs)."""
+    digest = keccak.new(digest_bits=256)
+    digest.update(b"\x19Ethereum Signed Message:\n" + str(len(message)).encode() + message)
+    return digest.digest()
+
+
+def _verify_ethereum(owner: bytes, message: bytes, signature: bytes) -> bool:
+    """secp256k1 ECDSA over the EIP-191 digest; like libsecp256k1, high-S signatures fail."""
+    r = int.from_bytes(signature[:32], "big")
+    s = int.from_bytes(signature[32:64], "big")
+    if not (0 < r < _SECP256K1_ORDER and 0 < s <= _SECP256K1_ORDER // 2):
+        return False
+    try:
+        key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256K1(), owner)
+        key.verify(encode_dss_signature(r, s), _ethereum_digest(message),
+                   ec.ECDSA(Prehashed(hashes.SHA256())))
+    except (ValueError, InvalidSignature):
+        return False
+    return True
+
+
+def _verify_signature(item: Item) -> bool:
     message = item.signature_message()
     if item.signature_type == 2:
         try:
             nacl.signing.VerifyKey(item.owner).verify(message, item.signature)
         except (nacl.exceptions.BadSignatureError, ValueError):
-            raise BadRequest("data item signature does not verify") from None
-    else:
-        key = rsa.RSAPublicNumbers(65537, int.from_bytes(item.owner, "big")).public_key()
-        try:
-            key.verify(item.signature, message,
-                       padding.PSS(mgf=padding.MGF1(hashes.SHA256()),
-                                   salt_length=padding.PSS.AUTO), hashes.SHA256())
-        except InvalidSignature:
-            raise BadRequest("data item signature does not verify") from None
+            return False
+        return True
+    if item.signature_type == 3:
+        return _verify_ethereum(item.owner, message, item.signature)
+    key = rsa.RSAPublicNumbers(65537, int.from_bytes(item.owner, "big")).public_key()
+    try:
+        key.verify(item.signature, message,
+                   padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.AUTO),
+                   hashes.SHA256())
+    except InvalidSignature:
+        return False
+    return True
+
+
+def parse_verified(raw: bytes, max_bytes: int) -> Item:
+    """Parse and check the signature; any failure is a :class:`BadRequest`."""
+    item = parse_trusted(raw, max_bytes)
+    if not _verify_signature(item):
+        raise BadRequest(f"data item signature (type {item.signature_type}) does not verify")
     return item
 
 
