@@ -45,7 +45,7 @@ def _b64(value: Any, what: str) -> bytes:
         raise MalformedEvidence(f"evidence bundle: {what} must be a base64 string")
     try:
         return base64.b64decode(value, validate=True)
-    except binascii.Error as exc:
+    except (binascii.Error, ValueError) as exc:
         raise MalformedEvidence(f"evidence bundle: {what} is not valid base64") from exc
 
 

@@ -6,7 +6,6 @@ TDX collateral it loaded or fetched elsewhere.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -14,6 +13,7 @@ from attestation.errors import CollateralError
 from attestation.evidence import Evidence, Platform, VerifiedEvidence
 from attestation.policy import Policy
 from attestation.snp.verify import verify_emulated, verify_snp
+from attestation.tdx.verify import verify_tdx
 
 
 def verify_evidence(
@@ -40,6 +40,4 @@ def verify_evidence(
     if tdx_collateral is None:
         raise CollateralError(
             "TDX verification needs collateral (TCB info, QE identity, CRLs, Intel SGX Root CA)")
-    tdx = importlib.import_module("attestation.tdx.verify")
-    result: VerifiedEvidence = tdx.verify_tdx(evidence.raw, tdx_collateral, policy, now)
-    return result
+    return verify_tdx(evidence.raw, tdx_collateral, policy, now)

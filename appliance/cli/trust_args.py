@@ -14,6 +14,8 @@ from attestation.errors import MalformedEvidence
 from attestation.policy import Policy
 from attestation.policy_file import load_policy
 from attestation.snp.certs import load_certificates
+from attestation.tdx.collateral import TdxCollateral
+from attestation.tdx.files import load_collateral_dir
 
 MAX_INPUT_BYTES = 4 << 20
 MAX_DIR_FILES = 64
@@ -82,13 +84,13 @@ def now(text: str | None) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
-def tdx_collateral(directory: Path | None) -> Any:
+def tdx_collateral(directory: Path | None) -> TdxCollateral | None:
     """The ``--collateral`` directory loaded for TDX verification, or None."""
     if directory is None:
         return None
     if not directory.is_dir():
         raise UsageError(f"--collateral {directory} is not a directory")
-    return optional_module("attestation.tdx.files").load_collateral_dir(directory)
+    return load_collateral_dir(directory)
 
 
 def optional_module(name: str) -> Any:

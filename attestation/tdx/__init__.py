@@ -1,0 +1,1 @@
+"""Intel TDX quote verification (DCAP, ECDSA P-256): quote parser, collateral, verifier."""
