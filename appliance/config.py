@@ -1,7 +1,7 @@
 """The node's YAML configuration, strictly validated into frozen dataclasses.
 
 Every problem is a :class:`ConfigError` carrying ``file:line:col`` (exit code 78). Command-line
-flags of ``serve`` override the file. docs/configuration.md documents every option.
+flags of ``serve`` override the file. docs/operator-guide.md (Configure) documents every option.
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def _size(node: Node, what: str, low: int, high: int) -> int:
     else:
         try:
             value = parse_size(string(node, what))
-        except ValueError as exc:
+        except (ValueError, ConfigError) as exc:
             raise node.error(f"{what}: {exc}") from None
     if not low <= value <= high:
         raise node.error(f"{what} must be between {low} and {high} bytes, got {value}")

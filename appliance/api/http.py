@@ -28,6 +28,9 @@ from appliance.proof.export import build_proof
 
 log = logging.getLogger("appliance.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Observe = Callable[[web.Request, int, str, float], None]
+"""``observe(request, status, reason, seconds)``: called once per request as it completes."""
+OBSERVE_KEY: web.AppKey[Observe] = web.AppKey("observe")
 NODE_KEY: web.AppKey[Node] = web.AppKey("node", Node)
 MAX_PAGE = 1000
 
@@ -39,26 +42,27 @@ def _json(value: Any, status: int = 200) -> web.Response:
 
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    observe = request.app.get("observe")
+    observe = request.app.get(OBSERVE_KEY)
+    started = time.perf_counter()
     try:
         response = await handler(request)
     except web.HTTPException as exc:
         if observe:
-            observe(request, exc.status, "http")
+            observe(request, exc.status, "http", time.perf_counter() - started)
         if exc.status < 400:
             raise
         return _json({"error": exc.text or exc.reason}, exc.status)
     except ApplianceError as exc:
         if observe:
-            observe(request, http_status(exc), reason(exc))
+            observe(request, http_status(exc), reason(exc), time.perf_counter() - started)
         return _json({"error": str(exc)}, http_status(exc))
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         if observe:
-            observe(request, 500, "internal")
+            observe(request, 500, "internal", time.perf_counter() - started)
         return _json({"error": "internal error"}, 500)
     if observe:
-        observe(request, response.status, "")
+        observe(request, response.status, "", time.perf_counter() - started)
     return response
 
 
@@ -227,14 +231,13 @@ class Routes:
         return _json(await self._run(self.graphql.execute, body))
 
 
-def make_app(node: Node, observe: Callable[[web.Request, int, str], None] | None = None
-             ) -> web.Application:
+def make_app(node: Node, observe: Observe | None = None) -> web.Application:
     """The aiohttp application serving ``node``."""
     app = web.Application(middlewares=[_errors],
                           client_max_size=node.settings.max_item_bytes + 64 * 1024)
     app[NODE_KEY] = node
     if observe is not None:
-        app["observe"] = observe
+        app[OBSERVE_KEY] = observe
     r = Routes(node)
     app.router.add_get("/", r.health)
     app.router.add_post("/", r.post_item)

@@ -21,6 +21,7 @@ from aiohttp import web
 from appliance.api.http import make_app
 from appliance.config import TEE_NAMES, AppConfig, is_loopback, load_config, parse_host_port
 from appliance.errors import ConfigError, UsageError
+from appliance.metrics import NodeMetrics
 from appliance.node.identity import NodeIdentity
 from appliance.node.node import Node
 from appliance.node.settings import NodeSettings
@@ -102,11 +103,12 @@ def serve(args: argparse.Namespace) -> int:
     settings = NodeSettings(data_dir=data_dir, limits=config.limits,
                             **dataclasses.asdict(config.node))
     identity = NodeIdentity.load_or_create(data_dir)
+    metrics = NodeMetrics() if config.listen.metrics is not None else None
     node = Node(settings, identity, _provider(config.tee, data_dir / "tee"),
-                config_digest(config))
+                config_digest(config), observer=metrics)
     log.info("node %s starting (tee %s)", identity.address, node.provider.platform)
     try:
-        asyncio.run(_serve(node, config))
+        asyncio.run(_serve(node, config, metrics))
     finally:
         sd_notify("STOPPING=1")
         node.close()
@@ -120,13 +122,11 @@ def _optional(module: str, what: str) -> Any:
         raise ConfigError(f"{what} is configured but not part of this build") from None
 
 
-async def _serve(node: Node, config: AppConfig) -> None:
-    metrics = None
-    observe = None
-    if config.listen.metrics is not None:
-        metrics = _optional("appliance.metrics", "the metrics listener")
-        observe = metrics.attach(node)
-    runner = web.AppRunner(make_app(node, observe), access_log=None)
+async def _serve(node: Node, config: AppConfig, metrics: NodeMetrics | None) -> None:
+    if metrics is not None:
+        metrics.attach(node)
+    runner = web.AppRunner(make_app(node, metrics.observe_http if metrics else None),
+                           access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, *config.listen.http)
     await site.start()
@@ -135,13 +135,14 @@ async def _serve(node: Node, config: AppConfig) -> None:
                              "address": node.identity.address}
     cleanups = [runner.cleanup]
     if metrics is not None and config.listen.metrics is not None:
-        metrics_runner = await metrics.start_metrics_server(*config.listen.metrics)
+        metrics_runner = await metrics.start_server(*config.listen.metrics)
         cleanups.append(metrics_runner.cleanup)
         metrics_host, metrics_port = metrics_runner.addresses[0][:2]
         event["metrics"] = f"{metrics_host}:{metrics_port}"
     if config.listen.grpc is not None or config.listen.grpc_unix is not None:
         rpc = _optional("appliance.rpc.server", "the gRPC listener")
-        server = await rpc.start_grpc(node, config)
+        extra = {} if metrics is None else {"registry": metrics.registry}
+        server = await rpc.start_grpc(node, config, **extra)
         cleanups.append(lambda: server.stop(5))
         event["grpc"] = getattr(server, "bound_address", None)
     stop = asyncio.Event()

@@ -38,6 +38,7 @@ from appliance.node.evaluator import (
 from appliance.node.guest import ScheduledSlot, guest_env, guest_message, tag_list
 from appliance.node.identity import NodeIdentity
 from appliance.node.messenger import PushContext, push_outbox
+from appliance.node.observer import NodeObserver, NoObserver
 from appliance.node.results import (
     UnsignedResult,
     intent_for,
@@ -95,7 +96,9 @@ class Node:
     """One ao-appliance node: SU + CU + MU for the processes it hosts."""
 
     def __init__(self, settings: NodeSettings, identity: NodeIdentity,
-                 provider: EvidenceProvider, config_digest: bytes) -> None:
+                 provider: EvidenceProvider, config_digest: bytes, *,
+                 observer: NodeObserver | None = None) -> None:
+        self.observer: NodeObserver = observer or NoObserver()
         self.settings = settings
         self.identity = identity
         self.provider = provider
@@ -113,7 +116,7 @@ class Node:
     # --- lifecycle ---------------------------------------------------------------------------
 
     def _standing_attestation(self) -> str:
-        item = self.attest(os.urandom(32))
+        item = self._attest(os.urandom(32), "standing")
 
         def remember(conn: Any) -> None:
             conn.execute("INSERT OR REPLACE INTO meta (key, value) "
@@ -124,8 +127,16 @@ class Node:
 
     def attest(self, nonce: bytes) -> items.Item:
         """A fresh, stored Attestation item binding this node's key for ``nonce``."""
-        item = make_attestation(self.identity, self.provider, self.config_digest, nonce)
-        self.store.write(lambda conn: store_item(conn, item, "attestation"))
+        return self._attest(nonce, "fresh")
+
+    def _attest(self, nonce: bytes, kind: str) -> items.Item:
+        try:
+            item = make_attestation(self.identity, self.provider, self.config_digest, nonce)
+            self.store.write(lambda conn: store_item(conn, item, "attestation"))
+        except Exception:
+            self.observer.attested(kind, ok=False)
+            raise
+        self.observer.attested(kind, ok=True)
         return item
 
     def publish_location(self, url: str) -> str:
@@ -156,6 +167,15 @@ class Node:
 
     def ingest(self, raw: bytes) -> Receipt:
         """Verify, classify, schedule and durably store one client data item."""
+        try:
+            receipt = self._ingest(raw)
+        except Exception as exc:
+            self.observer.item_rejected(exc)
+            raise
+        self.observer.item_accepted(receipt.type)
+        return receipt
+
+    def _ingest(self, raw: bytes) -> Receipt:
         if len(raw) > self.settings.max_item_bytes:
             raise TooLarge(f"item of {len(raw)} bytes exceeds the limit of "
                            f"{self.settings.max_item_bytes}")
@@ -220,6 +240,7 @@ class Node:
                 with actor.lock:
                     progressed = self._step(actor)
             except WorkerCrashed:
+                self.observer.worker_crashed()
                 actor.crashes += 1
                 if actor.crashes > MAX_WORKER_CRASHES:
                     actor.broken = f"its evaluation worker crashed {actor.crashes} times"
@@ -293,7 +314,9 @@ class Node:
             if item is None:
                 raise EvaluationError(f"scheduled message {s.message_id} is missing")
             batch.append((jsjson.stringify(guest_message(item, s)), actor.env_json))
+        started = time.perf_counter()
         outputs = self.pool.evaluate(pid, batch)
+        self.observer.batch_evaluated(len(batch), time.perf_counter() - started)
         self._commit_results(actor, slots, outputs)
         actor.next_slot = slots[-1].slot + 1
         actor.since_checkpoint += len(slots)
@@ -311,10 +334,12 @@ class Node:
         prev_id = previous[0] if previous else None
         fresh: list[UnsignedResult] = []
         signed: list[tuple[ScheduledSlot, items.Item]] = []
+        committed: list[dict[str, Any]] = []
         for s, out in zip(slots, outputs, strict=True):
             done = stored_result(reader, pid, s.slot)
             if done is not None:
                 if done[1] != result_data(out):
+                    self.observer.divergence()
                     log.critical("replay of %s slot %d differs from its stored result", pid,
                                  s.slot)
                 prev_id = done[0]
@@ -324,11 +349,13 @@ class Node:
                 unsigned = unsigned_result(s, out, prev_id)
                 fresh.append(unsigned)
             elif unsigned.data != result_data(out):
+                self.observer.divergence()
                 log.critical("%s slot %d re-evaluated differently; signing the recorded intent",
                              pid, s.slot)
             item = unsigned.sign(self.identity)
             prev_id = item.id
             signed.append((s, item))
+            committed.append(out)
         if not signed:
             return
         if fresh:
@@ -344,7 +371,9 @@ class Node:
                 woken |= push_outbox(conn, ctx, push, json.loads(item.data))
             return woken
 
-        for target in self.store.write(commit):
+        woken = self.store.write(commit)
+        self.observer.results_committed(committed)
+        for target in woken:
             if target != pid:
                 self._wake(target)
         with self._progress:
@@ -353,12 +382,19 @@ class Node:
     def _checkpoint(self, actor: _Actor, slot: int) -> None:
         pid = actor.process_id
         name = hashlib.sha256(pid.encode()).hexdigest()[:16]
-        ref = self.pool.checkpoint(pid, self.settings.checkpoint_dir / name / f"{slot}.gz")
-        self.store.write(lambda conn: conn.execute(
-            "INSERT OR REPLACE INTO checkpoints (process_id, slot, file, sha256, raw_size, clock, "
-            "item_id, created_ms) VALUES (?, ?, ?, ?, ?, ?, '', ?)",
-            (pid, slot, str(ref.path), ref.sha256, ref.raw_size, ref.clock,
-             time.time_ns() // 1_000_000)))
+        started = time.perf_counter()
+        try:
+            ref = self.pool.checkpoint(pid, self.settings.checkpoint_dir / name / f"{slot}.gz")
+            self.store.write(lambda conn: conn.execute(
+                "INSERT OR REPLACE INTO checkpoints (process_id, slot, file, sha256, raw_size, "
+                "clock, item_id, created_ms) VALUES (?, ?, ?, ?, ?, ?, '', ?)",
+                (pid, slot, str(ref.path), ref.sha256, ref.raw_size, ref.clock,
+                 time.time_ns() // 1_000_000)))
+            gzip_bytes = ref.path.stat().st_size
+        except Exception:
+            self.observer.checkpoint_failed()
+            raise
+        self.observer.checkpointed(ref.raw_size, gzip_bytes, time.perf_counter() - started)
         actor.since_checkpoint = 0
         actor.last_checkpoint = time.monotonic()
 
@@ -519,6 +555,11 @@ class Node:
         assert row is not None
         return read_checkpoint(CheckpointFile(Path(row[0]), str(row[1]), int(row[2]),
                                               int(row[3]))).memory
+
+    def broken_count(self) -> int:
+        """How many hosted processes stopped evaluating (see the log for why) since start."""
+        with self._actors_lock:
+            return sum(1 for actor in self._actors.values() if actor.broken is not None)
 
     def status(self) -> dict[str, Any]:
         """Counters for health and operator status."""

@@ -1,0 +1,331 @@
+"""Prometheus metrics of one node, on a registry of their own, served on a separate listener.
+
+:class:`NodeMetrics` is the node's :class:`~appliance.node.observer.NodeObserver` and the HTTP
+API's ``observe`` hook. Queue depths, broken processes and the attestation age are read at
+scrape time. Labels carry kinds, outcomes, reasons and route templates only, never ids.
+docs/operator-guide.md ("Metrics and alerting") lists every metric.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import platform
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from importlib.metadata import version as dist_version
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+
+from appliance import __version__
+from appliance.api.http_errors import reason
+from appliance.node.node import Node
+
+log = logging.getLogger("appliance.metrics")
+PREFIX = "ao_appliance_"
+EVALUATION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                      0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+HTTP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0)
+CHECKPOINT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+UNMATCHED_ROUTE = "unmatched"
+OUTCOMES = ("ok", "error", "out_of_gas", "wall_clock", "response_too_large", "trap",
+            "invalid_response")
+_ENGINE_ERRORS = (
+    ("compute limit exceeded", "out_of_gas"),
+    ("wall-clock limit exceeded", "wall_clock"),
+    ("response exceeds the limit", "response_too_large"),
+    ("wasm trap:", "trap"),
+    ("wasm execution failed", "trap"),
+    ("native code called abort()", "trap"),
+    ("Assertion failed:", "trap"),
+    ("guest memory access out of bounds", "trap"),
+    ("unterminated string", "trap"),
+    ("module returned a response that is not JSON", "invalid_response"),
+    ("module response lacks the {ok, response} envelope", "invalid_response"),
+    ("module response is not an object", "invalid_response"),
+)
+
+
+def outcome(result: Mapping[str, Any]) -> str:
+    """The evaluation outcome of one result object (one of :data:`OUTCOMES`).
+
+    ``ok`` when its ``Error`` is empty; the engine's own failure texts (limits, traps, a broken
+    response) map to their outcome; any other ``Error`` is the process's own, ``error``.
+    """
+    error = result.get("Error")
+    if not error:
+        return "ok"
+    if isinstance(error, str):
+        for prefix, name in _ENGINE_ERRORS:
+            if error.startswith(prefix):
+                return name
+    return "error"
+
+
+def route_template(request: web.Request) -> str:
+    """The matched route's template (``/result/{message}``), never the raw path."""
+    resource = request.match_info.route.resource
+    return UNMATCHED_ROUTE if resource is None else resource.canonical
+
+
+def http_method(request: web.Request) -> str:
+    """The request method, or ``other`` for a method outside the standard set."""
+    return request.method if request.method in HTTP_METHODS else "other"
+
+
+def build_labels() -> dict[str, str]:
+    """The ``ao_appliance_build_info`` labels: node, Python and wasmtime versions."""
+    return {"version": __version__, "python": platform.python_version(),
+            "wasmtime": dist_version("wasmtime")}
+
+
+class _NodeState:
+    """Scrape-time gauges read from the node and the metrics' own clocks."""
+
+    def __init__(self, metrics: NodeMetrics, node: Node) -> None:
+        self._metrics = metrics
+        self._node = node
+
+    def collect(self) -> Iterable[Metric]:
+        """Queue depths from the store, broken processes, and the attestation age."""
+        try:
+            status = self._node.status()
+        except sqlite3.Error as exc:
+            log.warning("metrics: cannot read the store: %s", exc)
+        else:
+            yield GaugeMetricFamily(PREFIX + "processes", "Processes hosted by this node.",
+                                    value=status["processes"])
+            yield GaugeMetricFamily(
+                PREFIX + "schedule_backlog",
+                "Scheduled messages not yet evaluated, over all processes.",
+                value=status["schedule_backlog"])
+            yield GaugeMetricFamily(
+                PREFIX + "outbox_pending",
+                "Outgoing messages waiting for delivery to another node.",
+                value=status["outbox_pending"])
+        yield GaugeMetricFamily(
+            PREFIX + "processes_broken",
+            "Processes that stopped evaluating since the node started (see the log).",
+            value=self._node.broken_count())
+        age = self._metrics.attestation_age()
+        if age is not None:
+            yield GaugeMetricFamily(
+                PREFIX + "attestation_age_seconds",
+                "Seconds since the last attestation the node made successfully.", value=age)
+
+
+class ProcessMetrics:
+    """Standard ``process_*`` metrics from ``/proc/self`` only.
+
+    prometheus_client's own process collector needs ``/proc/stat`` for the boot time, which the
+    service's ``ProcSubset=pid`` hides; the start time here comes from ``CLOCK_BOOTTIME``.
+    """
+
+    def __init__(self, proc_self: str = "/proc/self") -> None:
+        self._dir = proc_self
+        self._ticks = float(os.sysconf("SC_CLK_TCK"))
+        self._page = os.sysconf("SC_PAGE_SIZE")
+
+    def _max_fds(self) -> float | None:
+        with open(os.path.join(self._dir, "limits"), encoding="ascii") as limits:
+            for line in limits:
+                if line.startswith("Max open files"):
+                    soft = line.split()[3]
+                    return None if soft == "unlimited" else float(soft)
+        return None
+
+    def collect(self) -> Iterable[Metric]:
+        """CPU, memory, start time and file descriptors of this (main) process."""
+        try:
+            with open(os.path.join(self._dir, "stat"), "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+            open_fds = len(os.listdir(os.path.join(self._dir, "fd")))
+            max_fds = self._max_fds()
+        except OSError:
+            return
+        utime, stime = float(fields[11]), float(fields[12])
+        started_after_boot = float(fields[19]) / self._ticks
+        boot = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+        yield CounterMetricFamily("process_cpu_seconds_total",
+                                  "Total user and system CPU time spent in seconds.",
+                                  value=(utime + stime) / self._ticks)
+        yield GaugeMetricFamily("process_virtual_memory_bytes",
+                                "Virtual memory size in bytes.", value=float(fields[20]))
+        yield GaugeMetricFamily("process_resident_memory_bytes",
+                                "Resident memory size in bytes.",
+                                value=float(fields[21]) * self._page)
+        yield GaugeMetricFamily("process_start_time_seconds",
+                                "Start time of the process since unix epoch in seconds.",
+                                value=boot + started_after_boot)
+        yield GaugeMetricFamily("process_open_fds", "Number of open file descriptors.",
+                                value=open_fds)
+        if max_fds is not None:
+            yield GaugeMetricFamily("process_max_fds",
+                                    "Maximum number of open file descriptors.", value=max_fds)
+
+
+class NodeMetrics:
+    """The node's metrics: observer hooks, the HTTP hook, a registry and its /metrics server."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        Info(PREFIX.rstrip("_") + "_build", "Versions of this node build.",
+             registry=r).info(build_labels())
+        self.items_accepted = Counter(
+            PREFIX + "items_accepted_total",
+            "Items accepted and stored durably, by AO type (Module, Process, Message).",
+            ["type"], registry=r)
+        self.items_rejected = Counter(
+            PREFIX + "items_rejected_total",
+            "Items the node refused at ingest, by reason (the error class).",
+            ["reason"], registry=r)
+        self.evaluations = Counter(
+            PREFIX + "evaluations_total",
+            "Messages evaluated into a committed result, by outcome.",
+            ["outcome"], registry=r)
+        self.evaluation_seconds = Histogram(
+            PREFIX + "evaluation_batch_duration_seconds",
+            "Wall time of evaluating one batch of messages in a worker (round trip).",
+            buckets=EVALUATION_BUCKETS, registry=r)
+        self.results_signed = Counter(
+            PREFIX + "results_signed_total", "Result items signed and stored.", registry=r)
+        self.divergences = Counter(
+            PREFIX + "evaluation_divergences_total",
+            "Re-evaluations whose result differed from the recorded one (non-determinism).",
+            registry=r)
+        self.worker_crashes = Counter(
+            PREFIX + "worker_crashes_total",
+            "Evaluation worker processes that died and were restarted.", registry=r)
+        self.checkpoints = Counter(
+            PREFIX + "checkpoints_total", "Checkpoints attempted, by outcome (ok, error).",
+            ["outcome"], registry=r)
+        self.checkpoint_raw = Counter(
+            PREFIX + "checkpoint_raw_bytes_total",
+            "Bytes of process memory written in checkpoints (before compression).", registry=r)
+        self.checkpoint_gzip = Counter(
+            PREFIX + "checkpoint_gzip_bytes_total",
+            "Bytes of checkpoint files written (gzip).", registry=r)
+        self.checkpoint_seconds = Histogram(
+            PREFIX + "checkpoint_duration_seconds",
+            "Wall time of writing and recording one checkpoint.",
+            buckets=CHECKPOINT_BUCKETS, registry=r)
+        self.attestations = Counter(
+            PREFIX + "attestations_total",
+            "Attestations made, by kind (standing, fresh) and outcome (ok, error).",
+            ["kind", "outcome"], registry=r)
+        self.http_requests = Counter(
+            PREFIX + "http_requests_total",
+            "AO HTTP API requests, by route template, method and status code.",
+            ["route", "method", "code"], registry=r)
+        self.http_seconds = Histogram(
+            PREFIX + "http_request_duration_seconds",
+            "AO HTTP API request handling time, by route template and method.",
+            ["route", "method"], buckets=HTTP_BUCKETS, registry=r)
+        for name in OUTCOMES:
+            self.evaluations.labels(name)
+        for name in ("ok", "error"):
+            self.checkpoints.labels(name)
+        r.register(ProcessMetrics())
+        self._attested_at: float | None = None
+        self._lock = threading.Lock()
+        self._node_state: _NodeState | None = None
+
+    # --- NodeObserver ------------------------------------------------------------------------
+
+    def item_accepted(self, kind: str) -> None:
+        """Count an accepted item."""
+        self.items_accepted.labels(kind).inc()
+
+    def item_rejected(self, error: BaseException) -> None:
+        """Count a refused item by its error class."""
+        self.items_rejected.labels(reason(error)).inc()
+
+    def batch_evaluated(self, messages: int, seconds: float) -> None:
+        """Observe one batch's evaluation time."""
+        self.evaluation_seconds.observe(seconds)
+
+    def results_committed(self, results: Sequence[dict[str, Any]]) -> None:
+        """Count committed results by outcome, and the result items signed."""
+        for result in results:
+            self.evaluations.labels(outcome(result)).inc()
+        self.results_signed.inc(len(results))
+
+    def divergence(self) -> None:
+        """Count a re-evaluation that differed from the record."""
+        self.divergences.inc()
+
+    def worker_crashed(self) -> None:
+        """Count a worker restart."""
+        self.worker_crashes.inc()
+
+    def checkpointed(self, raw_bytes: int, gzip_bytes: int, seconds: float) -> None:
+        """Count a checkpoint, its sizes and its time."""
+        self.checkpoints.labels("ok").inc()
+        self.checkpoint_raw.inc(raw_bytes)
+        self.checkpoint_gzip.inc(gzip_bytes)
+        self.checkpoint_seconds.observe(seconds)
+
+    def checkpoint_failed(self) -> None:
+        """Count a failed checkpoint."""
+        self.checkpoints.labels("error").inc()
+
+    def attested(self, kind: str, ok: bool) -> None:
+        """Count an attestation; a good one resets the attestation age."""
+        self.attestations.labels(kind, "ok" if ok else "error").inc()
+        if ok:
+            with self._lock:
+                self._attested_at = time.monotonic()
+
+    # --- the rest ----------------------------------------------------------------------------
+
+    def attestation_age(self) -> float | None:
+        """Seconds since the last good attestation, ``None`` before the first."""
+        with self._lock:
+            at = self._attested_at
+        return None if at is None else time.monotonic() - at
+
+    def attach(self, node: Node) -> None:
+        """Export ``node``'s scrape-time gauges (queue depths, broken processes)."""
+        if self._node_state is None:
+            self._node_state = _NodeState(self, node)
+            self.registry.register(self._node_state)
+
+    def observe_http(self, request: web.Request, status: int, _reason: str,
+                     seconds: float) -> None:
+        """The AO HTTP API's per-request hook (see :func:`appliance.api.http.make_app`)."""
+        route, method = route_template(request), http_method(request)
+        self.http_requests.labels(route, method, str(status)).inc()
+        self.http_seconds.labels(route, method).observe(seconds)
+
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """(body, content type) of a scrape, in the format ``accept`` asks for."""
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
+
+    async def _scrape(self, request: web.Request) -> web.Response:
+        body, content_type = await asyncio.to_thread(self.exposition,
+                                                     request.headers.get("Accept", ""))
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    def app(self) -> web.Application:
+        """An aiohttp application serving ``GET /metrics``."""
+        app = web.Application()
+        app.router.add_get("/metrics", self._scrape)
+        return app
+
+    async def start_server(self, host: str, port: int) -> web.AppRunner:
+        """Serve /metrics on ``host:port`` (0 picks a port; read it from ``runner.addresses``)."""
+        runner = web.AppRunner(self.app(), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+        return runner

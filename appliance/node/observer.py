@@ -1,0 +1,72 @@
+"""What the node reports as it works, for metrics; the node runs the same without an observer.
+
+Every hook is called from the node's own threads (HTTP/gRPC worker threads for ingest and
+attestation, actor threads for evaluation and checkpoints) and must be cheap and never raise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+
+class NodeObserver(Protocol):
+    """Events the node reports; ids never cross this interface, only kinds and sizes."""
+
+    def item_accepted(self, kind: str) -> None:
+        """An item of type ``kind`` (Module, Process or Message) was stored durably."""
+
+    def item_rejected(self, error: BaseException) -> None:
+        """``ingest`` refused an item with ``error``; nothing was stored."""
+
+    def batch_evaluated(self, messages: int, seconds: float) -> None:
+        """A worker evaluated a batch of ``messages`` messages in ``seconds`` (round trip)."""
+
+    def results_committed(self, results: Sequence[dict[str, Any]]) -> None:
+        """Result items for these result objects were signed and stored."""
+
+    def divergence(self) -> None:
+        """A re-evaluation produced a different result than the one recorded for that slot."""
+
+    def worker_crashed(self) -> None:
+        """An evaluation worker process died and was restarted."""
+
+    def checkpointed(self, raw_bytes: int, gzip_bytes: int, seconds: float) -> None:
+        """A checkpoint of ``raw_bytes`` of memory was written as ``gzip_bytes`` on disk."""
+
+    def checkpoint_failed(self) -> None:
+        """Writing or recording a checkpoint raised."""
+
+    def attested(self, kind: str, ok: bool) -> None:
+        """An attestation of ``kind`` (standing or fresh) was made (``ok``) or failed."""
+
+
+class NoObserver:
+    """The observer of a node without metrics: every hook does nothing."""
+
+    def item_accepted(self, kind: str) -> None:
+        """Ignored."""
+
+    def item_rejected(self, error: BaseException) -> None:
+        """Ignored."""
+
+    def batch_evaluated(self, messages: int, seconds: float) -> None:
+        """Ignored."""
+
+    def results_committed(self, results: Sequence[dict[str, Any]]) -> None:
+        """Ignored."""
+
+    def divergence(self) -> None:
+        """Ignored."""
+
+    def worker_crashed(self) -> None:
+        """Ignored."""
+
+    def checkpointed(self, raw_bytes: int, gzip_bytes: int, seconds: float) -> None:
+        """Ignored."""
+
+    def checkpoint_failed(self) -> None:
+        """Ignored."""
+
+    def attested(self, kind: str, ok: bool) -> None:
+        """Ignored."""

@@ -1,0 +1,112 @@
+"""The node's YAML configuration: strict validation with file:line:col, and check-config's exit
+codes (0 valid, 78 invalid) as systemd's ExecStartPre and RestartPreventExitStatus rely on."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from appliance.config import AppConfig, load_config, parse_config
+from appliance.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+GOOD = """\
+tee: emulated
+listen:
+  http: 127.0.0.1:8734
+  metrics: 127.0.0.1:9464
+  grpc: 127.0.0.1:50051
+tls:
+  plaintext_loopback: true
+node:
+  max_item_bytes: 8 MiB
+  checkpoint_every_messages: 500
+  checkpoint_every_seconds: 600
+limits:
+  memory: 1-gb
+  fuel: 100000000000
+  wall_clock_seconds: 30
+log_level: warning
+"""
+
+
+def test_a_full_file_becomes_frozen_settings() -> None:
+    config = parse_config(GOOD, "good.yaml")
+    assert config.tee == "emulated"
+    assert config.listen.metrics == ("127.0.0.1", 9464)
+    assert config.node.max_item_bytes == 8 << 20
+    assert config.limits.memory_bytes == 10**9  # AO sizes: gb is decimal, GiB binary
+    assert config.log_level == "warning"
+    with pytest.raises(AttributeError):
+        config.tee = "tdx"  # type: ignore[misc]
+
+
+def test_an_empty_file_means_every_default() -> None:
+    assert parse_config("", "empty.yaml") == AppConfig()
+
+
+@pytest.mark.parametrize(("text", "where", "what"), [
+    ("tee: emulated\nlisten:\n  htp: 127.0.0.1:1\n", ":3:8", "htp"),
+    ("tee: emulated\ntee: tdx\n", ":2:1", "duplicate"),
+    ("tls:\n  plaintext_loopback: yes\n", ":2:23", "YAML 1.1"),
+    ("node:\n  batch_size: 010\n", ":2:15", "ambiguous"),
+    ("node:\n  workers: 0\n", ":2:12", "workers"),
+    ("node:\n  max_item_bytes: lots\n", ":2:19", "not a size"),
+    ("limits:\n  memory: 1-tb-ish\n", ":2:11", "not a size"),
+    ("tee: sgx\n", ":1:6", "must be one of"),
+    ("listen:\n  http: nowhere\n", ":2:9", "HOST:PORT"),
+    ("listen:\n  grpc: 0.0.0.0:50051\n", ":1:1", "needs tls"),
+    ("- just\n- a list\n", ":1:1", ""),
+    ("base: &a {x: 1}\nother: *a\n", ":1:7", ""),
+])
+def test_bad_files_name_the_place(text: str, where: str, what: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "bad.yaml")
+    message = str(info.value)
+    assert message.startswith(f"bad.yaml{where}"), message
+    assert what in message
+
+
+def test_tls_files_must_exist_and_come_together(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not a readable file"):
+        parse_config(f"tls:\n  ca_file: {tmp_path / 'missing.pem'}\n", "t.yaml")
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    with pytest.raises(ConfigError, match="needs all of"):
+        parse_config(f"tls:\n  ca_file: {ca}\n", "t.yaml")
+
+
+def test_unreadable_and_non_utf8_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "nope.yaml")
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"tee: \xff\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(binary)
+
+
+def _check(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "appliance.cli", "check-config", str(path)],
+                          capture_output=True, text=True, check=False, cwd=REPO, timeout=60)
+
+
+def test_check_config_exit_codes(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(GOOD)
+    ok = _check(good)
+    assert ok.returncode == 0, ok.stderr
+    assert "valid" in ok.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("node:\n  workers: 0\n")
+    refused = _check(bad)
+    assert refused.returncode == 78
+    assert f"{bad}:2:12" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_the_shipped_example_is_valid() -> None:
+    assert _check(REPO / "systemd" / "config.example.yaml").returncode == 0

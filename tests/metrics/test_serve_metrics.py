@@ -1,0 +1,59 @@
+"""``serve --metrics 127.0.0.1:0`` end to end: the listening line names the metrics address, and
+its /metrics shows the standing attestation and the HTTP requests served."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from prometheus_client.core import CollectorRegistry
+from prometheus_client.process_collector import ProcessCollector
+
+from appliance.metrics import ProcessMetrics
+from tests.metrics.live import promtool_check, samples, scrape, value
+from tests.support.paths import REPO
+
+
+def test_serve_exposes_metrics(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("node:\n  workers: 1\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "appliance.cli", "serve", "--data-dir", str(tmp_path / "data"),
+         "--config", str(config), "--tee", "emulated", "--http", "127.0.0.1:0",
+         "--metrics", "127.0.0.1:0"],
+        cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        event = next(json.loads(line) for line in proc.stdout if '"listening"' in line)
+        with urllib.request.urlopen(f"http://{event['http']}/", timeout=30) as resp:
+            assert resp.status == 200
+        content_type, text = scrape(f"http://{event['metrics']}/metrics")
+        assert content_type.startswith("text/plain")
+        data = samples(text)
+        assert value(data, "ao_appliance_attestations_total", kind="standing",
+                     outcome="ok") == 1
+        assert value(data, "ao_appliance_http_requests_total", route="/", method="GET",
+                     code="200") == 1
+        assert value(data, "process_resident_memory_bytes") > 0
+        check = promtool_check(text)
+        assert (check.returncode, check.stdout, check.stderr) == (0, "", "")
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+
+
+def test_process_metrics_agree_with_prometheus_client() -> None:
+    ours = {m.name: m.samples[0].value for m in ProcessMetrics().collect()}
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    theirs = {m.name: m.samples[0].value for m in registry.collect()}
+    assert set(theirs) <= set(ours)
+    assert abs(ours["process_start_time_seconds"] - theirs["process_start_time_seconds"]) < 2
+    assert 0 < ours["process_start_time_seconds"] <= time.time()
+    assert ours["process_open_fds"] > 0
