@@ -12,10 +12,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import aos_throughput, ceiling, cold_start, scaling, verification
+from bench import aos_throughput, ceiling, cold_start, engine_latency, scaling, verification
 
-SECTIONS = {"aos": aos_throughput.run, "ceiling": ceiling.run, "cold_start": cold_start.run,
-            "verification": verification.run, "scaling": scaling.run}
+SECTIONS = {"engine": engine_latency.run, "aos": aos_throughput.run, "ceiling": ceiling.run,
+            "cold_start": cold_start.run, "verification": verification.run,
+            "scaling": scaling.run}
 
 
 def _log(text: str) -> None:
