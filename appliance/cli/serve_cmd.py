@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
-import importlib
 import json
 import logging
 import signal
@@ -25,6 +24,7 @@ from appliance.metrics import NodeMetrics
 from appliance.node.identity import NodeIdentity
 from appliance.node.node import Node
 from appliance.node.settings import NodeSettings
+from appliance.rpc.server import start_grpc
 from appliance.sdnotify import sd_notify, watchdog_loop
 from attestation.evidence import EvidenceProvider
 from attestation.providers import provider_for
@@ -115,13 +115,6 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _optional(module: str, what: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError:
-        raise ConfigError(f"{what} is configured but not part of this build") from None
-
-
 async def _serve(node: Node, config: AppConfig, metrics: NodeMetrics | None) -> None:
     if metrics is not None:
         metrics.attach(node)
@@ -140,11 +133,10 @@ async def _serve(node: Node, config: AppConfig, metrics: NodeMetrics | None) -> 
         metrics_host, metrics_port = metrics_runner.addresses[0][:2]
         event["metrics"] = f"{metrics_host}:{metrics_port}"
     if config.listen.grpc is not None or config.listen.grpc_unix is not None:
-        rpc = _optional("appliance.rpc.server", "the gRPC listener")
         extra = {} if metrics is None else {"registry": metrics.registry}
-        server = await rpc.start_grpc(node, config, **extra)
+        server = await start_grpc(node, config, **extra)
         cleanups.append(lambda: server.stop(5))
-        event["grpc"] = getattr(server, "bound_address", None)
+        event["grpc"] = server.bound_address
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,0 +1,1 @@
+"""The operator gRPC API (service ``ao_appliance.v1.Operator``): server, metrics, stubs."""

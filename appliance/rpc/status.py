@@ -1,0 +1,47 @@
+"""The one place domain errors become gRPC status codes (the twin of ``api/http_errors.py``).
+
+``TooLarge`` maps to ``RESOURCE_EXHAUSTED``, the code gRPC itself answers when a message exceeds
+the server's receive limit, so an oversized item gets one code whichever check catches it.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from appliance.errors import (
+    ApplianceError,
+    BadRequest,
+    ConfigError,
+    EvaluationError,
+    ModuleError,
+    NotFound,
+    NotHosted,
+    TooLarge,
+    UsageError,
+)
+
+_CODES: tuple[tuple[type[ApplianceError], grpc.StatusCode], ...] = (
+    (TooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (NotHosted, grpc.StatusCode.FAILED_PRECONDITION),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (BadRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (UsageError, grpc.StatusCode.INVALID_ARGUMENT),
+    (ModuleError, grpc.StatusCode.FAILED_PRECONDITION),
+    (EvaluationError, grpc.StatusCode.FAILED_PRECONDITION),
+    (ConfigError, grpc.StatusCode.INTERNAL),
+)
+
+
+def grpc_code(exc: BaseException) -> grpc.StatusCode:
+    """Status code for an error reaching a handler (``INTERNAL`` for anything unexpected)."""
+    for kind, code in _CODES:
+        if isinstance(exc, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def client_message(exc: BaseException) -> str:
+    """The status details sent to the client: the domain message, never a traceback."""
+    if isinstance(exc, ApplianceError) and grpc_code(exc) != grpc.StatusCode.INTERNAL:
+        return str(exc)
+    return "internal error; see the node log"
