@@ -15,6 +15,7 @@ from attestation.evidence import Platform, VerifiedEvidence
 from attestation.policy import Policy
 from attestation.snp import certs, tcb
 from attestation.snp.report import SIGNED_LENGTH, SnpReport, decode_signature, parse_report
+from attestation.steps import Steps
 
 ABI = "SEV-SNP ABI"
 VCEK_SPEC = "AMD VCEK certificate spec"
@@ -24,20 +25,7 @@ _HWID_OID = "1.3.6.1.4.1.3704.1.4"
 _KEY_KIND = {0: "VCEK", 1: "VLEK"}
 
 
-class _Steps:
-    """Records passed steps and raises VerificationFailed for the failing one."""
-
-    def __init__(self) -> None:
-        self.passed: list[str] = []
-
-    def check(self, ok: bool, step: str, spec: str, reason: str) -> None:
-        if not ok:
-            raise VerificationFailed(step, spec, reason)
-        if step not in self.passed:
-            self.passed.append(step)
-
-
-def _parse(data: bytes, steps: _Steps, step: str) -> SnpReport:
+def _parse(data: bytes, steps: Steps, step: str) -> SnpReport:
     try:
         report = parse_report(data)
     except MalformedEvidence as exc:
@@ -76,7 +64,7 @@ def _report_signature_ok(report: bytes, parsed: SnpReport, key: object) -> bool:
 
 
 def _check_policy(
-    parsed: SnpReport, reported: dict[str, int], policy: Policy, steps: _Steps, p: str
+    parsed: SnpReport, reported: dict[str, int], policy: Policy, steps: Steps, p: str
 ) -> None:
     """Report-content checks shared by SNP and emulated verification (steps ``p``-10..16)."""
     sp = policy.snp
@@ -142,7 +130,7 @@ def _result(
     platform: Platform,
     parsed: SnpReport,
     reported: dict[str, int],
-    steps: _Steps,
+    steps: Steps,
     details: dict[str, str],
 ) -> VerifiedEvidence:
     return VerifiedEvidence(
@@ -160,7 +148,7 @@ def verify_snp(
     report: bytes, certificates: Sequence[bytes], policy: Policy, now: datetime
 ) -> VerifiedEvidence:
     """Verify an SEV-SNP report against its VCEK/VLEK chain ending in a pinned AMD ARK."""
-    steps = _Steps()
+    steps = Steps()
     parsed = _parse(report, steps, "SNP-1")
     chain_spec = f"{VCEK_SPEC} / AMD KDS cert chain"
     pool = _load(certificates, "SNP-2", chain_spec)
@@ -275,7 +263,7 @@ def verify_emulated(
             "emulated evidence is refused unless the verifier is explicitly told to accept it "
             "(allow_emulated=True)",
         )
-    steps = _Steps()
+    steps = Steps()
     steps.passed.append("EMU-0")
     parsed = _parse(report, steps, "EMU-1")
     pool = _load(certificates, "EMU-2", "emulated chain")

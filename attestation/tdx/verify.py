@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from attestation.errors import CollateralError, MalformedEvidence, VerificationFailed
 from attestation.evidence import Platform, VerifiedEvidence
 from attestation.policy import Policy
+from attestation.steps import Steps
 from attestation.tdx import collateral as coll
 from attestation.tdx import pck
 from attestation.tdx.quote import TdxQuote, parse_quote
@@ -31,19 +32,6 @@ VALIDITY_SPEC = "RFC 5280 §4.1.2.5 validity"
 
 _CONFIG_NEEDED = frozenset({"ConfigurationNeeded", "ConfigurationAndSWHardeningNeeded"})
 _UP_TO_DATE_ISH = frozenset({"UpToDate", "SWHardeningNeeded"})
-
-
-class _Steps:
-    """Records passed steps and raises VerificationFailed for the failing one."""
-
-    def __init__(self) -> None:
-        self.passed: list[str] = []
-
-    def check(self, ok: bool, step: str, spec: str, reason: str) -> None:
-        if not ok:
-            raise VerificationFailed(step, spec, reason)
-        if step not in self.passed:
-            self.passed.append(step)
 
 
 @dataclass(frozen=True)
@@ -85,7 +73,7 @@ def _certs(blob: bytes, step: str, spec: str, what: str) -> list[x509.Certificat
 
 
 def _pck_chain(quote: TdxQuote, collateral: coll.TdxCollateral, pin: str,
-               steps: _Steps) -> _Chain:
+               steps: Steps) -> _Chain:
     step, spec = "TDX-2", f"{PCK_SPEC}: PCK leaf ← PCK Platform/Processor CA ← Intel SGX Root CA"
     certs = _certs(quote.pck_chain_pem, step, spec, "PCK certificate chain in the quote")
     anchors = list(certs)
@@ -142,7 +130,7 @@ def _collateral_crl(blob: bytes, what: str) -> x509.CertificateRevocationList:
 
 
 def _check_crl(crl: x509.CertificateRevocationList, issuer: x509.Certificate, now: datetime,
-               what: str, steps: _Steps) -> None:
+               what: str, steps: Steps) -> None:
     step, spec = "TDX-4", f"{PCK_SPEC}: {what}; RFC 5280 §5"
     steps.check(crl.issuer == issuer.subject, step, spec,
                 f"{what} is issued by {crl.issuer.rfc4514_string()}, expected "
@@ -157,7 +145,7 @@ def _check_crl(crl: x509.CertificateRevocationList, issuer: x509.Certificate, no
 
 
 def _not_revoked(crl: x509.CertificateRevocationList, cert: x509.Certificate, what: str,
-                 steps: _Steps) -> None:
+                 steps: Steps) -> None:
     entry = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
     steps.check(entry is None, "TDX-4", f"{PCK_SPEC}: revocation", f"{what} (serial "
                 f"{cert.serial_number:x}) is revoked since {entry and entry.revocation_date_utc}")
@@ -165,7 +153,7 @@ def _not_revoked(crl: x509.CertificateRevocationList, cert: x509.Certificate, wh
 
 def _signing_cert(blob: bytes, root: x509.Certificate, pin: str, root_crl:
                   x509.CertificateRevocationList, now: datetime, step: str, spec: str,
-                  steps: _Steps) -> x509.Certificate:
+                  steps: Steps) -> x509.Certificate:
     """The Intel SGX TCB Signing certificate of an issuer chain, checked to the pinned root."""
     certs = _collateral_certs(blob, f"{step} issuer chain")
     for cert in certs:
@@ -236,7 +224,7 @@ def _verify(raw: bytes, collateral: object, policy: Policy, now: datetime,
     """:func:`verify_tdx` with the trust anchor as a parameter (tests use their own root)."""
     if not isinstance(collateral, coll.TdxCollateral):
         raise CollateralError("TDX verification needs a TdxCollateral (see attestation.tdx.files)")
-    steps = _Steps()
+    steps = Steps()
     try:
         quote = parse_quote(raw)
     except MalformedEvidence as exc:
@@ -421,7 +409,7 @@ def _select_tcb_info(responses: Sequence[bytes],
                              + ", ".join(p[1].fmspc.hex() for p in parsed) + ")")
 
 
-def _check_policy(quote: TdxQuote, policy: Policy, steps: _Steps) -> None:
+def _check_policy(quote: TdxQuote, policy: Policy, steps: Steps) -> None:
     """TD report body checks against the caller's policy (steps TDX-16 … TDX-20)."""
     body, tp = quote.body, policy.tdx
     steps.check(tp.allow_debug or not body.debug, "TDX-16",
