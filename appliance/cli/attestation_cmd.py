@@ -13,6 +13,7 @@ from typing import Any
 
 from appliance.cli import trust_args
 from appliance.errors import UsageError
+from attestation import reference
 from attestation.bundle import decode_evidence, encode_bundle
 from attestation.errors import MalformedEvidence, VerificationFailed
 from attestation.evidence import EvidenceProvider, Platform, VerifiedEvidence
@@ -45,6 +46,11 @@ def register(sub: Any) -> None:
 
     measure = group.add_parser("measure", help="expected measurements for a launch config")
     measure.add_argument("config", type=Path, help="firmware-config/*.yaml")
+    mode = measure.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true",
+                      help="exit 1 unless the recorded measurement equals the computed one")
+    mode.add_argument("--write", action="store_true",
+                      help="record the computed measurement in the file (atomic rewrite)")
     measure.set_defaults(func=measure_command)
 
 
@@ -145,9 +151,35 @@ def verify_command(args: argparse.Namespace) -> int:
 
 
 def measure_command(args: argparse.Namespace) -> int:
-    """``attestation measure``: expected launch measurements for a firmware-config YAML."""
-    reference = trust_args.optional_module("attestation.reference")
+    """``attestation measure``: expected launch measurements for a firmware-config YAML.
+
+    Exit 0: computed (and equal to the recorded value when there is one, or now recorded with
+    ``--write``); 1: the recorded value differs, or ``--check`` found none; 2: bad config.
+    """
     text = trust_args.read_input(args.config, "launch config", 1 << 20).decode("utf-8", "replace")
     config = reference.load_launch_config(text, str(args.config))
-    print(reference.render(reference.compute_measurements(config, args.config.parent)), end="")
-    return 0
+    result = reference.compute_measurements(config, args.config.parent)
+    if args.write:
+        if not result.computed:
+            raise UsageError(f"{args.config}: TDX values are recorded by hand under tdx (mrtd, "
+                             "rtmrs) from a measured boot; there is nothing to compute")
+        if result.matches_recorded:
+            print(f"{args.config}: recorded measurement is up to date")
+            return 0
+        updated = reference.with_recorded_measurement(text, config, result.measurement)
+        try:
+            reference.write_atomically(args.config, updated)
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.config}: {exc.strerror or exc}") from None
+        print(f"{args.config}: recorded measurement {result.measurement.hex()}")
+        return 0
+    if args.check:
+        verdict = result.matches_recorded
+        if verdict:
+            print(f"{args.config}: OK {result.measurement.hex()}")
+            return 0
+        recorded = config.expected_measurement.hex() if config.expected_measurement else "none"
+        print(f"{args.config}: MISMATCH recorded {recorded}, computed {result.measurement.hex()}")
+        return 1
+    print(reference.render(result), end="")
+    return 1 if result.matches_recorded is False else 0
