@@ -4,10 +4,8 @@ TDX collateral, the emulated opt-in and the verification time."""
 from __future__ import annotations
 
 import argparse
-import importlib
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from appliance.errors import UsageError
 from attestation.errors import MalformedEvidence
@@ -92,10 +90,3 @@ def tdx_collateral(directory: Path | None) -> TdxCollateral | None:
         raise UsageError(f"--collateral {directory} is not a directory")
     return load_collateral_dir(directory)
 
-
-def optional_module(name: str) -> Any:
-    """Import a part that is still being built; its absence is a clear usage error."""
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError:
-        raise UsageError(f"{name} is not part of this build yet") from None
