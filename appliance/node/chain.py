@@ -22,10 +22,13 @@ def next_hash_chain(previous_assignment_id: str, previous_hash_chain: str) -> st
     return b64url(hashlib.sha256(data).digest())
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                              allow_nan=False)
+
+
 def canonical_json(value: Any) -> bytes:
     """Sorted keys, no spaces, UTF-8: the byte form signed into Result items."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
+    return _CANONICAL.encode(value).encode("utf-8")
 
 
 def report_data(node_public_key: bytes, config_digest: bytes, nonce: bytes) -> bytes:

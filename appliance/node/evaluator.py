@@ -19,7 +19,7 @@ import zlib
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from appliance.compute import ComputeEngine, ComputeLimits, ProcessInstance, Snapshot, module_format
 from appliance.errors import ApplianceError, EvaluationError, ModuleError
@@ -113,6 +113,20 @@ class WorkerCrashed(EvaluationError):
     """A worker process died; its processes must be reopened from their checkpoints."""
 
 
+class PendingCall:
+    """A request sent to a worker whose reply has not been read yet (the worker stays held)."""
+
+    def __init__(self, handle: _WorkerHandle) -> None:
+        self._handle: _WorkerHandle | None = handle
+
+    def result(self) -> Any:
+        """The reply (raises what :meth:`_WorkerHandle.call` raises); exactly once."""
+        handle, self._handle = self._handle, None
+        if handle is None:
+            raise RuntimeError("worker reply already taken")
+        return handle.finish()
+
+
 class _WorkerHandle:
     def __init__(self, ctx: Any, cache_dir: Path) -> None:
         self._ctx, self._cache_dir = ctx, cache_dir
@@ -129,18 +143,41 @@ class _WorkerHandle:
         self.generation = getattr(self, "generation", -1) + 1
 
     def call(self, method: str, *args: Any) -> Any:
-        with self.lock:
-            try:
-                self.conn.send((method, args))
-                ok, value = self.conn.recv()
-            except (EOFError, OSError, BrokenPipeError):
-                self.proc.join(timeout=1)
-                self._start()
-                raise WorkerCrashed("evaluation worker died; processes will be reopened") from None
+        return self.begin(method, *args).result()
+
+    def begin(self, method: str, *args: Any) -> PendingCall:
+        """Send a request and hold the worker until :meth:`PendingCall.result` is taken."""
+        self.lock.acquire()
+        try:
+            self.conn.send((method, args))
+        except (EOFError, OSError, BrokenPipeError):
+            self._crashed()
+        except BaseException:
+            self.lock.release()
+            raise
+        return PendingCall(self)
+
+    def finish(self) -> Any:
+        try:
+            ok, value = self.conn.recv()
+        except (EOFError, OSError, BrokenPipeError):
+            self._crashed()
+        except BaseException:
+            self.lock.release()
+            raise
+        self.lock.release()
         if not ok:
             kind, message = value
             raise ModuleError(message) if kind == "ModuleError" else EvaluationError(message)
         return value
+
+    def _crashed(self) -> NoReturn:
+        try:
+            self.proc.join(timeout=1)
+            self._start()
+        finally:
+            self.lock.release()
+        raise WorkerCrashed("evaluation worker died; processes will be reopened") from None
 
     def stop(self) -> None:
         with self.lock:
@@ -175,6 +212,11 @@ class EvaluatorPool:
         """Evaluate messages in order; one result object per message."""
         result: list[dict[str, Any]] = self._for(process_id).call("evaluate", process_id, batch)
         return result
+
+    def begin_evaluate(self, process_id: str, batch: list[tuple[bytes, bytes]]) -> PendingCall:
+        """Start :meth:`evaluate`; its ``result()`` is the list of result objects. The worker
+        serves nothing else until that reply is taken."""
+        return self._for(process_id).begin("evaluate", process_id, batch)
 
     def dry_run(self, process_id: str, msg: bytes, env: bytes) -> dict[str, Any]:
         """Evaluate without keeping any state change."""

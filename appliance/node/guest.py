@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
+from appliance.compute import jsjson
 from appliance.node.identity import b64url
+
+# JSON.stringify's layout; guest_message holds no floats, so jsjson's float pass is not needed.
+_GUEST_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,15 @@ def guest_message(item: Any, slot: ScheduledSlot) -> dict[str, Any]:
         "Cron": False,
     }
     return {k: v for k, v in msg.items() if v is not None}
+
+
+def guest_message_json(item: Any, slot: ScheduledSlot) -> bytes:
+    """``jsjson.stringify(guest_message(item, slot))``, without its float pass."""
+    msg = guest_message(item, slot)
+    try:
+        return _GUEST_JSON.encode(msg).encode("utf-8")
+    except UnicodeEncodeError:
+        return jsjson.stringify(msg)
 
 
 def guest_env(process: Any, module: Any) -> dict[str, Any]:

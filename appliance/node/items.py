@@ -13,7 +13,7 @@ import hashlib
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import nacl.exceptions
 import nacl.signing
@@ -61,8 +61,8 @@ class Item:
     def signature_message(self) -> bytes:
         """The 48-byte deep hash the signature covers."""
         target = b64url_decode(self.target) if self.target else b""
-        return deep_hash([b"dataitem", b"1", str(self.signature_type).encode(), self.owner,
-                          target, self.anchor, self.tag_bytes, self.data])
+        return item_deep_hash(self.signature_type, self.owner, target, self.anchor,
+                              self.tag_bytes, self.data)
 
 
 def first_tag(item: Item, name: str) -> str | None:
@@ -70,14 +70,48 @@ def first_tag(item: Item, name: str) -> str | None:
     return next((v for n, v in item.tags if n == name), None)
 
 
+_sha384 = hashlib.sha384
+
+
+@lru_cache(maxsize=4096)
+def _blob_tag(length: int) -> bytes:
+    return _sha384(b"blob" + str(length).encode()).digest()
+
+
+def _blob_hash(chunk: bytes) -> bytes:
+    return _sha384(_blob_tag(len(chunk)) + _sha384(chunk).digest()).digest()
+
+
+# Owners and targets repeat (the node's own key, a process's id): their blob hashes are cached.
+_repeated_blob_hash = lru_cache(maxsize=4096)(_blob_hash)
+
+
 def deep_hash(chunk: bytes | Sequence[bytes]) -> bytes:
     """Arweave's SHA-384 deep hash of a blob or a list of blobs."""
     if isinstance(chunk, bytes | bytearray):
-        tag = hashlib.sha384(b"blob" + str(len(chunk)).encode()).digest()
-        return hashlib.sha384(tag + hashlib.sha384(chunk).digest()).digest()
-    acc = hashlib.sha384(b"list" + str(len(chunk)).encode()).digest()
+        return _blob_hash(bytes(chunk))
+    acc = _sha384(b"list" + str(len(chunk)).encode()).digest()
     for part in chunk:
-        acc = hashlib.sha384(acc + deep_hash(part)).digest()
+        acc = _sha384(acc + deep_hash(part)).digest()
+    return acc
+
+
+@lru_cache(maxsize=1024)
+def _item_prefix(signature_type: int, owner: bytes) -> bytes:
+    """The deep-hash accumulator after ``["dataitem", "1", type, owner`` (8-element list)."""
+    acc = _sha384(b"list8").digest()
+    for part in (b"dataitem", b"1", str(signature_type).encode(), owner):
+        acc = _sha384(acc + _blob_hash(part)).digest()
+    return acc
+
+
+def item_deep_hash(signature_type: int, owner: bytes, target: bytes, anchor: bytes,
+                   tag_bytes: bytes, data: bytes) -> bytes:
+    """``deep_hash(["dataitem", "1", type, owner, target, anchor, tags, data])``, with the
+    constant head and repeated owners/targets cached."""
+    acc = _sha384(_item_prefix(signature_type, owner) + _repeated_blob_hash(target)).digest()
+    for part in (anchor, tag_bytes, data):
+        acc = _sha384(acc + _blob_hash(part)).digest()
     return acc
 
 
@@ -91,15 +125,22 @@ def _zigzag(value: int) -> bytes:
     return bytes(out)
 
 
+_ZIGZAG = tuple(_zigzag(n) for n in range(MAX_TAG_VALUE + 1))
+
+
 def encode_tags(tags: Sequence[tuple[str, str]]) -> bytes:
     """Avro encoding of ``[{name: bytes, value: bytes}]`` (empty bytes for no tags)."""
     if not tags:
         return b""
-    out = bytearray(_zigzag(len(tags)))
+    zigzag, table = _zigzag, _ZIGZAG
+    out = [zigzag(len(tags))]
     for name, value in tags:
         for text in (name.encode(), value.encode()):
-            out += _zigzag(len(text)) + text
-    return bytes(out + b"\0")
+            length = len(text)
+            out.append(table[length] if length <= MAX_TAG_VALUE else zigzag(length))
+            out.append(text)
+    out.append(b"\0")
+    return b"".join(out)
 
 
 def _read_long(buf: bytes, pos: int) -> tuple[int, int]:
@@ -133,7 +174,11 @@ def decode_tags(buf: bytes, count: int) -> list[tuple[str, str]]:
         for _ in range(block):
             fields = []
             for limit in (MAX_TAG_NAME, MAX_TAG_VALUE):
-                length, pos = _read_long(buf, pos)
+                byte = buf[pos] if pos < len(buf) else 0x80
+                if byte < 0x80:  # one-byte varint: the usual case
+                    length, pos = (byte >> 1) ^ -(byte & 1), pos + 1
+                else:
+                    length, pos = _read_long(buf, pos)
                 if length < 0 or length > limit or pos + length > len(buf):
                     raise BadRequest("tag name or value is too long or truncated")
                 try:
@@ -254,7 +299,7 @@ def sign(identity: NodeIdentity, *, tags: Sequence[tuple[str, str]], data: bytes
     if target_raw and len(target_raw) != 32:
         raise ValueError("target must be a 32-byte id")
     owner = identity.public_key
-    message = deep_hash([b"dataitem", b"1", b"2", owner, target_raw, anchor, tag_bytes, data])
+    message = item_deep_hash(2, owner, target_raw, anchor, tag_bytes, data)
     signature = identity.sign(message)
     raw = b"".join([
         struct.pack("<H", 2), signature, owner,

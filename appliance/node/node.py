@@ -5,6 +5,7 @@ HTTP and gRPC front-ends call :class:`Node`; everything it acknowledges is durab
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -35,17 +36,18 @@ from appliance.node.evaluator import (
     WorkerCrashed,
     read_checkpoint,
 )
-from appliance.node.guest import ScheduledSlot, guest_env, guest_message, tag_list
+from appliance.node.guest import ScheduledSlot, guest_env, guest_message_json, tag_list
 from appliance.node.identity import NodeIdentity
 from appliance.node.messenger import PushContext, push_outbox
 from appliance.node.observer import NodeObserver, NoObserver
 from appliance.node.results import (
     UnsignedResult,
-    intent_for,
+    intents_between,
     record_intents,
     result_data,
     store_result,
     stored_result,
+    stored_results,
     unsigned_result,
 )
 from appliance.node.scheduler import (
@@ -64,6 +66,9 @@ log = logging.getLogger("appliance.node")
 ScheduledEntry = tuple[ScheduledSlot, items.Item, items.Item]
 ITEM_TYPES = ("Module", "Process", "Message")
 MAX_WORKER_CRASHES = 3
+# Batches one actor step evaluates back to back (each next one overlapping the commit of the
+# previous); the actor's lock is released between steps.
+PIPELINED_BATCHES = 8
 
 
 @dataclass(frozen=True)
@@ -301,42 +306,76 @@ class Node:
                 actor.broken = str(exc)
                 log.error("process %s cannot be evaluated: %s", pid, exc)
                 return False
-        rows = self.store.all("SELECT * FROM schedule WHERE process_id = ? AND slot >= ? "
-                              "ORDER BY slot LIMIT ?", pid, actor.next_slot,
-                              self.settings.batch_size)
-        if not rows:
+        slots, batch = self._read_batch(actor, actor.next_slot)
+        if not slots:
             return False
-        slots = [slot_row(r) for r in rows]
-        reader = self.store.reader
-        batch = []
-        for s in slots:
-            item = load_item(reader, s.message_id)
-            if item is None:
-                raise EvaluationError(f"scheduled message {s.message_id} is missing")
-            batch.append((jsjson.stringify(guest_message(item, s)), actor.env_json))
         started = time.perf_counter()
-        outputs = self.pool.evaluate(pid, batch)
-        self.observer.batch_evaluated(len(batch), time.perf_counter() - started)
-        self._commit_results(actor, slots, outputs)
-        actor.next_slot = slots[-1].slot + 1
-        actor.since_checkpoint += len(slots)
-        if (actor.since_checkpoint >= self.settings.checkpoint_every_messages
-                or time.monotonic() - actor.last_checkpoint
-                >= self.settings.checkpoint_every_seconds):
+        pending = self.pool.begin_evaluate(pid, batch)
+        for round_ in range(PIPELINED_BATCHES):
+            outputs = pending.result()
+            self.observer.batch_evaluated(len(batch), time.perf_counter() - started)
+            # Start the next batch in the worker while this one is signed and committed. Not
+            # across a checkpoint: that must capture the state right after this batch.
+            following: tuple[list[ScheduledSlot], list[tuple[bytes, bytes]]] | None = None
+            if round_ + 1 < PIPELINED_BATCHES and not self._checkpoint_due(actor, len(slots)):
+                following = self._read_batch(actor, slots[-1].slot + 1)
+                if following[0]:
+                    started = time.perf_counter()
+                    pending = self.pool.begin_evaluate(pid, following[1])
+                else:
+                    following = None
+            try:
+                self._commit_results(actor, slots, outputs)
+            except BaseException:
+                if following is not None:
+                    with contextlib.suppress(Exception):
+                        pending.result()  # release the worker; this process stops anyway
+                raise
+            actor.next_slot = slots[-1].slot + 1
+            actor.since_checkpoint += len(slots)
+            if following is None:
+                break
+            slots, batch = following
+        if self._checkpoint_due(actor, 0):
             self._checkpoint(actor, slots[-1].slot)
         return True
+
+    def _checkpoint_due(self, actor: _Actor, more: int) -> bool:
+        return (actor.since_checkpoint + more >= self.settings.checkpoint_every_messages
+                or time.monotonic() - actor.last_checkpoint
+                >= self.settings.checkpoint_every_seconds)
+
+    def _read_batch(self, actor: _Actor,
+                    first: int) -> tuple[list[ScheduledSlot], list[tuple[bytes, bytes]]]:
+        """The next scheduled slots from ``first`` and their (msg, env) JSON for the guest."""
+        rows = self.store.all(
+            "SELECT s.process_id, s.slot, s.message_id, s.assignment_id, s.hash_chain, "
+            "s.timestamp_ms, s.block_height, s.attestation_id, s.push_depth, i.raw "
+            "FROM schedule s LEFT JOIN items i ON i.id = s.message_id "
+            "WHERE s.process_id = ? AND s.slot >= ? ORDER BY s.slot LIMIT ?",
+            actor.process_id, first, self.settings.batch_size)
+        slots = [slot_row(r[:-1]) for r in rows]
+        batch = []
+        for s, row in zip(slots, rows, strict=True):
+            if row[-1] is None:
+                raise EvaluationError(f"scheduled message {s.message_id} is missing")
+            item = items.parse_trusted(bytes(row[-1]))
+            batch.append((guest_message_json(item, s), actor.env_json))
+        return slots, batch
 
     def _commit_results(self, actor: _Actor, slots: list[ScheduledSlot],
                         outputs: list[dict[str, Any]]) -> None:
         pid = actor.process_id
         reader = self.store.reader
-        previous = stored_result(reader, pid, slots[0].slot - 1)
+        stored = stored_results(reader, pid, slots[0].slot - 1, slots[-1].slot)
+        intents = intents_between(reader, pid, slots[0].slot, slots[-1].slot)
+        previous = stored.get(slots[0].slot - 1)
         prev_id = previous[0] if previous else None
         fresh: list[UnsignedResult] = []
         signed: list[tuple[ScheduledSlot, items.Item]] = []
         committed: list[dict[str, Any]] = []
         for s, out in zip(slots, outputs, strict=True):
-            done = stored_result(reader, pid, s.slot)
+            done = stored.get(s.slot)
             if done is not None:
                 if done[1] != result_data(out):
                     self.observer.divergence()
@@ -344,7 +383,7 @@ class Node:
                                  s.slot)
                 prev_id = done[0]
                 continue
-            unsigned = intent_for(reader, pid, s.slot)
+            unsigned = intents.get(s.slot)
             if unsigned is None:
                 unsigned = unsigned_result(s, out, prev_id)
                 fresh.append(unsigned)

@@ -74,6 +74,15 @@ def intent_for(conn: sqlite3.Connection, process_id: str, slot: int) -> Unsigned
     return None if row is None else UnsignedResult.decode(process_id, slot, bytes(row[0]))
 
 
+def intents_between(conn: sqlite3.Connection, process_id: str, first: int,
+                    last: int) -> dict[int, UnsignedResult]:
+    """:func:`intent_for` for every slot in ``first..last`` at once, keyed by slot."""
+    rows = conn.execute("SELECT slot, unsigned FROM result_intents WHERE process_id = ? AND "
+                        "slot BETWEEN ? AND ?", (process_id, first, last)).fetchall()
+    return {int(slot): UnsignedResult.decode(process_id, int(slot), bytes(blob))
+            for slot, blob in rows}
+
+
 def record_intents(conn: sqlite3.Connection, intents: list[UnsignedResult]) -> None:
     """Durably record what is about to be signed."""
     conn.executemany(
@@ -97,3 +106,11 @@ def stored_result(conn: sqlite3.Connection, process_id: str,
     row = conn.execute("SELECT result_id, data FROM results WHERE process_id = ? AND slot = ?",
                        (process_id, slot)).fetchone()
     return None if row is None else (str(row[0]), bytes(row[1]))
+
+
+def stored_results(conn: sqlite3.Connection, process_id: str, first: int,
+                   last: int) -> dict[int, tuple[str, bytes]]:
+    """:func:`stored_result` for every slot in ``first..last`` at once, keyed by slot."""
+    rows = conn.execute("SELECT slot, result_id, data FROM results WHERE process_id = ? AND "
+                        "slot BETWEEN ? AND ?", (process_id, first, last)).fetchall()
+    return {int(slot): (str(rid), bytes(data)) for slot, rid, data in rows}

@@ -108,10 +108,11 @@ def schedule_message(conn: sqlite3.Connection, ctx: SchedulerContext, message: i
     """Store a message for a hosted process and schedule it (idempotent per message id)."""
     if conn.execute("SELECT 1 FROM processes WHERE id = ?", (process_id,)).fetchone() is None:
         raise NotFound(f"process {process_id} is not hosted on this node")
-    store_item(conn, message, "message")
-    slot = existing_slot(conn, process_id, message.id)
-    if slot is not None:
-        return slot
+    # A message that was not stored before cannot hold a slot yet (slots name stored items).
+    if not store_item(conn, message, "message"):
+        slot = existing_slot(conn, process_id, message.id)
+        if slot is not None:
+            return slot
     return assign(conn, ctx, process_id, message.id, push_depth).slot
 
 
