@@ -38,6 +38,7 @@ class Node:
     col: int
     text: str | None = None
     source: str = ""
+    key_marks: tuple[tuple[str, int, int], ...] = ()  # a mapping's keys: (name, line, col)
 
     def error(self, message: str) -> PolicyError:
         """A PolicyError pointing at this node."""
@@ -81,6 +82,7 @@ def _convert(node: yaml.Node, source: str, depth: int) -> Node:
         return Node([_convert(n, source, depth + 1) for n in node.value], line, col, None, source)
     assert isinstance(node, yaml.MappingNode)
     out: dict[str, Node] = {}
+    marks: list[tuple[str, int, int]] = []
     for key, value in node.value:
         if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
             raise _fail(source, key.start_mark, "keys must be plain strings (no merge keys)")
@@ -89,7 +91,8 @@ def _convert(node: yaml.Node, source: str, depth: int) -> Node:
             raise _fail(source, key.start_mark, f"duplicate key {name!r} (first at line "
                         f"{out[name].line})")
         out[name] = _convert(value, source, depth + 1)
-    return Node(out, line, col, None, source)
+        marks.append((name, key.start_mark.line + 1, key.start_mark.column + 1))
+    return Node(out, line, col, None, source, tuple(marks))
 
 
 def load_strict(text: str, source: str) -> Node:
@@ -126,10 +129,10 @@ def mapping(node: Node, allowed: set[str], what: str) -> dict[str, Node]:
     """``node`` as a map whose keys are all in ``allowed``."""
     if not isinstance(node.value, dict):
         raise node.error(f"{what} must be a mapping")
-    for key, child in node.value.items():
+    for key, line, col in node.key_marks:
         if key not in allowed:
-            raise child.error(f"unknown key {key!r} in {what} (expected one of "
-                              f"{', '.join(sorted(allowed))})")
+            raise PolicyError(f"{node.source}:{line}:{col}: unknown key {key!r} in {what} "
+                              f"(expected one of {', '.join(sorted(allowed))})")
     value: dict[str, Node] = node.value
     return value
 

@@ -50,7 +50,7 @@ def test_an_empty_file_means_every_default() -> None:
 
 
 @pytest.mark.parametrize(("text", "where", "what"), [
-    ("tee: emulated\nlisten:\n  htp: 127.0.0.1:1\n", ":3:8", "htp"),
+    ("tee: emulated\nlisten:\n  htp: 127.0.0.1:1\n", ":3:3", "htp"),
     ("tee: emulated\ntee: tdx\n", ":2:1", "duplicate"),
     ("tls:\n  plaintext_loopback: yes\n", ":2:23", "YAML 1.1"),
     ("node:\n  batch_size: 010\n", ":2:15", "ambiguous"),
