@@ -12,9 +12,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import aos_throughput, ceiling, cold_start, engine_latency, scaling, verification
+from bench import (
+    aos_throughput,
+    ceiling,
+    cold_start,
+    engine_latency,
+    http_pipeline,
+    scaling,
+    verification,
+)
 
-SECTIONS = {"engine": engine_latency.run, "aos": aos_throughput.run, "ceiling": ceiling.run,
+SECTIONS = {"engine": engine_latency.run, "aos": aos_throughput.run, "http": http_pipeline.run,
+            "ceiling": ceiling.run,
             "cold_start": cold_start.run, "verification": verification.run,
             "scaling": scaling.run}
 

@@ -29,7 +29,8 @@ def engine_rate(name: str, count: int, cache: Any) -> float:
     return rate(count, time.perf_counter() - start)
 
 
-def pipeline_rate(name: str, count: int, processes: int) -> float:
+def pipeline_rate(name: str, count: int, processes: int,
+                  workload: list[tuple[dict[str, str], str]] = WORKLOAD) -> float:
     """Messages per second through the whole node, spread over ``processes`` processes."""
     fmt = MODULES[name][1]
     with pipeline(module_path(name).read_bytes(), fmt) as pipe:
@@ -40,7 +41,7 @@ def pipeline_rate(name: str, count: int, processes: int) -> float:
                 pipe.node.ingest(last.raw)
             pipe.node.result(pid, last.id)
         per = max(1, count // processes)
-        batches = {pid: [pipe.item(pid, *WORKLOAD[i % len(WORKLOAD)]) for i in range(per)]
+        batches = {pid: [pipe.item(pid, *workload[i % len(workload)]) for i in range(per)]
                    for pid in pids}
         seconds = pipe.send_all(batches, clients=8)
         return rate(per * processes, seconds)

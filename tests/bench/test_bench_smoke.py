@@ -18,9 +18,11 @@ def test_bench_quick_runs_and_writes_every_section(tmp_path: Path) -> None:
                           cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads(out.read_text())
-    assert {"engine", "aos", "ceiling", "cold_start", "verification", "scaling"} <= results.keys()
+    sections = {"engine", "aos", "http", "ceiling", "cold_start", "verification", "scaling"}
+    assert sections <= results.keys()
     assert all(row["eval_p50_ms"] > 0 and row["compile/cached"] > 0 for row in results["engine"])
     for row in results["aos"]:
         assert row["c_engine"] > 0 and row["d_pipeline_1"] > 0 and row["a_loader_legacy"] > 0
+    assert all(row["http_msgs_per_s"] > 0 for row in results["http"])
     assert results["verification"]["snp_reports_per_s"] > 0
     assert "== scaling" in proc.stdout
