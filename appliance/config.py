@@ -15,6 +15,7 @@ from typing import Any
 from appliance.compute import ComputeLimits
 from appliance.compute.limits import parse_size
 from appliance.errors import ConfigError
+from appliance.node.settings import NodeOptions
 from attestation.errors import PolicyError
 from attestation.strict_yaml import (
     Node,
@@ -56,20 +57,6 @@ class TlsSettings:
     def enabled(self) -> bool:
         """True when server certificate, key and operator CA are all configured."""
         return None not in (self.ca_file, self.cert_file, self.key_file)
-
-
-@dataclass(frozen=True)
-class NodeOptions:
-    """The NodeSettings fields a configuration file may set (data_dir comes from the command)."""
-
-    max_item_bytes: int = 16 * 1024 * 1024
-    max_push_depth: int = 64
-    batch_size: int = 64
-    workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
-    checkpoint_every_messages: int = 1000
-    checkpoint_every_seconds: float = 3600.0
-    block_height: int = 0
-    result_wait_seconds: float = 30.0
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from appliance.errors import ConfigError
 
 
 @dataclass(frozen=True)
-class NodeSettings:
-    """Everything the node core needs besides its identity and evidence provider.
+class NodeOptions:
+    """The node tunables a configuration file may set (section ``node``).
 
     ``max_item_bytes`` bounds any data item the node accepts; ``max_push_depth`` bounds chains
     of messages pushed from results (a ping-pong loop stops there); checkpoints are taken every
@@ -21,8 +21,6 @@ class NodeSettings:
     own: an operator may set it, see docs).
     """
 
-    data_dir: Path
-    limits: ComputeLimits = field(default_factory=ComputeLimits)
     max_item_bytes: int = 16 * 1024 * 1024
     max_push_depth: int = 64
     batch_size: int = 64
@@ -41,6 +39,14 @@ class NodeSettings:
             raise ConfigError("checkpoint intervals must be positive")
         if self.block_height < 0:
             raise ConfigError("block_height cannot be negative")
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeSettings(NodeOptions):
+    """Everything the node core needs besides its identity and evidence provider."""
+
+    data_dir: Path
+    limits: ComputeLimits = field(default_factory=ComputeLimits)
 
     @property
     def checkpoint_dir(self) -> Path:

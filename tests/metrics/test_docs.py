@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config import Listeners, NodeOptions, TlsSettings
+from appliance.config import Listeners, TlsSettings
 from appliance.metrics import NodeMetrics
+from appliance.node.settings import NodeOptions
 from tests.metrics.live import promtool, serve_with_metrics
 from tests.support.paths import REPO
 
