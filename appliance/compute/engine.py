@@ -18,6 +18,7 @@ import wasmtime
 
 from appliance.compute import jsjson, trampolines
 from appliance.compute.abi import EmscriptenHost, GuestAbort, GuestExit
+from appliance.compute.fastcall import integer_caller
 from appliance.compute.formats import ModuleFormat
 from appliance.compute.guest_memory import GuestFault
 from appliance.compute.limits import ComputeLimits
@@ -244,7 +245,7 @@ class ProcessInstance:
         late = forwarder["late"]
         for i in range(len(self.loaded.slot_names)):
             late.set(store, i, impl[f"s{i}"])
-        self._run = _func(impl, "run")
+        self._run, self.fast_call = integer_caller(store, _func(impl, "run"))
 
     def _load_memory(self, snapshot: Snapshot) -> None:
         assert self._host.mem is not None
