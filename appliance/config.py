@@ -197,13 +197,15 @@ def _limits(node: Node) -> ComputeLimits:
     )
 
 
-def _check_transport(config: AppConfig, root: Node) -> None:
+def grpc_transport_problem(config: AppConfig) -> str | None:
+    """Why ``listen.grpc`` may not serve as configured (TLS, or plaintext on loopback), or None."""
     grpc = config.listen.grpc
     if grpc is None or config.tls.enabled:
-        return
-    if not (config.tls.plaintext_loopback and is_loopback(grpc[0])):
-        raise root.error("listen.grpc on TCP needs tls (ca_file, cert_file, key_file); "
-                         "plaintext is only allowed on loopback with tls.plaintext_loopback: true")
+        return None
+    if config.tls.plaintext_loopback and is_loopback(grpc[0]):
+        return None
+    return ("listen.grpc on TCP needs tls (ca_file, cert_file, key_file); plaintext is only "
+            "allowed on loopback with tls.plaintext_loopback: true")
 
 
 def parse_config(text: str, source: str) -> AppConfig:
@@ -221,7 +223,9 @@ def parse_config(text: str, source: str) -> AppConfig:
             log_level=_choice(keys["log_level"], "log_level", LOG_LEVELS)
             if "log_level" in keys else "info",
         )
-        _check_transport(config, root)
+        problem = grpc_transport_problem(config)
+        if problem is not None:
+            raise root.error(problem)
     except PolicyError as exc:
         raise ConfigError(str(exc)) from None
     return config

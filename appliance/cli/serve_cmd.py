@@ -18,7 +18,14 @@ from typing import Any
 from aiohttp import web
 
 from appliance.api.http import make_app
-from appliance.config import TEE_NAMES, AppConfig, is_loopback, load_config, parse_host_port
+from appliance.config import (
+    TEE_NAMES,
+    AppConfig,
+    grpc_transport_problem,
+    is_loopback,
+    load_config,
+    parse_host_port,
+)
 from appliance.errors import ConfigError, UsageError
 from appliance.metrics import NodeMetrics
 from appliance.node.identity import NodeIdentity
@@ -66,11 +73,12 @@ def effective_config(args: argparse.Namespace) -> AppConfig:
     if args.metrics is not None:
         listen = dataclasses.replace(listen, metrics=args.metrics)
     config = dataclasses.replace(config, listen=listen, tee=args.tee or config.tee)
-    if args.grpc is not None and not config.tls.enabled:
-        if not is_loopback(args.grpc[0]):
-            raise ConfigError("--grpc on a non-loopback address needs tls in the configuration")
+    if args.grpc is not None and not config.tls.enabled and is_loopback(args.grpc[0]):
         config = dataclasses.replace(  # a loopback --grpc without TLS is explicit plaintext
             config, tls=dataclasses.replace(config.tls, plaintext_loopback=True))
+    problem = grpc_transport_problem(config)
+    if problem is not None:
+        raise ConfigError(problem)
     return config
 
 
@@ -133,8 +141,8 @@ async def _serve(node: Node, config: AppConfig, metrics: NodeMetrics | None) -> 
         metrics_host, metrics_port = metrics_runner.addresses[0][:2]
         event["metrics"] = f"{metrics_host}:{metrics_port}"
     if config.listen.grpc is not None or config.listen.grpc_unix is not None:
-        extra = {} if metrics is None else {"registry": metrics.registry}
-        server = await start_grpc(node, config, **extra)
+        server = await start_grpc(node, config,
+                                  registry=metrics.registry if metrics else None)
         cleanups.append(lambda: server.stop(5))
         event["grpc"] = server.bound_address
     stop = asyncio.Event()

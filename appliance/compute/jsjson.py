@@ -22,7 +22,12 @@ def _integral_floats(value: Any) -> Any:
 
 def stringify(value: Any) -> bytes:
     """UTF-8 bytes of ``JSON.stringify(value)`` (integral floats as integers, no spaces)."""
-    text = _encoder.encode(_integral_floats(value))
+    return stringify_floatless(_integral_floats(value))
+
+
+def stringify_floatless(value: Any) -> bytes:
+    """:func:`stringify` for a value known to hold no floats (skips the float pass)."""
+    text = _encoder.encode(value)
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:

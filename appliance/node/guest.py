@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from appliance.compute import jsjson
 from appliance.node.identity import b64url
-
-# JSON.stringify's layout; guest_message holds no floats, so jsjson's float pass is not needed.
-_GUEST_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 @dataclass(frozen=True)
@@ -79,12 +75,8 @@ def guest_message(item: Any, slot: ScheduledSlot) -> dict[str, Any]:
 
 
 def guest_message_json(item: Any, slot: ScheduledSlot) -> bytes:
-    """``jsjson.stringify(guest_message(item, slot))``, without its float pass."""
-    msg = guest_message(item, slot)
-    try:
-        return _GUEST_JSON.encode(msg).encode("utf-8")
-    except UnicodeEncodeError:
-        return jsjson.stringify(msg)
+    """``jsjson.stringify(guest_message(item, slot))``; the message holds no floats."""
+    return jsjson.stringify_floatless(guest_message(item, slot))
 
 
 def guest_env(process: Any, module: Any) -> dict[str, Any]:

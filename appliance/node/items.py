@@ -86,16 +86,6 @@ def _blob_hash(chunk: bytes) -> bytes:
 _repeated_blob_hash = lru_cache(maxsize=4096)(_blob_hash)
 
 
-def deep_hash(chunk: bytes | Sequence[bytes]) -> bytes:
-    """Arweave's SHA-384 deep hash of a blob or a list of blobs."""
-    if isinstance(chunk, bytes | bytearray):
-        return _blob_hash(bytes(chunk))
-    acc = _sha384(b"list" + str(len(chunk)).encode()).digest()
-    for part in chunk:
-        acc = _sha384(acc + deep_hash(part)).digest()
-    return acc
-
-
 @lru_cache(maxsize=1024)
 def _item_prefix(signature_type: int, owner: bytes) -> bytes:
     """The deep-hash accumulator after ``["dataitem", "1", type, owner`` (8-element list)."""
@@ -107,8 +97,9 @@ def _item_prefix(signature_type: int, owner: bytes) -> bytes:
 
 def item_deep_hash(signature_type: int, owner: bytes, target: bytes, anchor: bytes,
                    tag_bytes: bytes, data: bytes) -> bytes:
-    """``deep_hash(["dataitem", "1", type, owner, target, anchor, tags, data])``, with the
-    constant head and repeated owners/targets cached."""
+    """Arweave's SHA-384 deep hash of ``["dataitem", "1", type, owner, target, anchor, tags,
+    data]`` (a list hashes as ``"list" + length``, each blob as ``"blob" + length`` then its
+    SHA-384, folded left), with the constant head and repeated owners/targets cached."""
     acc = _sha384(_item_prefix(signature_type, owner) + _repeated_blob_hash(target)).digest()
     for part in (anchor, tag_bytes, data):
         acc = _sha384(acc + _blob_hash(part)).digest()

@@ -67,16 +67,9 @@ def unsigned_result(slot: ScheduledSlot, result: dict[str, Any],
     return UnsignedResult(slot.process_id, slot.slot, tuple(tags), result_data(result))
 
 
-def intent_for(conn: sqlite3.Connection, process_id: str, slot: int) -> UnsignedResult | None:
-    """The intent recorded for a slot whose result was not stored yet (crash recovery)."""
-    row = conn.execute("SELECT unsigned FROM result_intents WHERE process_id = ? AND slot = ?",
-                       (process_id, slot)).fetchone()
-    return None if row is None else UnsignedResult.decode(process_id, slot, bytes(row[0]))
-
-
 def intents_between(conn: sqlite3.Connection, process_id: str, first: int,
                     last: int) -> dict[int, UnsignedResult]:
-    """:func:`intent_for` for every slot in ``first..last`` at once, keyed by slot."""
+    """The recorded intents of the slots ``first..last``, keyed by slot."""
     rows = conn.execute("SELECT slot, unsigned FROM result_intents WHERE process_id = ? AND "
                         "slot BETWEEN ? AND ?", (process_id, first, last)).fetchall()
     return {int(slot): UnsignedResult.decode(process_id, int(slot), bytes(blob))
@@ -102,15 +95,13 @@ def store_result(conn: sqlite3.Connection, slot: ScheduledSlot, signed: items.It
 
 def stored_result(conn: sqlite3.Connection, process_id: str,
                   slot: int) -> tuple[str, bytes] | None:
-    """(result id, data) stored for a slot, if any."""
-    row = conn.execute("SELECT result_id, data FROM results WHERE process_id = ? AND slot = ?",
-                       (process_id, slot)).fetchone()
-    return None if row is None else (str(row[0]), bytes(row[1]))
+    """The stored (result id, data) of one slot, if any."""
+    return stored_results(conn, process_id, slot, slot).get(slot)
 
 
 def stored_results(conn: sqlite3.Connection, process_id: str, first: int,
                    last: int) -> dict[int, tuple[str, bytes]]:
-    """:func:`stored_result` for every slot in ``first..last`` at once, keyed by slot."""
+    """The stored (result id, data) of the slots ``first..last``, keyed by slot."""
     rows = conn.execute("SELECT slot, result_id, data FROM results WHERE process_id = ? AND "
                         "slot BETWEEN ? AND ?", (process_id, first, last)).fetchall()
     return {int(slot): (str(rid), bytes(data)) for slot, rid, data in rows}

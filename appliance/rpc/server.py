@@ -31,7 +31,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from prometheus_client import CollectorRegistry
 
-from appliance.config import AppConfig, TlsSettings, is_loopback
+from appliance.config import AppConfig, TlsSettings, grpc_transport_problem
 from appliance.errors import ConfigError
 from appliance.node.node import Node
 from appliance.rpc.auth import AccessPolicy
@@ -155,10 +155,9 @@ async def start_grpc(node: Node, config: AppConfig, *,
     listen, tls = config.listen, config.tls
     if listen.grpc is None and listen.grpc_unix is None:
         raise ConfigError("neither listen.grpc nor listen.grpc_unix is configured")
-    if listen.grpc is not None and not tls.enabled and not (
-            tls.plaintext_loopback and is_loopback(listen.grpc[0])):
-        raise ConfigError("listen.grpc without tls is only allowed on loopback with "
-                          "tls.plaintext_loopback: true")
+    problem = grpc_transport_problem(config)
+    if problem is not None:
+        raise ConfigError(problem)
     metrics = GrpcServerMetrics(registry if registry is not None else CollectorRegistry())
     limit = node.settings.max_item_bytes + MESSAGE_SLACK
     server = grpc.aio.server(
