@@ -18,6 +18,7 @@ from typing import Any
 from appliance.errors import RequestError
 from appliance.node import items
 from appliance.node.guest import ScheduledSlot
+from appliance.node.identity import NodeIdentity
 from appliance.node.scheduler import (
     SchedulerContext,
     assign,
@@ -39,19 +40,42 @@ class PushContext:
     max_depth: int
 
 
-def push_outbox(conn: sqlite3.Connection, ctx: SchedulerContext, push: PushContext,
-                result: dict[str, Any]) -> set[str]:
-    """Deliver Messages, Spawns and Assignments of one result; return processes to wake."""
+@dataclass(frozen=True)
+class Outgoing:
+    """One signed item of an outbox and where it goes (``kind``: ``message`` or ``spawn``)."""
+
+    item: items.Item
+    target: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class Outbox:
+    """A result's outbox, signed and ready to store: built outside the store's transaction."""
+
+    push: PushContext
+    outgoing: tuple[Outgoing, ...]
+    assignments: tuple[dict[str, Any], ...]
+
+
+def prepare_outbox(identity: NodeIdentity, push: PushContext, result: dict[str, Any]) -> Outbox:
+    """Sign the Messages and Spawns of one result (pure: no store access)."""
+    outgoing = [Outgoing(_build(identity, push, message, index, "Message"),
+                         str(message.get("Target") or ""), "message")
+                for index, message in enumerate(_entries(result.get("Messages")))]
+    outgoing += [Outgoing(_build(identity, push, spawn, index, "Process"), "", "spawn")
+                 for index, spawn in enumerate(_entries(result.get("Spawns")))]
+    return Outbox(push, tuple(outgoing), tuple(_entries(result.get("Assignments"))))
+
+
+def push_outbox(conn: sqlite3.Connection, ctx: SchedulerContext, outbox: Outbox) -> set[str]:
+    """Deliver a prepared outbox; return the processes to wake."""
     woken: set[str] = set()
+    push = outbox.push
     depth = push.slot.push_depth + 1
-    for index, message in enumerate(_entries(result.get("Messages"))):
-        item = _build(ctx, push, message, index, "Message")
-        target = str(message.get("Target") or "")
-        woken |= _deliver(conn, ctx, push, item, target, depth, "message")
-    for index, spawn in enumerate(_entries(result.get("Spawns"))):
-        item = _build(ctx, push, spawn, index, "Process")
-        woken |= _deliver(conn, ctx, push, item, "", depth, "spawn")
-    for assignment in _entries(result.get("Assignments")):
+    for out in outbox.outgoing:
+        woken |= _deliver(conn, ctx, push, out.item, out.target, depth, out.kind)
+    for assignment in outbox.assignments:
         woken |= _assign_existing(conn, ctx, push, assignment, depth)
     return woken
 
@@ -67,7 +91,7 @@ def _anchor(push: PushContext, kind: str, index: int, given: Any) -> bytes:
     return hashlib.sha256(seed).digest()
 
 
-def _build(ctx: SchedulerContext, push: PushContext, entry: dict[str, Any], index: int,
+def _build(identity: NodeIdentity, push: PushContext, entry: dict[str, Any], index: int,
            kind: str) -> items.Item:
     tags = [(str(t.get("name")), str(t.get("value"))) for t in entry.get("Tags") or []
             if isinstance(t, dict) and "name" in t and "value" in t]
@@ -75,12 +99,12 @@ def _build(ctx: SchedulerContext, push: PushContext, entry: dict[str, Any], inde
     extra = [*_PROTOCOL_TAGS, ("Type", kind), ("From-Process", push.slot.process_id),
              ("From-Module", push.module_id), ("Pushed-For", push.slot.message_id)]
     if kind == "Process":
-        extra.append(("Scheduler", ctx.identity.address))
+        extra.append(("Scheduler", identity.address))
     tags += [(n, v) for n, v in extra if n not in names]
     data = entry.get("Data")
     payload = data.encode() if isinstance(data, str) else b""
     target = str(entry.get("Target") or "") if kind == "Message" else ""
-    return items.sign(ctx.identity, target=target or None,
+    return items.sign(identity, target=target or None,
                       anchor=_anchor(push, kind, index, entry.get("Anchor")), tags=tags,
                       data=payload)
 

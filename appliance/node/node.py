@@ -38,7 +38,7 @@ from appliance.node.evaluator import (
 )
 from appliance.node.guest import ScheduledSlot, guest_env, guest_message_json, tag_list
 from appliance.node.identity import NodeIdentity
-from appliance.node.messenger import PushContext, push_outbox
+from appliance.node.messenger import PushContext, prepare_outbox, push_outbox
 from appliance.node.observer import NodeObserver, NoObserver
 from appliance.node.results import (
     UnsignedResult,
@@ -401,13 +401,14 @@ class Node:
             self.store.write(lambda conn: record_intents(conn, fresh))
         ctx = self._ctx()
         max_depth = self.settings.max_push_depth
+        outboxes = [prepare_outbox(self.identity, PushContext(s, actor.module_id, max_depth),
+                                   json.loads(item.data)) for s, item in signed]
 
         def commit(conn: Any) -> set[str]:
             woken: set[str] = set()
-            for s, item in signed:
+            for (s, item), outbox in zip(signed, outboxes, strict=True):
                 store_result(conn, s, item)
-                push = PushContext(s, actor.module_id, max_depth)
-                woken |= push_outbox(conn, ctx, push, json.loads(item.data))
+                woken |= push_outbox(conn, ctx, outbox)
             return woken
 
         woken = self.store.write(commit)
@@ -429,11 +430,11 @@ class Node:
                 "clock, item_id, created_ms) VALUES (?, ?, ?, ?, ?, ?, '', ?)",
                 (pid, slot, str(ref.path), ref.sha256, ref.raw_size, ref.clock,
                  time.time_ns() // 1_000_000)))
-            gzip_bytes = ref.path.stat().st_size
+            file_bytes = ref.path.stat().st_size
         except Exception:
             self.observer.checkpoint_failed()
             raise
-        self.observer.checkpointed(ref.raw_size, gzip_bytes, time.perf_counter() - started)
+        self.observer.checkpointed(ref.raw_size, file_bytes, time.perf_counter() - started)
         actor.since_checkpoint = 0
         actor.last_checkpoint = time.monotonic()
 
@@ -575,7 +576,7 @@ class Node:
                 params += values
         for name, values, negate in tags or []:
             marks = ",".join("?" * len(values))
-            clause = f"EXISTS (SELECT 1 FROM tags t WHERE t.item_id = items.id AND t.name = ? AND t.value IN ({marks}))"  # noqa: E501, S608 - placeholders only
+            clause = f"EXISTS (SELECT 1 FROM item_tags t WHERE t.item_row = items.rowid AND t.name = ? AND t.value IN ({marks}))"  # noqa: E501, S608 - placeholders only
             where.append(f"NOT {clause}" if negate else clause)
             params += [name, *values]
         if after_row is not None:

@@ -17,7 +17,7 @@ from appliance.node import items
 from appliance.node.chain import canonical_json
 from appliance.node.guest import ScheduledSlot
 from appliance.node.identity import NodeIdentity
-from appliance.node.scheduler import store_item
+from appliance.node.scheduler import RESULT_KIND, store_item
 
 RESULT_KEYS = ("Output", "Messages", "Spawns", "Assignments", "Error", "GasUsed")
 
@@ -85,7 +85,7 @@ def record_intents(conn: sqlite3.Connection, intents: list[UnsignedResult]) -> N
 
 def store_result(conn: sqlite3.Connection, slot: ScheduledSlot, signed: items.Item) -> None:
     """Store a signed Result item and retire its intent."""
-    store_item(conn, signed, "result")
+    store_item(conn, signed, RESULT_KIND)
     conn.execute("INSERT INTO results (process_id, slot, message_id, result_id, data) "
                  "VALUES (?, ?, ?, ?, ?)",
                  (slot.process_id, slot.slot, slot.message_id, signed.id, signed.data))

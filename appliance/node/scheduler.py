@@ -18,6 +18,13 @@ from appliance.node.guest import ScheduledSlot
 from appliance.node.identity import NodeIdentity
 
 ASSIGNMENT_KIND = "assignment"
+RESULT_KIND = "result"
+# The node's own Assignments and Results are searchable by these tags only. Their other tags
+# hold ids and hashes (Message, Hash-Chain, Previous-Result, ...) whose random values cost an
+# index page each per message: indexing all of them cost a third of the pipeline's throughput.
+# The SU and CU routes find those items by message and slot instead.
+NODE_ITEM_TAGS = frozenset({"Type", "Process"})
+_NODE_KINDS = frozenset({ASSIGNMENT_KIND, RESULT_KIND})
 
 
 @dataclass(frozen=True)
@@ -30,15 +37,19 @@ class SchedulerContext:
 
 
 def store_item(conn: sqlite3.Connection, item: items.Item, kind: str) -> bool:
-    """Insert an item and its tags; ``False`` when it was already stored."""
+    """Insert an item and index its searchable tags; ``False`` when it was already stored."""
     cur = conn.execute(
         "INSERT OR IGNORE INTO items (id, raw, owner, target, kind, created_ms) "
         "VALUES (?, ?, ?, ?, ?, ?)",
         (item.id, item.raw, item.owner_address, item.target or None, kind, _now_ms()))
     if cur.rowcount == 0:
         return False
-    conn.executemany("INSERT INTO tags (item_id, position, name, value) VALUES (?, ?, ?, ?)",
-                     [(item.id, i, name, value) for i, (name, value) in enumerate(item.tags)])
+    row = cur.lastrowid
+    only = NODE_ITEM_TAGS if kind in _NODE_KINDS else None
+    conn.executemany(
+        "INSERT INTO item_tags (item_row, position, name, value) VALUES (?, ?, ?, ?)",
+        [(row, i, name, value) for i, (name, value) in enumerate(item.tags)
+         if only is None or name in only])
     return True
 
 

@@ -33,18 +33,25 @@ LINGER_SHARE = 0.25
 # Should the WAL still outgrow this many frames, the writer checkpoints it itself.
 WAL_FRAMES_LIMIT = 16384
 CHECKPOINT_PAUSE_SECONDS = 0.05
+# Most inserts land on random keys (item ids, hash chains), so every one dirties a page of its
+# own and a commit writes whole pages to the WAL: 1 KiB pages write about a third of the bytes
+# 4 KiB pages do (measured on the echo pipeline). Takes effect only when a database is created.
+PAGE_SIZE = 1024
 
 # (write function, its caller's future, the submitting thread)
 _Op = tuple[Callable[[sqlite3.Connection], Any], Future[Any], int]
 
+# ``item_tags.item_row`` is ``items.rowid``: new items get increasing rowids, so a message's tag
+# rows append to the table instead of landing on random pages as item-id keys did. (GraphQL
+# cursors are rowids too: never VACUUM this database, which may renumber them.)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
     id TEXT PRIMARY KEY, raw BLOB NOT NULL, owner TEXT NOT NULL, target TEXT,
     kind TEXT NOT NULL, created_ms INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS tags (
-    item_id TEXT NOT NULL, position INTEGER NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL,
-    PRIMARY KEY (item_id, position));
-CREATE INDEX IF NOT EXISTS tags_by_name_value ON tags (name, value);
+CREATE TABLE IF NOT EXISTS item_tags (
+    item_row INTEGER NOT NULL, position INTEGER NOT NULL, name TEXT NOT NULL,
+    value TEXT NOT NULL, PRIMARY KEY (item_row, position)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS item_tags_by_name_value ON item_tags (name, value);
 CREATE INDEX IF NOT EXISTS items_by_owner ON items (owner);
 CREATE TABLE IF NOT EXISTS processes (
     id TEXT PRIMARY KEY, module_id TEXT NOT NULL, owner TEXT NOT NULL,
@@ -82,9 +89,27 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
                            timeout=30.0)
     conn.execute("PRAGMA busy_timeout = 30000")
     if not readonly:
+        conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
     return conn
+
+
+def _migrate_tags(conn: sqlite3.Connection) -> None:
+    """Move a database made before ``item_tags`` (tags keyed by item id text) over to it."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tags'"
+                    ).fetchone() is None:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("INSERT OR IGNORE INTO item_tags (item_row, position, name, value) "
+                     "SELECT items.rowid, tags.position, tags.name, tags.value "
+                     "FROM tags JOIN items ON items.id = tags.item_id")
+        conn.execute("DROP TABLE tags")
+        conn.execute("COMMIT")
+    except sqlite3.Error:
+        conn.execute("ROLLBACK")
+        raise
 
 
 class Store:
@@ -95,6 +120,7 @@ class Store:
         self.path = data_dir / DB_FILE
         self._writer_conn = connect(self.path)
         self._writer_conn.executescript(SCHEMA)
+        _migrate_tags(self._writer_conn)
         self._writer_conn.execute("PRAGMA wal_autocheckpoint = 0")
         self._local = threading.local()
         self._queue: queue.Queue[_Op | None] = queue.Queue()
