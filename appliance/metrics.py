@@ -211,10 +211,10 @@ class NodeMetrics:
             ["outcome"], registry=r)
         self.checkpoint_raw = Counter(
             PREFIX + "checkpoint_raw_bytes_total",
-            "Bytes of process memory written in checkpoints (before compression).", registry=r)
-        self.checkpoint_gzip = Counter(
-            PREFIX + "checkpoint_gzip_bytes_total",
-            "Bytes of checkpoint files written (gzip).", registry=r)
+            "Bytes of process memory checkpointed (raw memory size).", registry=r)
+        self.checkpoint_file = Counter(
+            PREFIX + "checkpoint_file_bytes_total",
+            "Checkpoint file bytes written (sparse image).", registry=r)
         self.checkpoint_seconds = Histogram(
             PREFIX + "checkpoint_duration_seconds",
             "Wall time of writing and recording one checkpoint.",
@@ -268,11 +268,11 @@ class NodeMetrics:
         """Count a worker restart."""
         self.worker_crashes.inc()
 
-    def checkpointed(self, raw_bytes: int, gzip_bytes: int, seconds: float) -> None:
+    def checkpointed(self, raw_bytes: int, file_bytes: int, seconds: float) -> None:
         """Count a checkpoint, its sizes and its time."""
         self.checkpoints.labels("ok").inc()
         self.checkpoint_raw.inc(raw_bytes)
-        self.checkpoint_gzip.inc(gzip_bytes)
+        self.checkpoint_file.inc(file_bytes)
         self.checkpoint_seconds.observe(seconds)
 
     def checkpoint_failed(self) -> None:

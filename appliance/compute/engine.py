@@ -8,6 +8,7 @@ import json
 import os
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import version as _dist_version
@@ -21,6 +22,7 @@ from appliance.compute.abi import EmscriptenHost, GuestAbort, GuestExit
 from appliance.compute.fastcall import integer_caller
 from appliance.compute.formats import ModuleFormat
 from appliance.compute.guest_memory import GuestFault
+from appliance.compute.image import ImageInfo, MemoryImage, write_image
 from appliance.compute.limits import ComputeLimits
 from appliance.errors import EvaluationError, ModuleError
 
@@ -174,9 +176,13 @@ class ComputeEngine:
                                   f"contract needs")
 
     def instantiate(self, loaded: LoadedModule, limits: ComputeLimits,
-                    snapshot: Snapshot | None = None) -> ProcessInstance:
-        """A resident instance of ``loaded``, fresh or restored from ``snapshot``."""
-        return ProcessInstance(self, loaded, limits, snapshot)
+                    state: Snapshot | MemoryImage | None = None) -> ProcessInstance:
+        """A resident instance of ``loaded``, fresh or restored from ``state``.
+
+        An instance restored from an image owns it (its rollback base) and closes it; when the
+        restore fails, the image stays open and the caller's to close.
+        """
+        return ProcessInstance(self, loaded, limits, state)
 
 
 class ProcessInstance:
@@ -185,25 +191,42 @@ class ProcessInstance:
     A failed message (trap, limit, ``ok: false`` or a truthy ``Error``) leaves the state exactly
     as before it: the instance is rebuilt from the last base snapshot and the messages since are
     replayed, which determinism makes exact. A base is refreshed every ``rollback_window``
-    successful messages, so a failure costs at most that many replays.
+    successful messages, so a failure costs at most that many replays. After a restore from
+    an image, the image file is the base until the first refresh.
     """
 
     def __init__(self, engine: ComputeEngine, loaded: LoadedModule, limits: ComputeLimits,
-                 snapshot: Snapshot | None) -> None:
+                 state: Snapshot | MemoryImage | None) -> None:
         self._engine = engine
         self.loaded = loaded
         self.limits = limits
-        self._base: bytes | bytearray | None = None
+        self._base: bytes | bytearray | MemoryImage | None = None
         self._base_clock = 0
         self._log: list[tuple[bytes, bytes]] = []
-        self._build(snapshot)
-        if snapshot is not None:
-            self._base, self._base_clock = snapshot.memory, snapshot.clock  # immutable: no copy
+        self._build(state)
+        if isinstance(state, Snapshot):
+            self._base, self._base_clock = state.memory, state.clock  # immutable: no copy
+        elif state is not None:
+            self._base, self._base_clock = state, state.clock
 
     # --- lifecycle ---------------------------------------------------------------------------
 
-    def _build(self, snapshot: Snapshot | None) -> None:
+    def _build(self, state: Snapshot | MemoryImage | None) -> None:
+        """A new store and instance, fresh or loaded with ``state``.
+
+        wasmtime-py frees a store's memory only when the store is closed (its host functions
+        keep it reachable otherwise), so a store is closed on failure, on rebuild and when the
+        instance is closed or collected.
+        """
         store = wasmtime.Store(self._engine.engine)
+        try:
+            self._instantiate(store, state)
+        except BaseException:
+            store.close()
+            raise
+        self._close_store = weakref.finalize(self, store.close)
+
+    def _instantiate(self, store: wasmtime.Store, state: Snapshot | MemoryImage | None) -> None:
         store.set_limits(memory_size=self.limits.memory_bytes)
         host = EmscriptenHost(self.loaded.fmt, self.limits.memory_bytes)
         try:
@@ -223,12 +246,17 @@ class ProcessInstance:
         init = exports.get("emscripten_stack_init")
         if isinstance(init, wasmtime.Func):
             init(store)
-        if snapshot is None:
+        if state is None:
             ctors = exports.get("__wasm_call_ctors")
             if isinstance(ctors, wasmtime.Func):
                 ctors(store)
+        elif isinstance(state, Snapshot):
+            self._grow_to(len(state.memory))
+            assert self._host.mem is not None
+            self._host.mem.write(0, state.memory)
+            self._host.clock = state.clock
         else:
-            self._load_memory(snapshot)
+            self._load_image(state)
         self._sp0: int = _func(exports, "emscripten_stack_get_current", "stackSave")(store)
         end = exports.get("emscripten_stack_get_end")
         self._stack_end: int = end(store) if isinstance(end, wasmtime.Func) else 0
@@ -247,22 +275,29 @@ class ProcessInstance:
             late.set(store, i, impl[f"s{i}"])
         self._run, self.fast_call = integer_caller(store, _func(impl, "run"))
 
-    def _load_memory(self, snapshot: Snapshot) -> None:
+    def _grow_to(self, size: int) -> None:
+        """Grow the fresh instance's memory to the ``size`` bytes of a saved state."""
         assert self._host.mem is not None
-        memory = self._host.mem
-        missing = len(snapshot.memory) - memory.size
-        if missing < 0 or len(snapshot.memory) % 65536:
+        missing = size - self._host.mem.size
+        if missing < 0 or size % 65536:
             raise EvaluationError(
-                f"snapshot of {len(snapshot.memory)} bytes does not fit this module's memory "
-                f"(initially {memory.size} bytes)")
-        mem = self._memory_extern()
+                f"snapshot of {size} bytes does not fit this module's memory "
+                f"(initially {self._host.mem.size} bytes)")
         if missing:
             try:
-                mem.grow(self._store, missing // 65536)
+                self._memory_extern().grow(self._store, missing // 65536)
             except wasmtime.WasmtimeError:
                 raise EvaluationError("snapshot is larger than the memory limit") from None
-        memory.write(0, snapshot.memory)
-        self._host.clock = snapshot.clock
+
+    def _load_image(self, image: MemoryImage) -> None:
+        """Read ``image`` straight into the fresh instance's memory (verified)."""
+        memory = self._host.mem
+        assert memory is not None
+        initial = memory.size
+        self._grow_to(image.raw_size)
+        memory.advise_huge_pages()
+        image.load(memory.address(), memory.size, zero_below=initial)
+        self._host.clock = image.clock
 
     def _memory_extern(self) -> wasmtime.Memory:
         host_memory = self._host._wasm_memory
@@ -277,6 +312,21 @@ class ProcessInstance:
     def memory_sha256(self) -> str:
         """Hex SHA-256 of the current raw memory."""
         return self.snapshot().sha256
+
+    def write_image(self, path: Path) -> ImageInfo:
+        """Write the current state to ``path`` as a memory image, straight from the memory."""
+        assert self._host.mem is not None
+        return write_image(self._host.mem.view(), self._host.clock, path)
+
+    def close(self) -> None:
+        """Free the instance's memory and files; it must not be used afterwards."""
+        self._drop_image()
+        self._base = None
+        self._close_store()
+
+    def _drop_image(self) -> None:
+        if isinstance(self._base, MemoryImage):
+            self._base.close()
 
     # --- evaluation --------------------------------------------------------------------------
 
@@ -320,6 +370,7 @@ class ProcessInstance:
         mem = self._host.mem
         assert mem is not None
         if not isinstance(self._base, bytearray) or len(self._base) != mem.size:
+            self._drop_image()
             self._base = bytearray(mem.size)
         mem.read_into(0, self._base)
         self._base_clock = self._host.clock
@@ -359,13 +410,17 @@ class ProcessInstance:
     def _rollback(self) -> None:
         mem = self._host.mem
         assert mem is not None
-        if self._base is None:
-            self._build(None)
-        elif len(self._base) == mem.size:
-            mem.write(0, self._base)
+        base = self._base
+        if isinstance(base, MemoryImage) and base.raw_size == mem.size:
+            base.load(mem.address(), mem.size, zero_below=mem.size)
+            self._host.clock = self._base_clock
+        elif isinstance(base, bytes | bytearray) and len(base) == mem.size:
+            mem.write(0, base)
             self._host.clock = self._base_clock
         else:
-            self._build(Snapshot(bytes(self._base), self._base_clock))
+            self._close_store()
+            self._build(Snapshot(bytes(base), self._base_clock)
+                        if isinstance(base, bytes | bytearray) else base)
         log, self._log = self._log, []
         for msg_json, env_json in log:
             self._arm(self.limits.fuel)

@@ -13,7 +13,6 @@ import contextlib
 import gzip
 import hashlib
 import multiprocessing
-import os
 import threading
 import zlib
 from dataclasses import dataclass
@@ -21,13 +20,25 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, NoReturn
 
-from appliance.compute import ComputeEngine, ComputeLimits, ProcessInstance, Snapshot, module_format
+from appliance.compute import (
+    ComputeEngine,
+    ComputeLimits,
+    LoadedModule,
+    ProcessInstance,
+    Snapshot,
+    module_format,
+)
+from appliance.compute.image import MemoryImage, write_image
 from appliance.errors import ApplianceError, EvaluationError, ModuleError
+
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
 @dataclass(frozen=True)
 class CheckpointFile:
-    """A checkpoint on disk: gzip of raw memory (AO convention) plus the clock counter."""
+    """A checkpoint on disk as the store records it: the file, the raw memory's SHA-256 (hex),
+    its size and the clock counter. The file is a memory image (``appliance.compute.image``);
+    earlier versions wrote gzip of the raw memory, which is still read."""
 
     path: Path
     sha256: str
@@ -36,20 +47,26 @@ class CheckpointFile:
 
 
 def write_checkpoint(snapshot: Snapshot, path: Path) -> CheckpointFile:
-    """Write ``snapshot`` atomically as a gzip file and return its description."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    with open(tmp, "wb") as raw:
-        with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz:
-            gz.write(snapshot.memory)
-        raw.flush()
-        os.fsync(raw.fileno())
-    os.replace(tmp, path)
-    return CheckpointFile(path, snapshot.sha256, len(snapshot.memory), snapshot.clock)
+    """Write ``snapshot`` atomically as a memory image and return its description."""
+    info = write_image(snapshot.memory, snapshot.clock, path)
+    return CheckpointFile(path, info.sha256, info.raw_size, info.clock)
 
 
-def read_checkpoint(ref: CheckpointFile) -> Snapshot:
-    """Load a checkpoint and check it against its recorded SHA-256."""
+def checkpoint_instance(instance: ProcessInstance, path: Path) -> CheckpointFile:
+    """Write ``instance``'s current state atomically as a memory image (no memory copy)."""
+    info = instance.write_image(path)
+    return CheckpointFile(path, info.sha256, info.raw_size, info.clock)
+
+
+def _is_gzip(path: Path) -> bool:
+    try:
+        with open(path, "rb") as file:
+            return file.read(2) == _GZIP_MAGIC
+    except OSError as exc:
+        raise EvaluationError(f"checkpoint {path} is unreadable: {exc.strerror}") from None
+
+
+def _read_gzip(ref: CheckpointFile) -> Snapshot:
     try:
         memory = gzip.decompress(ref.path.read_bytes())
     except (OSError, EOFError, zlib.error) as exc:
@@ -58,6 +75,44 @@ def read_checkpoint(ref: CheckpointFile) -> Snapshot:
     if hashlib.sha256(memory).hexdigest() != ref.sha256:
         raise EvaluationError(f"checkpoint {ref.path} does not match its SHA-256")
     return snapshot
+
+
+def _open_image(ref: CheckpointFile, memory_limit: int) -> MemoryImage:
+    """Open the image ``ref`` names; refuse it unless its header matches the store's record."""
+    image = MemoryImage(ref.path, memory_limit)
+    recorded = (ref.sha256, ref.raw_size, ref.clock)
+    held = (image.sha256, image.raw_size, image.clock)
+    if held != recorded:
+        image.close()
+        fields = [name for name, a, b in zip(("SHA-256", "raw size", "clock"), held, recorded,
+                                             strict=True) if a != b]
+        raise EvaluationError(f"checkpoint {ref.path} does not match the store's record "
+                              f"({', '.join(fields)} differ)")
+    return image
+
+
+def read_checkpoint(ref: CheckpointFile) -> Snapshot:
+    """Load a checkpoint's full raw memory, checked against the store's record."""
+    if _is_gzip(ref.path):
+        return _read_gzip(ref)
+    image = _open_image(ref, ref.raw_size)
+    try:
+        return Snapshot(image.read(), image.clock)
+    finally:
+        image.close()
+
+
+def restore_checkpoint(engine: ComputeEngine, loaded: LoadedModule, limits: ComputeLimits,
+                       ref: CheckpointFile) -> ProcessInstance:
+    """A resident instance restored from ``ref`` (an image is read straight into its memory)."""
+    if _is_gzip(ref.path):
+        return engine.instantiate(loaded, limits, _read_gzip(ref))
+    image = _open_image(ref, limits.memory_bytes)
+    try:
+        return engine.instantiate(loaded, limits, image)
+    except BaseException:
+        image.close()
+        raise
 
 
 class _Worker:
@@ -70,8 +125,10 @@ class _Worker:
     def open(self, process_id: str, module_path: str, fmt: str, limits: ComputeLimits,
              checkpoint: CheckpointFile | None) -> None:
         loaded = self.engine.load(Path(module_path).read_bytes(), module_format(fmt))
-        snapshot = read_checkpoint(checkpoint) if checkpoint else None
-        self.instances[process_id] = self.engine.instantiate(loaded, limits, snapshot)
+        instance = (self.engine.instantiate(loaded, limits) if checkpoint is None
+                    else restore_checkpoint(self.engine, loaded, limits, checkpoint))
+        self.close(process_id)
+        self.instances[process_id] = instance
 
     def evaluate(self, process_id: str, batch: list[tuple[bytes, bytes]]) -> list[dict[str, Any]]:
         inst = self.instances[process_id]
@@ -81,10 +138,12 @@ class _Worker:
         return self.instances[process_id].dry_run_json(msg, env).as_json()
 
     def checkpoint(self, process_id: str, path: str) -> CheckpointFile:
-        return write_checkpoint(self.instances[process_id].snapshot(), Path(path))
+        return checkpoint_instance(self.instances[process_id], Path(path))
 
     def close(self, process_id: str) -> None:
-        self.instances.pop(process_id, None)
+        instance = self.instances.pop(process_id, None)
+        if instance is not None:
+            instance.close()
 
 
 def _serve(conn: Connection, cache_dir: Path) -> None:
@@ -189,15 +248,24 @@ class _WorkerHandle:
 
 
 class EvaluatorPool:
-    """Sticky process → worker routing over a fixed number of worker processes."""
+    """Sticky process → worker routing over a fixed number of worker processes: a process
+    stays on the worker it was first placed on, the one hosting the fewest processes then."""
 
     def __init__(self, workers: int, cache_dir: Path) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._workers = [_WorkerHandle(ctx, cache_dir) for _ in range(max(1, workers))]
+        self._placement: dict[str, int] = {}
+        self._hosted = [0] * len(self._workers)
+        self._placing = threading.Lock()
 
     def _for(self, process_id: str) -> _WorkerHandle:
-        index = int.from_bytes(hashlib.sha256(process_id.encode()).digest()[:4], "big")
-        return self._workers[index % len(self._workers)]
+        with self._placing:
+            index = self._placement.get(process_id)
+            if index is None:
+                index = self._hosted.index(min(self._hosted))
+                self._placement[process_id] = index
+                self._hosted[index] += 1
+        return self._workers[index]
 
     def generation(self, process_id: str) -> int:
         """Changes whenever the worker hosting ``process_id`` was restarted."""
@@ -231,6 +299,8 @@ class EvaluatorPool:
     def close(self, process_id: str) -> None:
         """Drop a resident instance."""
         self._for(process_id).call("close", process_id)
+        with self._placing:
+            self._hosted[self._placement.pop(process_id)] -= 1
 
     def stop(self) -> None:
         """Stop every worker."""

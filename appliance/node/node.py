@@ -424,7 +424,7 @@ class Node:
         name = hashlib.sha256(pid.encode()).hexdigest()[:16]
         started = time.perf_counter()
         try:
-            ref = self.pool.checkpoint(pid, self.settings.checkpoint_dir / name / f"{slot}.gz")
+            ref = self.pool.checkpoint(pid, self.settings.checkpoint_dir / name / f"{slot}.ckpt")
             self.store.write(lambda conn: conn.execute(
                 "INSERT OR REPLACE INTO checkpoints (process_id, slot, file, sha256, raw_size, "
                 "clock, item_id, created_ms) VALUES (?, ?, ?, ?, ?, ?, '', ?)",

@@ -31,8 +31,8 @@ class NodeObserver(Protocol):
     def worker_crashed(self) -> None:
         """An evaluation worker process died and was restarted."""
 
-    def checkpointed(self, raw_bytes: int, gzip_bytes: int, seconds: float) -> None:
-        """A checkpoint of ``raw_bytes`` of memory was written as ``gzip_bytes`` on disk."""
+    def checkpointed(self, raw_bytes: int, file_bytes: int, seconds: float) -> None:
+        """A checkpoint of ``raw_bytes`` of memory was written as ``file_bytes`` on disk."""
 
     def checkpoint_failed(self) -> None:
         """Writing or recording a checkpoint raised."""
@@ -62,7 +62,7 @@ class NoObserver:
     def worker_crashed(self) -> None:
         """Ignored."""
 
-    def checkpointed(self, raw_bytes: int, gzip_bytes: int, seconds: float) -> None:
+    def checkpointed(self, raw_bytes: int, file_bytes: int, seconds: float) -> None:
         """Ignored."""
 
     def checkpoint_failed(self) -> None:

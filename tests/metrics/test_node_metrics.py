@@ -125,7 +125,7 @@ def test_counters_move_for_good_and_bad_traffic(world: World) -> None:
     assert delta("ao_appliance_checkpoints_total", outcome="ok") == 1
     assert delta("ao_appliance_checkpoint_duration_seconds_count") == 1
     assert delta("ao_appliance_checkpoint_raw_bytes_total") >= 2 * 65536
-    assert 0 < delta("ao_appliance_checkpoint_gzip_bytes_total") \
+    assert 0 < delta("ao_appliance_checkpoint_file_bytes_total") \
         < delta("ao_appliance_checkpoint_raw_bytes_total")
     assert delta("ao_appliance_attestations_total", kind="fresh", outcome="ok") == 1
     assert 0 <= value(after, "ao_appliance_attestation_age_seconds") < 60

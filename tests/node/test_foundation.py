@@ -84,7 +84,7 @@ def test_evaluator_workers_checkpoint_restore_and_survive_a_crash(tmp_path: Path
         msgs = [(jsjson.stringify(m), jsjson.stringify(ENV)) for m in eval_stream(6)]
         pool.open("p1", module_path(name), MODULES[name][1], ComputeLimits(), None)
         head = pool.evaluate("p1", msgs[:4])
-        ref = pool.checkpoint("p1", tmp_path / "p1.ckpt.gz")
+        ref = pool.checkpoint("p1", tmp_path / "p1.ckpt")
         tail = pool.evaluate("p1", msgs[4:])
         dry = pool.dry_run("p1", msgs[1][0], msgs[1][1])
         assert dry["Error"] is None
