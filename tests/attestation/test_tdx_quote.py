@@ -9,6 +9,7 @@ import pytest
 
 from attestation.errors import MalformedEvidence
 from attestation.tdx.quote import HEADER_SIZE, TD_REPORT10_SIZE, parse_quote
+from tests.support.tdx_pki import signed_quote_length
 
 SIGNED_END = HEADER_SIZE + TD_REPORT10_SIZE
 TRAILER = b"\nextra bytes(only for testing purpose)\n"
@@ -22,8 +23,7 @@ def raw_file(vectors: Path) -> bytes:
 def real_quote(vectors: Path) -> bytes:
     """The quote itself: the file up to where its signature data length says it ends."""
     data = raw_file(vectors)
-    (sig_len,) = struct.unpack_from("<I", data, SIGNED_END)
-    return data[:SIGNED_END + 4 + sig_len]
+    return data[:signed_quote_length(data)]
 
 
 def test_real_quote_fields(vectors: Path) -> None:
