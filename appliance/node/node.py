@@ -312,18 +312,19 @@ class Node:
         started = time.perf_counter()
         pending = self.pool.begin_evaluate(pid, batch)
         for round_ in range(PIPELINED_BATCHES):
-            outputs = pending.result()
-            self.observer.batch_evaluated(len(batch), time.perf_counter() - started)
-            # Start the next batch in the worker while this one is signed and committed. Not
+            # Read the next batch while the worker runs this one, and start it in the worker
+            # as soon as this one is back, to run while this one is signed and committed. Not
             # across a checkpoint: that must capture the state right after this batch.
             following: tuple[list[ScheduledSlot], list[tuple[bytes, bytes]]] | None = None
             if round_ + 1 < PIPELINED_BATCHES and not self._checkpoint_due(actor, len(slots)):
                 following = self._read_batch(actor, slots[-1].slot + 1)
-                if following[0]:
-                    started = time.perf_counter()
-                    pending = self.pool.begin_evaluate(pid, following[1])
-                else:
+                if not following[0]:
                     following = None
+            outputs = pending.result()
+            self.observer.batch_evaluated(len(batch), time.perf_counter() - started)
+            if following is not None:
+                started = time.perf_counter()
+                pending = self.pool.begin_evaluate(pid, following[1])
             try:
                 self._commit_results(actor, slots, outputs)
             except BaseException:
