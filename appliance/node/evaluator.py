@@ -36,9 +36,10 @@ _GZIP_MAGIC = b"\x1f\x8b"
 
 @dataclass(frozen=True)
 class CheckpointFile:
-    """A checkpoint on disk as the store records it: the file, the raw memory's SHA-256 (hex),
-    its size and the clock counter. The file is a memory image (``appliance.compute.image``);
-    earlier versions wrote gzip of the raw memory, which is still read."""
+    """A checkpoint on disk as the store records it: the file, the raw memory's SHA-256 (hex;
+    empty until asked for, see :func:`checkpoint_sha256`), its size and the clock counter. The
+    file is a memory image (``appliance.compute.image``); earlier versions wrote gzip of the raw
+    memory, which is still read."""
 
     path: Path
     sha256: str
@@ -49,13 +50,13 @@ class CheckpointFile:
 def write_checkpoint(snapshot: Snapshot, path: Path) -> CheckpointFile:
     """Write ``snapshot`` atomically as a memory image and return its description."""
     info = write_image(snapshot.memory, snapshot.clock, path)
-    return CheckpointFile(path, info.sha256, info.raw_size, info.clock)
+    return CheckpointFile(path, "", info.raw_size, info.clock)
 
 
 def checkpoint_instance(instance: ProcessInstance, path: Path) -> CheckpointFile:
     """Write ``instance``'s current state atomically as a memory image (no memory copy)."""
     info = instance.write_image(path)
-    return CheckpointFile(path, info.sha256, info.raw_size, info.clock)
+    return CheckpointFile(path, "", info.raw_size, info.clock)
 
 
 def _is_gzip(path: Path) -> bool:
@@ -80,11 +81,11 @@ def _read_gzip(ref: CheckpointFile) -> Snapshot:
 def _open_image(ref: CheckpointFile, memory_limit: int) -> MemoryImage:
     """Open the image ``ref`` names; refuse it unless its header matches the store's record."""
     image = MemoryImage(ref.path, memory_limit)
-    recorded = (ref.sha256, ref.raw_size, ref.clock)
-    held = (image.sha256, image.raw_size, image.clock)
+    recorded = (ref.raw_size, ref.clock)
+    held = (image.raw_size, image.clock)
     if held != recorded:
         image.close()
-        fields = [name for name, a, b in zip(("SHA-256", "raw size", "clock"), held, recorded,
+        fields = [name for name, a, b in zip(("raw size", "clock"), held, recorded,
                                              strict=True) if a != b]
         raise EvaluationError(f"checkpoint {ref.path} does not match the store's record "
                               f"({', '.join(fields)} differ)")
@@ -98,6 +99,18 @@ def read_checkpoint(ref: CheckpointFile) -> Snapshot:
     image = _open_image(ref, ref.raw_size)
     try:
         return Snapshot(image.read(), image.clock)
+    finally:
+        image.close()
+
+
+def checkpoint_sha256(ref: CheckpointFile) -> str:
+    """The checkpointed memory's SHA-256 (hex): recorded for gzip files, computed from the
+    file (and its BLAKE3 checked) for images."""
+    if ref.sha256:
+        return ref.sha256
+    image = _open_image(ref, ref.raw_size)
+    try:
+        return image.memory_sha256()
     finally:
         image.close()
 

@@ -7,9 +7,11 @@ servicer calls them through ``asyncio.to_thread`` like every blocking node call.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from appliance.errors import NotFound
+from appliance.node.evaluator import CheckpointFile, checkpoint_sha256
 from appliance.node.store import Store
 
 
@@ -95,9 +97,16 @@ def outbox_by_status(store: Store) -> dict[str, int]:
 
 
 def checkpoint_at(store: Store, process_id: str, slot: int) -> tuple[str, int]:
-    """(memory SHA-256 hex, memory size) of the checkpoint taken at ``slot``."""
-    row = store.one("SELECT sha256, raw_size FROM checkpoints WHERE process_id = ? AND slot = ?",
-                    process_id, slot)
+    """(memory SHA-256 hex, memory size) of the checkpoint taken at ``slot``; the SHA-256 is
+    computed from the file and recorded the first time it is asked for."""
+    row = store.one("SELECT file, sha256, raw_size, clock FROM checkpoints "
+                    "WHERE process_id = ? AND slot = ?", process_id, slot)
     if row is None:
         raise NotFound(f"no checkpoint of {process_id} at slot {slot}")
-    return str(row[0]), int(row[1])
+    ref = CheckpointFile(Path(row[0]), str(row[1]), int(row[2]), int(row[3]))
+    sha256 = checkpoint_sha256(ref)
+    if not ref.sha256:
+        store.write(lambda conn: conn.execute(
+            "UPDATE checkpoints SET sha256 = ? WHERE process_id = ? AND slot = ?",
+            (sha256, process_id, slot)))
+    return sha256, ref.raw_size
