@@ -18,7 +18,7 @@ def engine_rate(name: str, count: int, cache: Any) -> float:
     engine = ComputeEngine(cache)
     instance = engine.instantiate(engine.load(module_path(name).read_bytes(),
                                               module_format(fmt)), ComputeLimits())
-    setup, workload, env_object = streams(count)
+    setup, workload, env_object = streams(count, fmt)
     env = stringify(env_object)
     for setup_msg in setup:
         instance.handle_json(stringify(setup_msg), env)

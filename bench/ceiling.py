@@ -34,7 +34,7 @@ def run(quick: bool, cache: Any, log: Any) -> dict[str, Any]:
     wasm = bytes(wasmtime.wat2wasm(ECHO.read_text()))
     engine = ComputeEngine(cache)
     instance = engine.instantiate(engine.load(wasm, module_format(FORMAT)), ComputeLimits())
-    msgs, env_object = shaped([({"Action": "Echo"}, "x")])
+    msgs, env_object = shaped([({"Action": "Echo"}, "x")], FORMAT)
     msg, env = stringify(msgs[1]), stringify(env_object)
     log("ceiling: parts")
     wasm_call = _per_call(count, lambda: instance.handle_json(msg, env))

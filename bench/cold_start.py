@@ -82,7 +82,7 @@ def _case(engine: ComputeEngine, loaded: LoadedModule, name: str, blobs: int | N
     bytes of non-zero memory), then time checkpoint, restore and replay."""
     limits = ComputeLimits()
     count = MAX_BLOBS if blobs is None else blobs
-    messages, env_object = shaped([({"Action": "Eval"}, GROW)] * count)
+    messages, env_object = shaped([({"Action": "Eval"}, GROW)] * count, loaded.fmt.name)
     env = stringify(env_object)
     encoded = [stringify(m) for m in messages]
     instance = engine.instantiate(loaded, limits)

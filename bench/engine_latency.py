@@ -25,7 +25,7 @@ def _latencies(name: str, action: tuple[dict[str, str], str], count: int,
     engine = ComputeEngine(cache)
     instance = engine.instantiate(engine.load(module_path(name).read_bytes(),
                                               module_format(MODULES[name][1])), ComputeLimits())
-    msgs, env_object = shaped([*SETUP, *([action] * count)])
+    msgs, env_object = shaped([*SETUP, *([action] * count)], MODULES[name][1])
     env = stringify(env_object)
     for msg in msgs[:1 + len(SETUP)]:
         instance.handle_json(stringify(msg), env)
