@@ -69,6 +69,9 @@ MAX_WORKER_CRASHES = 3
 # Batches one actor step evaluates back to back (each next one overlapping the commit of the
 # previous); the actor's lock is released between steps.
 PIPELINED_BATCHES = 8
+# Checkpoints kept per process (older rows and files are deleted). A restart falls back to the
+# older one, and then to slot 0, when a checkpoint file is missing or damaged.
+CHECKPOINTS_KEPT = 2
 
 
 @dataclass(frozen=True)
@@ -282,14 +285,25 @@ class Node:
             tmp.replace(path)
         limits = limits_from_tags(tag_list(module.tags) + tag_list(process.tags),
                                   self.settings.limits)
-        row = self.store.one("SELECT slot, file, sha256, raw_size, clock FROM checkpoints "
-                             "WHERE process_id = ? ORDER BY slot DESC LIMIT 1", pid)
-        checkpoint = None if row is None else CheckpointFile(
-            Path(row[1]), str(row[2]), int(row[3]), int(row[4]))
+        fmt = items.first_tag(module, "Module-Format") or ""
+        rows = self.store.all("SELECT slot, file, sha256, raw_size, clock FROM checkpoints "
+                              "WHERE process_id = ? ORDER BY slot DESC", pid)
         actor.generation = self.pool.generation(pid)
-        self.pool.open(pid, path, items.first_tag(module, "Module-Format") or "", limits,
-                       checkpoint)
-        actor.next_slot = 0 if row is None else int(row[0]) + 1
+        actor.next_slot = 0
+        for row in rows:
+            try:
+                self.pool.open(pid, path, fmt, limits, CheckpointFile(
+                    Path(row[1]), str(row[2]), int(row[3]), int(row[4])))
+            except WorkerCrashed:
+                raise
+            except EvaluationError as exc:
+                log.warning("process %s: checkpoint at slot %s is unusable (%s); trying an "
+                            "older one", pid, row[0], exc)
+                continue
+            actor.next_slot = int(row[0]) + 1
+            break
+        else:
+            self.pool.open(pid, path, fmt, limits, None)
         actor.env_json = jsjson.stringify(guest_env(process, module))
         actor.module_id = module_id
 
@@ -438,6 +452,24 @@ class Node:
         self.observer.checkpointed(ref.raw_size, file_bytes, time.perf_counter() - started)
         actor.since_checkpoint = 0
         actor.last_checkpoint = time.monotonic()
+        self._prune_checkpoints(pid, slot)
+
+    def _prune_checkpoints(self, pid: str, newest: int) -> None:
+        """Forget all but the newest ``CHECKPOINTS_KEPT`` checkpoints of ``pid`` and delete
+        their files (rows first: a crash in between leaves only unreferenced files)."""
+
+        def forget(conn: Any) -> list[str]:
+            rows = conn.execute(
+                "SELECT slot, file FROM checkpoints WHERE process_id = ? AND slot <= ? "
+                "ORDER BY slot DESC LIMIT -1 OFFSET ?", (pid, newest, CHECKPOINTS_KEPT)
+            ).fetchall()
+            conn.executemany("DELETE FROM checkpoints WHERE process_id = ? AND slot = ?",
+                             [(pid, slot) for slot, _ in rows])
+            return [str(file) for _, file in rows]
+
+        for file in self.store.write(forget):
+            with contextlib.suppress(FileNotFoundError):
+                Path(file).unlink()
 
     def checkpoint_now(self, process_id: str) -> int:
         """Checkpoint a process at its latest evaluated slot; returns that slot."""

@@ -143,3 +143,31 @@ def test_restart_resumes_from_checkpoint_and_keeps_the_chain(tmp_path: Path) -> 
         assert node.result(proc.id, msgs[-1].id) == last
     finally:
         node.close()
+
+
+def test_only_the_newest_checkpoints_are_kept_and_a_lost_one_falls_back(tmp_path: Path) -> None:
+    client = NodeIdentity.load_or_create(tmp_path / "client")
+    data = tmp_path / "node"
+    node = _node(data, checkpoint_every_messages=2)
+    module = _module(client)
+    node.ingest(module.raw)
+    proc = _process(client, module.id, node.identity.address, "p")
+    node.ingest(proc.raw)
+    code = "counter = (counter or 0) + 1; return counter"
+    for i in range(1, 10):
+        node.result(proc.id, node.ingest(_eval(client, proc.id, code, i).raw).id)
+    node.close()
+    rows = node.store.all("SELECT slot, file FROM checkpoints ORDER BY slot DESC")
+    assert len(rows) == 2, rows
+    files = sorted(p for p in (data / "checkpoints").rglob("*") if p.is_file())
+    assert files == sorted(Path(f) for _slot, f in rows), "older files are deleted"
+    Path(rows[0][1]).unlink()
+    Path(rows[1][1]).write_bytes(b"damaged")
+    node = _node(data, checkpoint_every_messages=2)
+    try:
+        more = _eval(client, proc.id, code, 100)
+        node.ingest(more.raw)
+        assert "10" in json.dumps(node.result(proc.id, more.id)["Output"]), "replayed from 0"
+        assert node.broken_count() == 0
+    finally:
+        node.close()
