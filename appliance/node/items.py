@@ -56,13 +56,19 @@ class Item:
     @cached_property
     def owner_address(self) -> str:
         """base64url(SHA-256(owner public key))."""
-        return b64url(hashlib.sha256(self.owner).digest())
+        return _address(self.owner)
 
     def signature_message(self) -> bytes:
         """The 48-byte deep hash the signature covers."""
         target = b64url_decode(self.target) if self.target else b""
         return item_deep_hash(self.signature_type, self.owner, target, self.anchor,
                               self.tag_bytes, self.data)
+
+
+@lru_cache(maxsize=4096)
+def _address(owner: bytes) -> str:
+    """Owners repeat (the node's key, a client's): their addresses are cached."""
+    return b64url(hashlib.sha256(owner).digest())
 
 
 def first_tag(item: Item, name: str) -> str | None:

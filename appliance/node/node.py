@@ -38,7 +38,7 @@ from appliance.node.evaluator import (
 )
 from appliance.node.guest import ScheduledSlot, guest_env, guest_message_json, tag_list
 from appliance.node.identity import NodeIdentity
-from appliance.node.messenger import PushContext, prepare_outbox, push_outbox
+from appliance.node.messenger import Outbox, PushContext, prepare_outbox, push_outbox
 from appliance.node.observer import NodeObserver, NoObserver
 from appliance.node.results import (
     UnsignedResult,
@@ -389,6 +389,8 @@ class Node:
         fresh: list[UnsignedResult] = []
         signed: list[tuple[ScheduledSlot, items.Item]] = []
         committed: list[dict[str, Any]] = []
+        outboxes: list[Outbox] = []
+        max_depth = self.settings.max_push_depth
         for s, out in zip(slots, outputs, strict=True):
             done = stored.get(s.slot)
             if done is not None:
@@ -399,25 +401,27 @@ class Node:
                 prev_id = done[0]
                 continue
             unsigned = intents.get(s.slot)
+            signed_out = out  # what the signed data says: the outbox is pushed from it
             if unsigned is None:
                 unsigned = unsigned_result(s, out, prev_id)
                 fresh.append(unsigned)
-            elif unsigned.data != result_data(out):
-                self.observer.divergence()
-                log.critical("%s slot %d re-evaluated differently; signing the recorded intent",
-                             pid, s.slot)
+            else:
+                signed_out = json.loads(unsigned.data)
+                if unsigned.data != result_data(out):
+                    self.observer.divergence()
+                    log.critical("%s slot %d re-evaluated differently; signing the recorded "
+                                 "intent", pid, s.slot)
             item = unsigned.sign(self.identity)
             prev_id = item.id
             signed.append((s, item))
             committed.append(out)
+            outboxes.append(prepare_outbox(
+                self.identity, PushContext(s, actor.module_id, max_depth), signed_out))
         if not signed:
             return
         if fresh:
             self.store.write(lambda conn: record_intents(conn, fresh))
         ctx = self._ctx()
-        max_depth = self.settings.max_push_depth
-        outboxes = [prepare_outbox(self.identity, PushContext(s, actor.module_id, max_depth),
-                                   json.loads(item.data)) for s, item in signed]
 
         def commit(conn: Any) -> set[str]:
             woken: set[str] = set()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,10 @@ from appliance.node.scheduler import RESULT_KIND, store_item
 RESULT_KEYS = ("Output", "Messages", "Spawns", "Assignments", "Error", "GasUsed")
 
 
+_INTENT_MARK = b"I1"
+_INTENT = struct.Struct("<2sII")
+
+
 @dataclass(frozen=True)
 class UnsignedResult:
     """Everything that goes into a Result item except its signature."""
@@ -32,16 +37,22 @@ class UnsignedResult:
     data: bytes
 
     def encode(self) -> bytes:
-        """The durable intent form."""
-        return canonical_json({"tags": [list(t) for t in self.tags],
-                               "data": self.data.decode("utf-8")})
+        """The durable intent form: a marker, tag count and length, the tags as the item will
+        carry them (Avro), then the data."""
+        tag_bytes = items.encode_tags(self.tags)
+        return _INTENT.pack(_INTENT_MARK, len(self.tags), len(tag_bytes)) + tag_bytes + self.data
 
     @classmethod
     def decode(cls, process_id: str, slot: int, blob: bytes) -> UnsignedResult:
-        """Inverse of :meth:`encode`."""
-        value = json.loads(blob)
-        return cls(process_id, slot, tuple((str(n), str(v)) for n, v in value["tags"]),
-                   str(value["data"]).encode("utf-8"))
+        """Inverse of :meth:`encode`; also reads the JSON form earlier versions wrote."""
+        if not blob.startswith(_INTENT_MARK):
+            value = json.loads(blob)
+            return cls(process_id, slot, tuple((str(n), str(v)) for n, v in value["tags"]),
+                       str(value["data"]).encode("utf-8"))
+        _, count, size = _INTENT.unpack_from(blob)
+        start = _INTENT.size
+        tags = items.decode_tags(blob[start:start + size], count)
+        return cls(process_id, slot, tuple(tags), blob[start + size:])
 
     def sign(self, identity: NodeIdentity) -> items.Item:
         """The Result item (target = process, no anchor, deterministic signature)."""

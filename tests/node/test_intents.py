@@ -1,0 +1,65 @@
+"""Result intents (DESIGN §5, invariant 3): what is recorded before signing is what gets signed."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from appliance.node import items
+from appliance.node.identity import NodeIdentity
+from appliance.node.results import UnsignedResult
+from appliance.node.store import DB_FILE
+from tests.node.test_node_core import _eval, _module, _node, _process
+
+TAGS = (("Type", "Result"), ("Process", "P" * 43), ("Nonce", "7"), ("Ünïcode", "✓ value"))
+
+
+@pytest.mark.parametrize("data", [b'{"Output":"x"}', b"", "é".encode() * 5000])
+def test_intent_encoding_round_trips(data: bytes) -> None:
+    intent = UnsignedResult("P" * 43, 7, TAGS, data)
+    assert UnsignedResult.decode("P" * 43, 7, intent.encode()) == intent
+
+
+def test_intents_written_by_earlier_versions_still_decode() -> None:
+    old = json.dumps({"data": '{"Output":"x"}', "tags": [list(t) for t in TAGS]},
+                     separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
+    assert UnsignedResult.decode("P" * 43, 7, old) == UnsignedResult(
+        "P" * 43, 7, TAGS, b'{"Output":"x"}')
+
+
+def test_a_recorded_intent_is_signed_instead_of_a_different_recomputation(
+        tmp_path: Path) -> None:
+    client = NodeIdentity.load_or_create(tmp_path / "client")
+    data = tmp_path / "node"
+    node = _node(data)
+    module = _module(client)
+    node.ingest(module.raw)
+    proc = _process(client, module.id, node.identity.address, "p")
+    node.ingest(proc.raw)
+    msg = _eval(client, proc.id, "return 6 * 7", 1)
+    slot = node.ingest(msg.raw).slot
+    original = items.parse_trusted(node.result_item(proc.id, msg.id))
+    node.close()
+    # As if the node died after committing the intent and before storing the signed Result,
+    # and the recorded content differs from what evaluating the slot again gives.
+    recorded = UnsignedResult(proc.id, slot, tuple(original.tags),
+                              original.data.replace(b"42", b"43"))
+    conn = sqlite3.connect(data / DB_FILE, isolation_level=None)
+    conn.execute("DELETE FROM item_tags WHERE item_row = "
+                 "(SELECT rowid FROM items WHERE id = ?)", (original.id,))
+    conn.execute("DELETE FROM items WHERE id = ?", (original.id,))
+    conn.execute("DELETE FROM results WHERE process_id = ? AND slot = ?", (proc.id, slot))
+    conn.execute("INSERT INTO result_intents (process_id, slot, unsigned) VALUES (?, ?, ?)",
+                 (proc.id, slot, recorded.encode()))
+    conn.close()
+    node = _node(data)
+    try:
+        signed = items.parse_verified(node.result_item(proc.id, msg.id), 1 << 24)
+        assert signed.data == recorded.data, "the intent, not the recomputation, is signed"
+        assert signed.id != original.id
+        assert node.store.one("SELECT count(*) FROM result_intents")[0] == 0
+    finally:
+        node.close()
