@@ -50,7 +50,7 @@ def pipeline_rate(name: str, count: int, processes: int,
 def run(quick: bool, cache: Any, log: Any) -> list[dict[str, Any]]:
     """One row per module with a, b, c, d1, dN in msgs/s and the asked ratios."""
     rows = []
-    count, legacy_count, spread = (30, 3, 2) if quick else (1500, 20, 4)
+    count, legacy_count, spread = (30, 3, 2) if quick else (3000, 20, 4)
     for name in ("aos2_0_4_32", "aos2_0_6"):
         fmt = MODULES[name][1]
         log(f"aos throughput {name}: reference loader (legacy, {legacy_count} msgs)")
