@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 
 from appliance.node import items
-from appliance.node.identity import NodeIdentity
 from appliance.node.results import UnsignedResult
 from appliance.node.store import DB_FILE
-from tests.node.test_node_core import _eval, _module, _node, _process
+from tests.node.test_node_core import _eval, _hosting_one, _node
 
 TAGS = (("Type", "Result"), ("Process", "P" * 43), ("Nonce", "7"), ("Ünïcode", "✓ value"))
 
@@ -32,13 +31,7 @@ def test_intents_written_by_earlier_versions_still_decode() -> None:
 
 def test_a_recorded_intent_is_signed_instead_of_a_different_recomputation(
         tmp_path: Path) -> None:
-    client = NodeIdentity.load_or_create(tmp_path / "client")
-    data = tmp_path / "node"
-    node = _node(data)
-    module = _module(client)
-    node.ingest(module.raw)
-    proc = _process(client, module.id, node.identity.address, "p")
-    node.ingest(proc.raw)
+    client, data, node, proc = _hosting_one(tmp_path)
     msg = _eval(client, proc.id, "return 6 * 7", 1)
     slot = node.ingest(msg.raw).slot
     original = items.parse_trusted(node.result_item(proc.id, msg.id))

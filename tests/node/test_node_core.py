@@ -40,6 +40,18 @@ def _eval(client: NodeIdentity, process: str, code: str, n: int) -> items.Item:
                       tags=[("Data-Protocol", "ao"), ("Type", "Message"), ("Action", "Eval")])
 
 
+def _hosting_one(tmp_path: Path, **settings: object) -> tuple[NodeIdentity, Path, Node, items.Item]:
+    """A client, the node's data dir, a node, and one aos process spawned on it."""
+    client = NodeIdentity.load_or_create(tmp_path / "client")
+    data = tmp_path / "node"
+    node = _node(data, **settings)
+    module = _module(client)
+    node.ingest(module.raw)
+    proc = _process(client, module.id, node.identity.address, "p")
+    node.ingest(proc.raw)
+    return client, data, node, proc
+
+
 @pytest.fixture
 def node(tmp_path: Path):  # type: ignore[no-untyped-def]
     n = _node(tmp_path / "node")
@@ -121,13 +133,7 @@ def test_bad_input_changes_nothing(node: Node, tmp_path: Path) -> None:
 
 
 def test_restart_resumes_from_checkpoint_and_keeps_the_chain(tmp_path: Path) -> None:
-    client = NodeIdentity.load_or_create(tmp_path / "client")
-    data = tmp_path / "node"
-    node = _node(data, checkpoint_every_messages=3)
-    module = _module(client)
-    node.ingest(module.raw)
-    proc = _process(client, module.id, node.identity.address, "p")
-    node.ingest(proc.raw)
+    client, data, node, proc = _hosting_one(tmp_path, checkpoint_every_messages=3)
     msgs = [_eval(client, proc.id, "counter = (counter or 0) + 1; return counter", i)
             for i in range(1, 8)]
     for m in msgs:
@@ -146,13 +152,7 @@ def test_restart_resumes_from_checkpoint_and_keeps_the_chain(tmp_path: Path) -> 
 
 
 def test_only_the_newest_checkpoints_are_kept_and_a_lost_one_falls_back(tmp_path: Path) -> None:
-    client = NodeIdentity.load_or_create(tmp_path / "client")
-    data = tmp_path / "node"
-    node = _node(data, checkpoint_every_messages=2)
-    module = _module(client)
-    node.ingest(module.raw)
-    proc = _process(client, module.id, node.identity.address, "p")
-    node.ingest(proc.raw)
+    client, data, node, proc = _hosting_one(tmp_path, checkpoint_every_messages=2)
     code = "counter = (counter or 0) + 1; return counter"
     for i in range(1, 10):
         node.result(proc.id, node.ingest(_eval(client, proc.id, code, i).raw).id)
