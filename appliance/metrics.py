@@ -27,6 +27,7 @@ from prometheus_client.exposition import choose_encoder
 from appliance import __version__
 from appliance.api.http_errors import reason
 from appliance.node.node import Node
+from appliance.node.observer import NodeObserver
 
 log = logging.getLogger("appliance.metrics")
 PREFIX = "ao_appliance_"
@@ -173,7 +174,7 @@ class ProcessMetrics:
                                     "Maximum number of open file descriptors.", value=max_fds)
 
 
-class NodeMetrics:
+class NodeMetrics(NodeObserver):
     """The node's metrics: observer hooks, the HTTP hook, a registry and its /metrics server."""
 
     def __init__(self) -> None:

@@ -12,9 +12,7 @@ warmed cache can be copied to an air-gapped verifier and read with ``DirectorySo
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -24,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from attestation.atomic import write_atomically
 from attestation.errors import CollateralError
 
 SNP_PRODUCTS = frozenset({"Milan", "Genoa", "Turin"})
@@ -233,20 +232,6 @@ class KdsPcsSource:
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @dataclass(frozen=True)
 class CachingSource:
     """``inner`` behind a disk cache in ``cache_dir`` (same layout as :class:`DirectorySource`).
@@ -286,9 +271,9 @@ class CachingSource:
         collateral = self.inner.fetch(request)
         try:
             if collateral.issuer_chain is not None:
-                _write_atomically(path.with_name(path.name + _CHAIN_SUFFIX),
+                write_atomically(path.with_name(path.name + _CHAIN_SUFFIX),
                                   collateral.issuer_chain)
-            _write_atomically(path, collateral.body)
+            write_atomically(path, collateral.body)
         except OSError as exc:
             raise CollateralError(f"{request.what}: cannot write cache {path}: "
                                   f"{exc.strerror or exc}") from None

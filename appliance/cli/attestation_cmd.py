@@ -14,6 +14,7 @@ from typing import Any
 from appliance.cli import trust_args
 from appliance.errors import UsageError
 from attestation import reference
+from attestation.atomic import write_atomically
 from attestation.bundle import decode_evidence, encode_bundle
 from attestation.errors import MalformedEvidence, VerificationFailed
 from attestation.evidence import EvidenceProvider, Platform, VerifiedEvidence
@@ -168,7 +169,7 @@ def measure_command(args: argparse.Namespace) -> int:
             return 0
         updated = reference.with_recorded_measurement(text, config, result.measurement)
         try:
-            reference.write_atomically(args.config, updated)
+            write_atomically(args.config, updated.encode("utf-8"))
         except OSError as exc:
             raise UsageError(f"cannot write {args.config}: {exc.strerror or exc}") from None
         print(f"{args.config}: recorded measurement {result.measurement.hex()}")

@@ -39,7 +39,7 @@ from appliance.node.evaluator import (
 from appliance.node.guest import ScheduledSlot, guest_env, guest_message_json, tag_list
 from appliance.node.identity import NodeIdentity
 from appliance.node.messenger import Outbox, PushContext, prepare_outbox, push_outbox
-from appliance.node.observer import NodeObserver, NoObserver
+from appliance.node.observer import NodeObserver
 from appliance.node.results import (
     UnsignedResult,
     intents_between,
@@ -106,7 +106,7 @@ class Node:
     def __init__(self, settings: NodeSettings, identity: NodeIdentity,
                  provider: EvidenceProvider, config_digest: bytes, *,
                  observer: NodeObserver | None = None) -> None:
-        self.observer: NodeObserver = observer or NoObserver()
+        self.observer: NodeObserver = observer or NodeObserver()
         self.settings = settings
         self.identity = identity
         self.provider = provider

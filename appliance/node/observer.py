@@ -7,11 +7,15 @@ attestation, actor threads for evaluation and checkpoints) and must be cheap and
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 
-class NodeObserver(Protocol):
-    """Events the node reports; ids never cross this interface, only kinds and sizes."""
+class NodeObserver:
+    """Events the node reports; ids never cross this interface, only kinds and sizes.
+
+    Every hook does nothing here: this class is the observer of a node without metrics, and
+    the base of those that count.
+    """
 
     def item_accepted(self, kind: str) -> None:
         """An item of type ``kind`` (Module, Process or Message) was stored durably."""
@@ -39,34 +43,3 @@ class NodeObserver(Protocol):
 
     def attested(self, kind: str, ok: bool) -> None:
         """An attestation of ``kind`` (standing or fresh) was made (``ok``) or failed."""
-
-
-class NoObserver:
-    """The observer of a node without metrics: every hook does nothing."""
-
-    def item_accepted(self, kind: str) -> None:
-        """Ignored."""
-
-    def item_rejected(self, error: BaseException) -> None:
-        """Ignored."""
-
-    def batch_evaluated(self, messages: int, seconds: float) -> None:
-        """Ignored."""
-
-    def results_committed(self, results: Sequence[dict[str, Any]]) -> None:
-        """Ignored."""
-
-    def divergence(self) -> None:
-        """Ignored."""
-
-    def worker_crashed(self) -> None:
-        """Ignored."""
-
-    def checkpointed(self, raw_bytes: int, file_bytes: int, seconds: float) -> None:
-        """Ignored."""
-
-    def checkpoint_failed(self) -> None:
-        """Ignored."""
-
-    def attested(self, kind: str, ok: bool) -> None:
-        """Ignored."""

@@ -8,7 +8,6 @@ told ``allow_emulated=True``: it proves nothing about hardware.
 from __future__ import annotations
 
 import hashlib
-import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
+from attestation.atomic import write_atomically
 from attestation.errors import ProviderError
 from attestation.evidence import REPORT_DATA_SIZE, Evidence, Platform
 from attestation.snp.report import SIGNED_LENGTH, SnpReport, encode_report, encode_signature
@@ -52,16 +52,6 @@ def _certificate(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str,
     )
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 class EmulatedProvider:
     """Evidence provider for the emulated TEE, keeping its root and leaf keys in ``state_dir``.
 
@@ -93,10 +83,10 @@ class EmulatedProvider:
             root = _certificate(_ROOT_NAME, root_key, _ROOT_NAME, root_key, now, ca=True)
             leaf = _certificate(_LEAF_NAME, leaf_key, _ROOT_NAME, root_key, now, ca=False)
             chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (leaf, root))
-            _write_private(key_path, leaf_key.private_bytes(
+            write_atomically(key_path, leaf_key.private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption()))
-            _write_private(chain_path, chain)
+            write_atomically(chain_path, chain)
             return leaf_key, chain
         except (OSError, ValueError) as exc:
             raise ProviderError(f"emulated TEE state in {state_dir}: {exc}") from exc
