@@ -60,6 +60,7 @@ from appliance.node.scheduler import (
 )
 from appliance.node.settings import NodeSettings
 from appliance.node.store import Store
+from attestation.atomic import write_atomically
 from attestation.evidence import EvidenceProvider
 
 log = logging.getLogger("appliance.node")
@@ -279,10 +280,7 @@ class Node:
             raise NotFound(f"module {module_id} is missing")
         path = self.settings.module_dir / f"{module_id}.wasm"
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(module.data)
-            tmp.replace(path)
+            write_atomically(path, module.data)  # a unique temporary: actors open concurrently
         limits = limits_from_tags(tag_list(module.tags) + tag_list(process.tags),
                                   self.settings.limits)
         fmt = items.first_tag(module, "Module-Format") or ""
