@@ -211,6 +211,10 @@ class Routes:
             raw = (await self._run(self.node.attest, nonce)).raw
         return web.Response(body=raw, content_type="application/octet-stream")
 
+    async def raw(self, request: web.Request) -> web.Response:
+        data, content_type = await self._run(self.node.item_data, request.match_info["id"])
+        return web.Response(body=data, headers={"Content-Type": content_type})
+
     async def result_item(self, request: web.Request) -> web.Response:
         raw = await self._run(self.node.result_item, _required(request, "process-id"),
                               request.match_info["message"])
@@ -250,6 +254,7 @@ def make_app(node: Node, observe: Observe | None = None) -> web.Application:
     app.router.add_get("/cron/{process}", r.cron)
     app.router.add_get("/attestation", r.attestation)
     app.router.add_get("/result-item/{message}", r.result_item)
+    app.router.add_get("/raw/{id}", r.raw)
     app.router.add_get("/proof/{message}", r.proof)
     app.router.add_post("/graphql", r.graphql_query)
     app.router.add_get("/{id}", r.item_or_schedule)

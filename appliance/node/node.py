@@ -597,6 +597,12 @@ class Node:
             raise NotFound(f"item {item_id} is not stored on this node")
         return bytes(row[0])
 
+    def item_data(self, item_id: str) -> tuple[bytes, str]:
+        """(data bytes, content type) of any item the node holds; the type is the item's
+        ``Content-Type`` tag, or ``application/octet-stream``."""
+        item = items.parse_trusted(self.item_raw(item_id))
+        return item.data, items.first_tag(item, "Content-Type") or "application/octet-stream"
+
     def find_items(self, *, ids: list[str] | None = None, owners: list[str] | None = None,
                    recipients: list[str] | None = None,
                    tags: list[tuple[str, list[str], bool]] | None = None,

@@ -77,7 +77,10 @@ def assign(conn: sqlite3.Connection, ctx: SchedulerContext, process_id: str, mes
     else:
         slot = int(last[0]) + 1
         hash_chain = next_hash_chain(str(last[1]), str(last[2]))
-        timestamp = max(_now_ms(), int(last[3]))
+        # Strictly increasing: clients page the schedule by timestamp with ``from`` exclusive
+        # (AO's CU does), so two slots sharing a millisecond would split across pages and one
+        # would be skipped.
+        timestamp = max(_now_ms(), int(last[3]) + 1)
     tags = [
         ("Process", process_id), ("Epoch", "0"), ("Nonce", str(slot)),
         ("Hash-Chain", hash_chain), ("Block-Height", str(ctx.block_height)),

