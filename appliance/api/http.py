@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from appliance import __version__
-from appliance.api import su_json
+from appliance.api import cu_json, su_json
 from appliance.api.graphql import GraphQLEndpoint
 from appliance.api.http_errors import http_status, reason
 from appliance.errors import ApplianceError, BadRequest
@@ -164,7 +164,7 @@ class Routes:
     async def result(self, request: web.Request) -> web.Response:
         value = await self._run(self.node.result, _required(request, "process-id"),
                                 request.match_info["message"])
-        return _json(value)
+        return _json(cu_json.result_json(value))
 
     async def results(self, request: web.Request) -> web.Response:
         sort = request.query.get("sort", "ASC").upper()
@@ -176,7 +176,7 @@ class Routes:
         rows = await self._run(lambda: self.node.results_page(
             request.match_info["process"], after_slot=after, before_slot=before,
             descending=sort == "DESC", limit=_limit(request, 25)))
-        return _json({"edges": [{"cursor": _cursor(slot), "node": value}
+        return _json({"edges": [{"cursor": _cursor(slot), "node": cu_json.result_json(value)}
                                 for slot, value in rows]})
 
     async def dry_run(self, request: web.Request) -> web.Response:
@@ -187,7 +187,8 @@ class Routes:
             raise BadRequest("dry-run body must be a JSON message") from None
         if not isinstance(message, dict):
             raise BadRequest("dry-run body must be a JSON object")
-        return _json(await self._run(self.node.dry_run, process_id, message))
+        return _json(cu_json.result_json(await self._run(self.node.dry_run, process_id,
+                                                         message)))
 
     async def state(self, request: web.Request) -> web.Response:
         memory = await self._run(self.node.state, request.match_info["process"])

@@ -68,6 +68,10 @@ def test_aoconnect_spawn_message_result_results_dryrun(server: Server, tmp_path:
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert "42" in json.dumps(out["evalAdd"]["res"]["Output"])
     assert "Pong" in json.dumps(out["inbox"]["res"]["Output"])
+    assert "Error" not in out["evalAdd"]["res"], "the CU leaves Error out when there is none"
+    assert "boom" in json.dumps(out["evalError"]["res"]["Error"])
+    failed = out["evalError"]["res"]
+    assert failed["Output"] is not None and failed["Messages"] == []
     assert out["results"]["edges"], "results() returned nothing"
     assert out["dryrun"]["Messages"][0]["Data"] == "42"
 

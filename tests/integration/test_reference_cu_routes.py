@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import itertools
+import json
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -127,3 +128,31 @@ def test_process_timestamp_and_message_meta_as_the_cu_reads_them(live: Live) -> 
     one = srv.get_json(f"/{msg.id}?process-id={process}")  # loadMessageMeta
     tags = {t["name"]: t["value"] for t in one["assignment"]["tags"]}
     assert (tags["Process"], tags["Nonce"]) == (process, "1") and int(tags["Timestamp"]) > 0
+
+
+CU_KEYS = {"Messages", "Assignments", "Spawns", "Output", "GasUsed"}
+
+
+def test_results_have_the_reference_cu_shape_on_every_route(live: Live) -> None:
+    """mergeOutput of servers/cu: lists default to [], Output to "", Error only when there is
+    one; the signed data keeps all six keys (``null`` for none)."""
+    srv, client, module = live
+    process = spawn(srv, client, module, "shape")
+    ok = message(client, process, "return 1 + 1", 1)
+    bad = message(client, process, "error('boom')", 2)
+    for item in (ok, bad):
+        assert srv.post("/", item.raw)[0] == 202
+    good = srv.get_json(f"/result/{ok.id}?process-id={process}")
+    assert set(good) == CU_KEYS and isinstance(good["GasUsed"], int)
+    failed = srv.get_json(f"/result/{bad.id}?process-id={process}")
+    assert set(failed) == CU_KEYS | {"Error"} and "boom" in json.dumps(failed["Error"])
+    assert failed["Output"] is not None and failed["Messages"] == []
+    signed = json.loads(items.parse_verified(
+        srv.get(f"/result-item/{bad.id}?process-id={process}"), 1 << 24).data)
+    assert set(signed) == CU_KEYS | {"Error"}  # the signed form is unchanged
+    listed = srv.get_json(f"/results/{process}?sort=ASC&limit=10")["edges"]
+    assert [set(e["node"]) for e in listed] == [CU_KEYS, CU_KEYS, CU_KEYS | {"Error"}]
+    status, dry = srv.post(f"/dry-run?process-id={process}", json.dumps(
+        {"Tags": [{"name": "Action", "value": "Info"}], "Owner": client.address}).encode(),
+        "application/json")
+    assert status == 200 and "Error" not in dry and set(dry) >= CU_KEYS - {"GasUsed"}

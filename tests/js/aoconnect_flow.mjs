@@ -28,6 +28,9 @@ const a = await ao.spawn({ module: moduleId, scheduler: NODE_ADDRESS, signer, ta
 const b = await ao.spawn({ module: moduleId, scheduler: NODE_ADDRESS, signer, tags: spawnTags('bob') })
 out.processes = [a, b]
 out.evalAdd = await send(a, [{ name: 'Action', value: 'Eval' }], 'return 40 + 2')
+// An error result: clients read res.Output.data and res.Error (AO's CU gives Output "", not null).
+out.evalError = await send(a, [{ name: 'Action', value: 'Eval' }], "error('boom')")
+out.evalErrorData = out.evalError.res.Output?.data ?? out.evalError.res.Output
 out.handler = await send(b, [{ name: 'Action', value: 'Eval' }],
   "Handlers.add('ping', 'Ping', function (m) m.reply({ Data = 'Pong' }) end)")
 out.sendPing = await send(a, [{ name: 'Action', value: 'Eval' }], `Send({ Target = '${b}', Action = 'Ping' })`)
