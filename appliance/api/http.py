@@ -132,6 +132,8 @@ class Routes:
             body["processId"] = receipt.id
         if receipt.slot is not None:
             body["slot"] = receipt.slot
+        if receipt.warning is not None:
+            body["warning"] = receipt.warning
         return _json(body, 202 if receipt.type != "Module" else 200)
 
     async def timestamp(self, _request: web.Request) -> web.Response:

@@ -83,6 +83,7 @@ class Receipt:
     type: str
     process_id: str | None = None
     slot: int | None = None
+    warning: str | None = None
 
 
 @dataclass
@@ -99,6 +100,22 @@ class _Actor:
     last_checkpoint: float = field(default_factory=time.monotonic)
     broken: str | None = None
     crashes: int = 0
+
+
+def authority_warning(process: items.Item, node_address: str) -> str | None:
+    """Why aos will distrust what this node delivers to ``process``, or ``None``.
+
+    aos trusts a message only when its ``From`` or ``Owner`` is listed in the process's
+    ``Authority`` tags (comma-separated values allowed). Messages one process sends another
+    reach it signed by this node, so without this node among the authorities aos drops them.
+    """
+    listed = {part.strip() for name, value in process.tags if name == "Authority"
+              for part in value.split(",")}
+    if node_address in listed:
+        return None
+    return (f"the process lists no Authority this node signs as ({node_address}): aos will "
+            f"not trust the messages this node delivers to it from other processes; spawn it "
+            f"with the tag Authority={node_address}")
 
 
 class Node:
@@ -219,7 +236,10 @@ class Node:
         ctx = self._ctx()
         self.store.write(lambda conn: create_process(conn, ctx, item))
         self._wake(item.id)
-        return Receipt(item.id, "Process", item.id, 0)
+        warning = authority_warning(item, self.identity.address)
+        if warning is not None:
+            log.warning("process %s: %s", item.id, warning)
+        return Receipt(item.id, "Process", item.id, 0, warning)
 
     def _ingest_message(self, item: items.Item) -> Receipt:
         if not item.target:

@@ -9,6 +9,7 @@ import base64
 import hashlib
 import itertools
 import json
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -156,3 +157,37 @@ def test_results_have_the_reference_cu_shape_on_every_route(live: Live) -> None:
         {"Tags": [{"name": "Action", "value": "Info"}], "Owner": client.address}).encode(),
         "application/json")
     assert status == 200 and "Error" not in dry and set(dry) >= CU_KEYS - {"GasUsed"}
+
+
+def _spawn_without_authority(srv: Server, client: NodeIdentity, module: str) -> tuple[str, Any]:
+    item = items.sign(client, anchor=b"no-authority".ljust(32, b"-"), tags=[
+        ("Data-Protocol", "ao"), ("Variant", "ao.TN.1"), ("Type", "Process"),
+        ("Module", module), ("Scheduler", srv.address), ("Name", "untrusting")])
+    status, body = srv.post("/", item.raw)
+    assert status == 202, body
+    return item.id, body
+
+
+def test_spawn_without_the_node_as_authority_is_warned_and_aos_distrusts_it(
+        live: Live, caplog: pytest.LogCaptureFixture) -> None:
+    srv, client, module = live
+    with caplog.at_level("WARNING", logger="appliance.node"):
+        lonely, body = _spawn_without_authority(srv, client, module)
+    assert srv.address in body["warning"] and "Authority" in body["warning"]
+    assert any(lonely in r.getMessage() and "Authority" in r.getMessage()
+               for r in caplog.records)
+    trusted = spawn(srv, client, module, "trusted")
+    assert "warning" not in srv.post("/", items.sign(client, anchor=b"t" * 32, tags=[
+        ("Data-Protocol", "ao"), ("Type", "Process"), ("Module", module),
+        ("Scheduler", srv.address), ("Authority", f"someone-else,{srv.address}")]).raw)[1]
+    sender = message(client, trusted, f"Send({{ Target = '{lonely}', Action = 'Ping' }})", 7)
+    assert srv.post("/", sender.raw)[0] == 202
+    srv.get_json(f"/result/{sender.id}?process-id={trusted}")
+    for _ in range(240):  # the push lands as lonely's slot 1
+        edges = srv.get_json(f"/{lonely}?limit=10")["edges"]
+        if len(edges) > 1:
+            break
+        time.sleep(0.25)
+    pushed = edges[1]["node"]["message"]["id"]
+    out = srv.get_json(f"/result/{pushed}?process-id={lonely}")
+    assert "not trusted" in json.dumps(out["Output"])
