@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from appliance import __version__
-from appliance.api import cu_json, su_json
+from appliance.api import cu_json, mainnet, su_json
 from appliance.api.graphql import GraphQLEndpoint
 from appliance.api.http_errors import http_status, reason
 from appliance.errors import ApplianceError, BadRequest
@@ -260,5 +260,6 @@ def make_app(node: Node, observe: Observe | None = None) -> web.Application:
     app.router.add_get("/raw/{id}", r.raw)
     app.router.add_get("/proof/{message}", r.proof)
     app.router.add_post("/graphql", r.graphql_query)
+    mainnet.add_refusals(app, node.identity.address)
     app.router.add_get("/{id}", r.item_or_schedule)
     return app

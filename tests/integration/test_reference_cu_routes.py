@@ -191,3 +191,20 @@ def test_spawn_without_the_node_as_authority_is_warned_and_aos_distrusts_it(
     pushed = edges[1]["node"]["message"]["id"]
     out = srv.get_json(f"/result/{pushed}?process-id={lonely}")
     assert "not trusted" in json.dumps(out["Output"])
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("GET", "/~meta@1.0/info/address"), ("POST", "/push"),
+    ("POST", "/{pid}~process@1.0/push"), ("GET", "/{pid}~process@1.0/compute/results=1"),
+    ("GET", "/{pid}~process@1.0/as=execution/compute&Action=Info"),
+    ("GET", "/{pid}/slot/current"), ("GET", "/{pid}/compute/results=1"),
+    ("GET", "/ledger~node-process@1.0/now/balance/x")])
+def test_mainnet_routes_say_to_use_legacy_mode(live: Live, method: str, path: str) -> None:
+    srv, _client, _module = live
+    req = urllib.request.Request(srv.url + path.replace("{pid}", "P" * 43), method=method,
+                                 data=b"" if method == "POST" else None)
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(req, timeout=60)
+    assert caught.value.code == 404
+    error = json.loads(caught.value.read())["error"]
+    assert "legacy" in error and f"--mu-url {srv.url}" in error and srv.address in error
