@@ -16,13 +16,15 @@ class MalformedEvidence(AttestationError):
 
 
 class VerificationFailed(AttestationError):
-    """A numbered verification step rejected the evidence."""
+    """A numbered verification step rejected the evidence; ``warnings`` are those noted before."""
 
-    def __init__(self, step: str, spec: str, reason: str) -> None:
+    def __init__(self, step: str, spec: str, reason: str,
+                 warnings: tuple[str, ...] = ()) -> None:
         super().__init__(f"step {step} ({spec}): {reason}")
         self.step = step
         self.spec = spec
         self.reason = reason
+        self.warnings = warnings
 
 
 class EmulatedEvidenceRefused(VerificationFailed):

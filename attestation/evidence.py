@@ -39,7 +39,9 @@ class VerifiedEvidence:
 
     ``measurement`` is the SNP launch measurement (48 bytes) or TDX MRTD (48 bytes);
     ``tcb`` the platform's TCB components as verified (SNP: bootloader/tee/snp/microcode/fmc;
-    TDX: tcb status and components); ``steps`` the numbered steps that passed, in order.
+    TDX: tcb status and components); ``steps`` the numbered steps that passed, in order;
+    ``warnings`` what was accepted but deserves a reader's attention (it never changes the verdict:
+    for example unsigned bytes after a TDX quote's signature data).
     """
 
     platform: Platform
@@ -49,6 +51,7 @@ class VerifiedEvidence:
     debug: bool
     steps: tuple[str, ...]
     details: Mapping[str, str] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
 
 
 class EvidenceProvider(Protocol):

@@ -29,6 +29,7 @@ class TdxPolicy:
     rtmrs: Mapping[int, bytes] = field(default_factory=dict)  # expected RTMR index -> 48 bytes
     xfam: bytes | None = None
     td_attributes: bytes | None = None
+    allow_trailing_bytes: bool = True  # unsigned bytes after the signature data (padded buffers)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ _TOP = {"allowed_measurements", "any_measurement", "expected_report_data", "snp"
 _SNP = {"allow_debug", "allow_smt", "allow_migration_agent", "max_vmpl", "minimum_tcb",
         "host_data", "id_key_digest", "require_vcek"}
 _TCB = {"bootloader", "tee", "snp", "microcode", "fmc"}
-_TDX = {"allow_debug", "accepted_tcb_status", "rtmrs", "xfam", "td_attributes"}
+_TDX = {"allow_debug", "accepted_tcb_status", "rtmrs", "xfam", "td_attributes",
+        "allow_trailing_bytes"}
 _TCB_STATUSES = {"UpToDate", "SWHardeningNeeded", "ConfigurationNeeded",
                  "ConfigurationAndSWHardeningNeeded", "OutOfDate", "OutOfDateConfigurationNeeded",
                  "Revoked"}
@@ -84,6 +85,8 @@ def _tdx(node: Node) -> TdxPolicy:
         xfam=hex_bytes(keys["xfam"], "tdx.xfam", 8) if "xfam" in keys else None,
         td_attributes=hex_bytes(keys["td_attributes"], "tdx.td_attributes", 8)
         if "td_attributes" in keys else None,
+        allow_trailing_bytes=boolean(keys["allow_trailing_bytes"], "tdx.allow_trailing_bytes")
+        if "allow_trailing_bytes" in keys else True,
     )
 
 

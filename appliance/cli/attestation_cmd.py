@@ -101,6 +101,7 @@ def _describe(result: VerifiedEvidence, policy_note: str) -> dict[str, Any]:
         "policy": policy_note,
         "steps": list(result.steps),
         "details": dict(result.details),
+        "warnings": list(result.warnings),
     }
 
 
@@ -108,6 +109,7 @@ def _print_human(out: dict[str, Any]) -> None:
     lines = [trust_args.EMULATED_BANNER] if out["emulated"] else []
     lines += [
         f"verified: {out['platform']} evidence",
+        *(f"warning: {w}" for w in out["warnings"]),
         f"measurement: {out['measurement']}",
         f"report_data: {out['report_data']}",
         "tcb: " + " ".join(f"{k}={v}" for k, v in out["tcb"].items()),
@@ -131,11 +133,13 @@ def verify_command(args: argparse.Namespace) -> int:
         result = verify_evidence(evidence, policy, now, certificates=certificates,
                                  tdx_collateral=collateral, allow_emulated=args.allow_emulated)
     except VerificationFailed as exc:
-        failure = {"verified": False, "step": exc.step, "spec": exc.spec, "reason": exc.reason}
+        failure = {"verified": False, "step": exc.step, "spec": exc.spec, "reason": exc.reason,
+                   "warnings": list(exc.warnings)}
         if args.json:
             print(json.dumps(failure))
         else:
-            print(f"REJECTED at step {exc.step} ({exc.spec}): {exc.reason}")
+            print("\n".join([f"REJECTED at step {exc.step} ({exc.spec}): {exc.reason}",
+                             *(f"warning: {w}" for w in exc.warnings)]))
         return 1
     except MalformedEvidence as exc:
         if args.json:

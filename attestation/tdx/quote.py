@@ -1,8 +1,11 @@
 """The Intel TDX ECDSA quote, versions 4 and 5 (Intel TDX DCAP Quoting Library API, Appendix A).
 
-Parsing is strict: every length field must match exactly, the quote must end where its signature
-data ends, and only ECDSA-256-with-P-256 attestation keys with QE report certification data
-(type 6) wrapping a PCK certificate chain (type 5) are accepted.
+Parsing follows the declared lengths: the quote ends where its signature data length says it
+ends, and every nested length must fit exactly inside its container. Bytes after the signature
+data are not part of the quote (quote buffers from real quote-generation paths are padded; Intel's
+QVL, go-tdx-guest and dcap-qvl ignore them too): they are counted in ``TdxQuote.trailing_bytes``,
+covered by no signature, and never read. Only ECDSA-256-with-P-256 attestation keys with QE report
+certification data (type 6) wrapping a PCK certificate chain (type 5) are accepted.
 """
 
 from __future__ import annotations
@@ -88,7 +91,8 @@ class QeReport:
 
 @dataclass(frozen=True)
 class TdxQuote:
-    """A parsed quote. ``signed`` is the exact byte range the attestation key signed."""
+    """A parsed quote. ``signed`` is the exact byte range the attestation key signed;
+    ``trailing_bytes`` counts the unsigned bytes that followed the signature data."""
 
     header: QuoteHeader
     body_type: int
@@ -100,6 +104,7 @@ class TdxQuote:
     qe_report_signature: bytes
     qe_auth_data: bytes
     pck_chain_pem: bytes
+    trailing_bytes: int = 0
 
 
 class _Reader:
@@ -138,9 +143,6 @@ def _header(data: bytes) -> QuoteHeader:
                                 "expected 2 (ECDSA-256-with-P-256)")
     if header.tee_type != TEE_TYPE_TDX:
         raise MalformedEvidence(f"TDX quote: TEE type {header.tee_type:#x}, expected 0x81 (TDX)")
-    if header.qe_vendor_id != INTEL_QE_VENDOR_ID:
-        raise MalformedEvidence(
-            f"TDX quote: QE vendor ID {header.qe_vendor_id.hex()} is not Intel's")
     return header
 
 
@@ -168,7 +170,11 @@ def parse_qe_report(raw: bytes) -> QeReport:
 
 
 def parse_quote(data: bytes) -> TdxQuote:
-    """Parse a TDX quote v4 or v5 (body type 2 or 3) exactly; MalformedEvidence otherwise."""
+    """Parse a TDX quote v4 or v5 (body type 2 or 3) by its declared lengths.
+
+    MalformedEvidence when a length runs past its container or a field is unsupported; bytes
+    after the signature data are counted, not parsed (``trailing_bytes``).
+    """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise MalformedEvidence("TDX quote: expected bytes")
     data = bytes(data)
@@ -190,11 +196,9 @@ def parse_quote(data: bytes) -> TdxQuote:
     body = _body(top.take(_BODY_SIZE[body_type], "TD report body"), body_type)
     signed = data[:top.pos]
     sig_len = top.u32("signature data length")
-    if sig_len != len(data) - top.pos:
-        raise MalformedEvidence(
-            f"TDX quote: signature data length {sig_len} but {len(data) - top.pos} bytes follow"
-            + (f" ({len(data) - top.pos - sig_len} trailing bytes)"
-               if sig_len < len(data) - top.pos else ""))
+    if sig_len > len(data) - top.pos:
+        raise MalformedEvidence(f"TDX quote: signature data length {sig_len} but only "
+                                f"{len(data) - top.pos} bytes follow")
     sig = _Reader(data, top.pos, top.pos + sig_len, "the signature data")
     signature = sig.take(ECDSA_SIZE, "quote signature")
     attestation_key = sig.take(ECDSA_SIZE, "attestation key")
@@ -219,5 +223,5 @@ def parse_quote(data: bytes) -> TdxQuote:
         header=header, body_type=body_type, body=body, signed=signed, signature=signature,
         attestation_key=attestation_key, qe_report=qe_report,
         qe_report_signature=qe_report_signature, qe_auth_data=qe_auth_data,
-        pck_chain_pem=pck_chain,
+        pck_chain_pem=pck_chain, trailing_bytes=len(data) - sig.end,
     )

@@ -23,7 +23,7 @@ from attestation.policy import Policy
 from attestation.steps import Steps
 from attestation.tdx import collateral as coll
 from attestation.tdx import pck
-from attestation.tdx.quote import TdxQuote, parse_quote
+from attestation.tdx.quote import INTEL_QE_VENDOR_ID, TdxQuote, parse_quote
 
 QUOTE_SPEC = "Intel TDX DCAP Quoting Library API, Appendix A (quote v4/v5 format)"
 PCK_SPEC = "Intel SGX PCK Certificate and CRL Profile"
@@ -210,6 +210,19 @@ def _matching_level(info: coll.TcbInfo, ext: pck.PckExtensions,
     return None
 
 
+def _shortfall(level: coll.TcbLevel, ext: pck.PckExtensions, tee_tcb_svn: bytes) -> str:
+    """What keeps the platform below ``level``: each component it does not reach."""
+    short = [f"SGX component {i + 1} is {have} < {need}" for i, (have, need) in
+             enumerate(zip(ext.sgx_tcb_components, level.sgx_components, strict=True))
+             if have < need]
+    if ext.pce_svn < level.pce_svn:
+        short.append(f"PCESVN is {ext.pce_svn} < {level.pce_svn}")
+    start = 2 if tee_tcb_svn[1] > 0 else 0
+    short += [f"TEE_TCB_SVN[{i}] is {tee_tcb_svn[i]} < {level.tdx_components[i]}"
+              for i in range(start, 16) if tee_tcb_svn[i] < level.tdx_components[i]]
+    return ", ".join(short)
+
+
 def _masked(value: bytes, mask: bytes) -> bytes:
     return bytes(a & b for a, b in zip(value, mask, strict=True))
 
@@ -229,7 +242,13 @@ def _verify(raw: bytes, collateral: object, policy: Policy, now: datetime,
         quote = parse_quote(raw)
     except MalformedEvidence as exc:
         raise VerificationFailed("TDX-1", QUOTE_SPEC, str(exc)) from exc
-    steps.passed.append("TDX-1")
+    steps.check(policy.tdx.allow_trailing_bytes or not quote.trailing_bytes, "TDX-1",
+                f"{QUOTE_SPEC}; policy tdx.allow_trailing_bytes",
+                f"{quote.trailing_bytes} unsigned bytes follow the signature data and the "
+                "policy refuses trailing bytes")
+    if quote.trailing_bytes:
+        steps.warn(f"{quote.trailing_bytes} unsigned bytes after the quote's signature data were "
+                   "ignored (covered by no signature)")
     body = quote.body
 
     chain = _pck_chain(quote, collateral, pin, steps)
@@ -290,6 +309,9 @@ def _verify(raw: bytes, collateral: object, policy: Policy, now: datetime,
 
     qe = quote.qe_report
     qe_match = f"{PCS_SPEC}: TDX QE Identity v2 vs the QE report"
+    steps.check(quote.header.qe_vendor_id == INTEL_QE_VENDOR_ID, "TDX-11",
+                f"{QUOTE_SPEC}: header QE Vendor ID",
+                f"QE vendor ID {quote.header.qe_vendor_id.hex()} is not Intel's")
     steps.check(qe.mr_signer == qe_id.mr_signer, "TDX-11", qe_match,
                 f"QE MRSIGNER {qe.mr_signer.hex()} is not {qe_id.mr_signer.hex()}")
     steps.check(qe.isv_prod_id == qe_id.isv_prod_id, "TDX-11", qe_match,
@@ -338,7 +360,8 @@ def _verify(raw: bytes, collateral: object, policy: Policy, now: datetime,
                 f"TEE_TCB_SVN {tee.hex()}; TCB info {tcb_info.fmspc.hex()} issued "
                 f"{tcb_info.issue_date.date()} lists levels from "
                 + ", ".join(f"{bytes(lv.sgx_components).hex()}/{lv.pce_svn}/"
-                            f"{bytes(lv.tdx_components).hex()}" for lv in tcb_info.levels))
+                            f"{bytes(lv.tdx_components).hex()}" for lv in tcb_info.levels)
+                + f"; below its lowest level because {_shortfall(tcb_info.levels[-1], ext, tee)}")
     assert level is not None
     status = level.status
     module_status = ""
@@ -383,10 +406,12 @@ def _verify(raw: bytes, collateral: object, policy: Policy, now: datetime,
         **{f"rtmr{i}": r.hex() for i, r in enumerate(body.rtmrs)},
         "pck_ca": pck.common_name(chain.ca),
         "advisory_ids": ",".join(level.advisory_ids) or "none",
+        "trailing_bytes": str(quote.trailing_bytes),
     }
     return VerifiedEvidence(
         platform=Platform.TDX, measurement=body.mr_td, report_data=body.report_data, tcb=tcb,
         debug=body.debug, steps=tuple(steps.passed), details=details,
+        warnings=tuple(steps.warnings),
     )
 
 

@@ -86,6 +86,21 @@ def test_qe_identity_mismatch_and_levels(world: World) -> None:
         "OutOfDate", "UpToDate", "OutOfDate")
 
 
+def test_a_signed_quote_from_another_vendor_is_refused_after_its_signatures(world: World) -> None:
+    failure = world.fails("TDX-11", Knobs(qe_vendor_id=b"\x01" * 16))
+    assert "not Intel's" in failure.reason
+
+
+def test_trailing_bytes_never_change_a_verdict(world: World) -> None:
+    k = Knobs()
+    padded = world.quote(k) + bytes(128)
+    result = world.verify(k, quote=padded)
+    assert result.tcb["status"] == "UpToDate" and result.details["trailing_bytes"] == "128"
+    assert result.warnings and not world.verify(k).warnings
+    failing = Knobs(qe_isv_svn=3)
+    assert world.fails("TDX-11", failing, quote=world.quote(failing) + b"x").warnings
+
+
 def test_fmspc_mismatch(world: World) -> None:
     assert "FMSPC" in world.fails("TDX-12", Knobs(fmspc=bytes.fromhex("90c06f000000"))).reason
 

@@ -129,6 +129,7 @@ class Knobs:
     revoke_leaf: bool = False
     revoke_ca: bool = False
     revoke_signer: bool = False
+    qe_vendor_id: bytes = INTEL_QE_VENDOR_ID
 
 
 class World:
@@ -150,8 +151,7 @@ class World:
         self.pin = pck.fingerprint(self.root)
 
     def quote(self, k: Knobs, version: int = 4) -> bytes:
-        header = struct.pack("<HHIHH16s20s", version, 2, 0x81, 0, 0, INTEL_QE_VENDOR_ID,
-                             bytes(20))
+        header = struct.pack("<HHIHH16s20s", version, 2, 0x81, 0, 0, k.qe_vendor_id, bytes(20))
         body = (k.tee_tcb_svn + bytes(48) + bytes(48) + k.seam_attributes + k.td_attributes
                 + k.xfam + MRTD + bytes(48 * 3) + b"".join(bytes([i]) * 48 for i in range(4))
                 + REPORT_DATA)
