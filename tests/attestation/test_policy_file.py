@@ -26,6 +26,7 @@ tdx:
   accepted_tcb_status: [UpToDate, SWHardeningNeeded]
   rtmrs: {{"0": "{'11' * 48}"}}
   xfam: "e702060000000000"
+  allow_trailing_bytes: false
 """
 
 
@@ -36,6 +37,8 @@ def test_good_policy_round_trip() -> None:
     assert policy.snp.minimum_tcb == {"bootloader": 3, "tee": 0, "snp": 8, "microcode": 115}
     assert policy.tdx.accepted_tcb_status == {"UpToDate", "SWHardeningNeeded"}
     assert policy.tdx.rtmrs == {0: b"\x11" * 48}
+    assert not policy.tdx.allow_trailing_bytes
+    assert load_policy("any_measurement: true\n", "p.yaml").tdx.allow_trailing_bytes
 
 
 @pytest.mark.parametrize(("text", "where", "words"), [
