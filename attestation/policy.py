@@ -22,7 +22,10 @@ class SnpPolicy:
 
 @dataclass(frozen=True)
 class TdxPolicy:
-    """TDX specific requirements (Intel TDX DCAP quote verification)."""
+    """TDX specific requirements (Intel TDX DCAP quote verification).
+
+    A TCB status of Revoked is never accepted, whatever ``accepted_tcb_status`` lists.
+    """
 
     allow_debug: bool = False
     accepted_tcb_status: frozenset[str] = frozenset({"UpToDate"})
@@ -30,6 +33,7 @@ class TdxPolicy:
     xfam: bytes | None = None
     td_attributes: bytes | None = None
     allow_trailing_bytes: bool = True  # unsigned bytes after the signature data (padded buffers)
+    require_sept_ve_disable: bool = True  # TDATTRIBUTES bit 28, as dcap-qvl and Intel advise
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ _SNP = {"allow_debug", "allow_smt", "allow_migration_agent", "max_vmpl", "minimu
         "host_data", "id_key_digest", "require_vcek"}
 _TCB = {"bootloader", "tee", "snp", "microcode", "fmc"}
 _TDX = {"allow_debug", "accepted_tcb_status", "rtmrs", "xfam", "td_attributes",
-        "allow_trailing_bytes"}
+        "allow_trailing_bytes", "require_sept_ve_disable"}
 _TCB_STATUSES = {"UpToDate", "SWHardeningNeeded", "ConfigurationNeeded",
                  "ConfigurationAndSWHardeningNeeded", "OutOfDate", "OutOfDateConfigurationNeeded",
                  "Revoked"}
@@ -87,6 +87,9 @@ def _tdx(node: Node) -> TdxPolicy:
         if "td_attributes" in keys else None,
         allow_trailing_bytes=boolean(keys["allow_trailing_bytes"], "tdx.allow_trailing_bytes")
         if "allow_trailing_bytes" in keys else True,
+        require_sept_ve_disable=boolean(keys["require_sept_ve_disable"],
+                                        "tdx.require_sept_ve_disable")
+        if "require_sept_ve_disable" in keys else True,
     )
 
 

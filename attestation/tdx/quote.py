@@ -73,6 +73,11 @@ class TdReportBody:
         """TDATTRIBUTES bit 0, DEBUG (TUD.DEBUG)."""
         return bool(self.td_attributes[0] & 1)
 
+    @property
+    def sept_ve_disable(self) -> bool:
+        """TDATTRIBUTES bit 28, SEPT_VE_DISABLE: EPT violations cannot be turned into #VE."""
+        return bool(int.from_bytes(self.td_attributes, "little") >> 28 & 1)
+
 
 @dataclass(frozen=True)
 class QeReport:

@@ -373,11 +373,12 @@ def _verify(raw: bytes, collateral: object, policy: Policy, now: datetime,
         module_status = module_level.status
         status = _converge(status, module_status)
     status = _converge(status, qe_level.status)
-    steps.check(status in policy.tdx.accepted_tcb_status, "TDX-15",
+    steps.check(status != "Revoked" and status in policy.tdx.accepted_tcb_status, "TDX-15",
                 f"{PCS_SPEC}: tcbStatus; policy tdx.accepted_tcb_status",
                 f"TCB status {status} (platform {level.status}, QE {qe_level.status}"
                 + (f", TDX module {module_status}" if module_status else "")
-                + f") is not accepted ({', '.join(sorted(policy.tdx.accepted_tcb_status))})")
+                + (") is never accepted" if status == "Revoked" else
+                   f") is not accepted ({', '.join(sorted(policy.tdx.accepted_tcb_status))})"))
 
     _check_policy(quote, policy, steps)
     tcb: dict[str, int | str] = {
@@ -440,6 +441,10 @@ def _check_policy(quote: TdxQuote, policy: Policy, steps: Steps) -> None:
     steps.check(tp.allow_debug or not body.debug, "TDX-16",
                 "Intel TDX Module ABI: TDATTRIBUTES bit 0 DEBUG",
                 "the TD runs with DEBUG on and the policy forbids it")
+    steps.check(not tp.require_sept_ve_disable or body.sept_ve_disable, "TDX-16",
+                "Intel TDX Module ABI: TDATTRIBUTES bit 28 SEPT_VE_DISABLE",
+                "the TD runs without SEPT_VE_DISABLE (EPT violations reach the guest as #VE) and "
+                "the policy requires it")
     steps.check(tp.td_attributes is None or tp.td_attributes == body.td_attributes, "TDX-17",
                 f"{QUOTE_SPEC}: TD quote body TDATTRIBUTES",
                 f"TDATTRIBUTES {body.td_attributes.hex()} differ from the policy's")

@@ -79,6 +79,10 @@ def test_qe_identity_mismatch_and_levels(world: World) -> None:
         {"tcb": {"isvsvn": 5}, "tcbDate": "2024-01-01T00:00:00Z", "tcbStatus": "UpToDate"},
         {"tcb": {"isvsvn": 4}, "tcbDate": "2023-01-01T00:00:00Z", "tcbStatus": "OutOfDate"}])
     assert "QE OutOfDate" in world.fails("TDX-15", old_qe).reason
+    revoked = Knobs(tcb_levels=[_level("Revoked")])
+    anything = Policy(any_measurement=True, tdx=TdxPolicy(accepted_tcb_status=frozenset({
+        "UpToDate", "Revoked"})))
+    assert "never accepted" in world.fails("TDX-15", revoked, anything).reason
     relaxed = Policy(any_measurement=True, tdx=TdxPolicy(accepted_tcb_status=frozenset({
         "UpToDate", "OutOfDate"})))
     tcb = world.verify(old_qe, relaxed).tcb
@@ -138,8 +142,11 @@ def test_tdx_module_identities(world: World) -> None:
 
 
 def test_policy_steps(world: World) -> None:
-    debug = Knobs(td_attributes=b"\x01" + bytes(7))
+    debug = Knobs(td_attributes=bytes.fromhex("0100001000000000"))
     world.fails("TDX-16", debug)
+    assert "SEPT_VE_DISABLE" in world.fails("TDX-16", Knobs(td_attributes=bytes(8))).reason
+    assert world.verify(Knobs(td_attributes=bytes(8)), Policy(
+        any_measurement=True, tdx=TdxPolicy(require_sept_ve_disable=False))).steps[-1] == "TDX-20"
     assert world.verify(debug, Policy(any_measurement=True, tdx=TdxPolicy(allow_debug=True))).debug
     world.fails("TDX-17", policy=Policy(any_measurement=True, tdx=TdxPolicy(xfam=bytes(8))))
     world.fails("TDX-17", policy=Policy(any_measurement=True,

@@ -115,7 +115,7 @@ def _level(status: str, sgx: tuple[int, ...] = SGX_TCB, pce: int = 11,
 class Knobs:
     """What a test may change about the synthetic platform and its collateral."""
 
-    td_attributes: bytes = bytes(8)
+    td_attributes: bytes = bytes.fromhex("0000001000000000")  # SEPT_VE_DISABLE, as real TDs
     xfam: bytes = bytes.fromhex("e71a060000000000")
     tee_tcb_svn: bytes = TEE_TCB_SVN
     seam_attributes: bytes = bytes(8)
@@ -179,7 +179,10 @@ class World:
     def _crl(self, issuer: x509.Certificate, key: ec.EllipticCurvePrivateKey,
              revoked: list[x509.Certificate]) -> bytes:
         builder = (x509.CertificateRevocationListBuilder().issuer_name(issuer.subject)
-                   .last_update(NOW - timedelta(days=10)).next_update(NOW + timedelta(days=20)))
+                   .last_update(NOW - timedelta(days=10)).next_update(NOW + timedelta(days=20))
+                   .add_extension(x509.CRLNumber(1), critical=False)
+                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                       key.public_key()), critical=False))
         for cert in revoked:
             builder = builder.add_revoked_certificate(
                 x509.RevokedCertificateBuilder().serial_number(cert.serial_number)
