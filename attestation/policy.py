@@ -18,6 +18,7 @@ class SnpPolicy:
     host_data: bytes | None = None
     id_key_digest: bytes | None = None
     require_vcek: bool = False  # False accepts VCEK and VLEK
+    require_crl: bool = False  # True: an AMD KDS CRL of the chain's product must be supplied
 
 
 @dataclass(frozen=True)

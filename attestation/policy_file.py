@@ -20,7 +20,7 @@ from attestation.strict_yaml import (
 
 _TOP = {"allowed_measurements", "any_measurement", "expected_report_data", "snp", "tdx"}
 _SNP = {"allow_debug", "allow_smt", "allow_migration_agent", "max_vmpl", "minimum_tcb",
-        "host_data", "id_key_digest", "require_vcek"}
+        "host_data", "id_key_digest", "require_vcek", "require_crl"}
 _TCB = {"bootloader", "tee", "snp", "microcode", "fmc"}
 _TDX = {"allow_debug", "accepted_tcb_status", "rtmrs", "xfam", "td_attributes",
         "allow_trailing_bytes", "require_sept_ve_disable"}
@@ -57,6 +57,8 @@ def _snp(node: Node) -> SnpPolicy:
         if "id_key_digest" in keys else None,
         require_vcek=boolean(keys["require_vcek"], "snp.require_vcek")
         if "require_vcek" in keys else False,
+        require_crl=boolean(keys["require_crl"], "snp.require_crl")
+        if "require_crl" in keys else False,
     )
 
 

@@ -108,6 +108,15 @@ def snp_cert_chain(product: str, key: str = "vcek") -> Request:
                    f"amd/{key}/{product}/cert_chain.pem", f"the {product} {key.upper()} cert chain")
 
 
+def snp_crl(product: str, key: str = "vcek") -> Request:
+    """The ARK-signed CRL of ``product`` revoking ASKs (``key="vlek"``: ASVKs), DER."""
+    product = _product(product)
+    if key not in ("vcek", "vlek"):
+        raise CollateralError(f"signing key type must be vcek or vlek, got {key!r}")
+    return Request("amd", f"/{key}/v1/{product}/crl", f"amd/{key}/{product}/crl.der",
+                   f"the {product} {key.upper()} CRL")
+
+
 def tdx_tcb_info(fmspc: bytes) -> Request:
     """TDX TCB info (JSON) for a platform's FMSPC (6 bytes), with its issuer chain."""
     if len(fmspc) != 6:
@@ -293,6 +302,10 @@ class CollateralClient:
     def snp_cert_chain(self, product: str, key: str = "vcek") -> bytes:
         """ASK/ASVK + ARK (PEM) of ``product``."""
         return self.source.fetch(snp_cert_chain(product, key)).body
+
+    def snp_crl(self, product: str, key: str = "vcek") -> bytes:
+        """The ARK-signed CRL (DER) of ``product``."""
+        return self.source.fetch(snp_crl(product, key)).body
 
     def tdx_tcb_info(self, fmspc: bytes) -> Collateral:
         """TDX TCB info JSON and its issuer chain."""

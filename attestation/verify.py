@@ -23,17 +23,19 @@ def verify_evidence(
     *,
     certificates: Sequence[bytes] = (),
     tdx_collateral: object | None = None,
+    snp_crls: Sequence[bytes] = (),
     allow_emulated: bool = False,
     emulated_root_sha256: bytes | None = None,
 ) -> VerifiedEvidence:
     """Verify ``evidence`` with the verifier for its platform.
 
-    ``certificates`` are added to those carried by the evidence. Emulated evidence is refused
-    (``EmulatedEvidenceRefused``, step EMU-0) unless ``allow_emulated`` is True.
+    ``certificates`` are added to those carried by the evidence; ``snp_crls`` are AMD KDS CRLs.
+    Emulated evidence is refused (``EmulatedEvidenceRefused``, step EMU-0) unless
+    ``allow_emulated`` is True.
     """
     pool = (*evidence.certificates, *certificates)
     if evidence.platform is Platform.SEV_SNP:
-        return verify_snp(evidence.raw, pool, policy, now)
+        return verify_snp(evidence.raw, pool, policy, now, crls=snp_crls)
     if evidence.platform is Platform.EMULATED:
         return verify_emulated(evidence.raw, pool, policy, now, allow_emulated=allow_emulated,
                                expected_root_sha256=emulated_root_sha256)

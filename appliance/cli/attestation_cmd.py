@@ -131,7 +131,8 @@ def verify_command(args: argparse.Namespace) -> int:
     try:
         evidence = decode_evidence(raw)
         result = verify_evidence(evidence, policy, now, certificates=certificates,
-                                 tdx_collateral=collateral, allow_emulated=args.allow_emulated)
+                                 tdx_collateral=collateral, allow_emulated=args.allow_emulated,
+                                 snp_crls=trust_args.snp_crls(args.certs))
     except VerificationFailed as exc:
         failure = {"verified": False, "step": exc.step, "spec": exc.spec, "reason": exc.reason,
                    "warnings": list(exc.warnings)}

@@ -11,7 +11,7 @@ from appliance.errors import UsageError
 from attestation.errors import MalformedEvidence
 from attestation.policy import Policy
 from attestation.policy_file import load_policy
-from attestation.snp.certs import load_certificates
+from attestation.snp.certs import is_crl, load_certificates
 from attestation.tdx.collateral import TdxCollateral
 from attestation.tdx.files import load_collateral_dir
 
@@ -22,7 +22,8 @@ EMULATED_BANNER = "EMULATED EVIDENCE: no hardware vouched for this; it proves no
 
 def add_trust_arguments(parser: argparse.ArgumentParser) -> None:
     """``--certs --collateral --policy --allow-emulated --now --json``."""
-    parser.add_argument("--certs", type=Path, help="dir of VCEK/VLEK, ASK/ASVK, ARK (DER or PEM)")
+    parser.add_argument("--certs", type=Path,
+                        help="dir of VCEK/VLEK, ASK/ASVK, ARK and AMD KDS CRLs (DER or PEM)")
     parser.add_argument("--collateral", type=Path, help="dir of TDX collateral")
     parser.add_argument("--policy", type=Path, help="policy YAML (reference values, TCB, debug)")
     parser.add_argument("--allow-emulated", action="store_true",
@@ -43,18 +44,30 @@ def read_input(path: Path, what: str, limit: int = MAX_INPUT_BYTES) -> bytes:
     return data
 
 
-def certificates(directory: Path | None) -> list[bytes]:
-    """Every certificate file in ``--certs`` (any order, DER or PEM)."""
-    if directory is None:
-        return []
+def _cert_dir_files(directory: Path) -> list[tuple[Path, bytes]]:
     if not directory.is_dir():
         raise UsageError(f"--certs {directory} is not a directory")
     files = sorted(p for p in directory.iterdir() if p.is_file())
     if len(files) > MAX_DIR_FILES:
         raise UsageError(f"--certs {directory} holds more than {MAX_DIR_FILES} files")
+    return [(path, read_input(path, "certificate", 1 << 20)) for path in files]
+
+
+def snp_crls(directory: Path | None) -> list[bytes]:
+    """The CRL files in ``--certs`` (AMD KDS ``/vcek/v1/{product}/crl``, DER or PEM)."""
+    if directory is None:
+        return []
+    return [blob for _, blob in _cert_dir_files(directory) if is_crl(blob)]
+
+
+def certificates(directory: Path | None) -> list[bytes]:
+    """Every certificate file in ``--certs`` (any order, DER or PEM; CRL files are skipped)."""
+    if directory is None:
+        return []
     blobs = []
-    for path in files:
-        blob = read_input(path, "certificate", 1 << 20)
+    for path, blob in _cert_dir_files(directory):
+        if is_crl(blob):
+            continue
         try:
             load_certificates([blob])
         except MalformedEvidence as exc:

@@ -71,6 +71,7 @@ def verify(args: argparse.Namespace) -> int:
     policy, _ = trust_args.policy(args.policy)
     trust = TrustInputs(policy=policy, now=trust_args.now(args.now),
                         certificates=tuple(trust_args.certificates(args.certs)),
+                        snp_crls=tuple(trust_args.snp_crls(args.certs)),
                         tdx_collateral=trust_args.tdx_collateral(args.collateral),
                         allow_emulated=args.allow_emulated)
     proof = _load(args)

@@ -74,6 +74,7 @@ class TrustInputs:
     certificates: Sequence[bytes] = ()
     tdx_collateral: object | None = None
     allow_emulated: bool = False
+    snp_crls: Sequence[bytes] = ()
 
 
 @dataclass
@@ -188,7 +189,8 @@ def _evidence(p: _Parsed, trust: TrustInputs, report: ProofReport) -> str:
         try:
             verified = verify_evidence(
                 evidence, policy, trust.now, certificates=trust.certificates,
-                tdx_collateral=trust.tdx_collateral, allow_emulated=trust.allow_emulated)
+                tdx_collateral=trust.tdx_collateral, allow_emulated=trust.allow_emulated,
+                snp_crls=trust.snp_crls)
         except VerificationFailed as exc:
             raise CheckFailed(f"attestation {attestation.id}: step {exc.step} ({exc.spec}): "
                               f"{exc.reason}") from None

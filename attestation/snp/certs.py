@@ -49,6 +49,42 @@ def load_certificates(blobs: Sequence[bytes]) -> list[x509.Certificate]:
     return out
 
 
+def load_crl(blob: bytes) -> x509.CertificateRevocationList:
+    """A CRL in DER or PEM (AMD KDS serves DER), fully decoded up front."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            data = bytes(blob)
+            crl = (x509.load_pem_x509_crl(data) if data.lstrip().startswith(b"-----BEGIN")
+                   else x509.load_der_x509_crl(data))
+            _ = (crl.issuer, crl.last_update_utc, crl.next_update_utc, list(crl))
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise MalformedEvidence(f"CRL cannot be parsed: {exc}") from exc
+    return crl
+
+
+def is_crl(blob: bytes) -> bool:
+    """Whether ``blob`` parses as a CRL (to tell CRL files from certificates in a directory)."""
+    try:
+        load_crl(blob)
+    except MalformedEvidence:
+        return False
+    return True
+
+
+def crl_signed_by(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
+    """Whether ``issuer`` signed ``crl`` under its name (RSA-PSS SHA-384 salt 48, as AMD KDS)."""
+    key = issuer.public_key()
+    if crl.issuer != issuer.subject or not isinstance(key, rsa.RSAPublicKey):
+        return False
+    try:
+        pss = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
+        key.verify(crl.signature, crl.tbs_certlist_bytes, pss, hashes.SHA384())
+    except Exception:  # noqa: BLE001 - any failure to verify is a rejection
+        return False
+    return True
+
+
 def sha256_fingerprint(cert: x509.Certificate) -> str:
     """Hex SHA-256 of the certificate's DER encoding."""
     return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from cryptography import x509
@@ -144,16 +144,59 @@ def _result(
     )
 
 
+def _check_crls(crls: Sequence[bytes], product: str, kind: str, ark: x509.Certificate,
+                ask: x509.Certificate, leaf: x509.Certificate, policy: Policy, now: datetime,
+                steps: Steps) -> None:
+    """SNP-17: the AMD KDS CRL of this product (ARK-signed) is current and revokes neither the
+    ASK/ASVK nor the leaf; with no CRL for this ARK, pass unless the policy requires one."""
+    step = "SNP-17"
+    spec = f"AMD KDS /{kind.lower()}/v1/{product}/crl (ARK-signed); RFC 5280 §5"
+    try:
+        parsed = [certs.load_crl(blob) for blob in crls]
+    except MalformedEvidence as exc:
+        raise VerificationFailed(step, spec, str(exc)) from exc
+    mine = [crl for crl in parsed if crl.issuer == ark.subject]
+    steps.check(bool(mine) or not policy.snp.require_crl, step, f"{spec}; policy snp.require_crl",
+                f"no CRL issued by ARK-{product} was supplied and the policy requires one")
+    for crl in mine:
+        steps.check(certs.crl_signed_by(crl, ark), step, spec,
+                    f"the {product} CRL signature does not verify with ARK-{product} "
+                    "(RSA-PSS SHA-384, salt 48)")
+        nxt = crl.next_update_utc
+        steps.check(nxt is not None and crl.last_update_utc <= now <= nxt, step, spec,
+                    f"the {product} CRL is not current at {now.isoformat()} (valid "
+                    f"{crl.last_update_utc} … {nxt})")
+        for name, cert in (("ASK" if kind == "VCEK" else "ASVK", ask), (kind, leaf)):
+            entry = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
+            steps.check(entry is None, step, f"{spec}: revocation",
+                        f"the {product} {name} (serial {cert.serial_number:x}) is revoked since "
+                        f"{entry and entry.revocation_date_utc}")
+
+
 def verify_snp(
-    report: bytes, certificates: Sequence[bytes], policy: Policy, now: datetime
+    report: bytes, certificates: Sequence[bytes], policy: Policy, now: datetime,
+    *, crls: Sequence[bytes] = (),
 ) -> VerifiedEvidence:
-    """Verify an SEV-SNP report against its VCEK/VLEK chain ending in a pinned AMD ARK."""
+    """Verify an SEV-SNP report against its VCEK/VLEK chain ending in a pinned AMD ARK.
+
+    ``crls`` are AMD KDS CRLs (DER or PEM, any product); the one issued by the chain's ARK is
+    checked (SNP-17), and ``policy.snp.require_crl`` makes it mandatory.
+    """
+    return _verify_snp(report, certificates, policy, now, crls, certs.ARK_SHA256,
+                       certs.ASK_SHA256)
+
+
+def _verify_snp(
+    report: bytes, certificates: Sequence[bytes], policy: Policy, now: datetime,
+    crls: Sequence[bytes], ark_pins: Mapping[str, str], ask_pins: Mapping[tuple[str, str], str],
+) -> VerifiedEvidence:
+    """:func:`verify_snp` with the trust anchors as parameters (tests use their own ARK)."""
     steps = Steps()
     parsed = _parse(report, steps, "SNP-1")
     chain_spec = f"{VCEK_SPEC} / AMD KDS cert chain"
     pool = _load(certificates, "SNP-2", chain_spec)
     by_fp = {certs.sha256_fingerprint(c): c for c in pool}
-    arks = [(p, by_fp[fp]) for p, fp in certs.ARK_SHA256.items() if fp in by_fp]
+    arks = [(p, by_fp[fp]) for p, fp in ark_pins.items() if fp in by_fp]
     steps.check(
         len(arks) == 1,
         "SNP-2",
@@ -175,7 +218,7 @@ def verify_snp(
         f"{ABI} SIGNING_KEY",
         "policy requires a VCEK-signed report",
     )
-    ask = by_fp.get(certs.ASK_SHA256[(product, kind)])
+    ask = by_fp.get(ask_pins[(product, kind)])
     steps.check(
         ask is not None and certs.signed_by(ask, ark),
         "SNP-3",
@@ -199,6 +242,7 @@ def verify_snp(
             "RFC 5280 §4.1.2.5 validity",
             f"{name} not valid at {now.isoformat()}",
         )
+    _check_crls(crls, product, kind, ark, ask, leaf, policy, steps=steps, now=now)
     leaf_product = certs.extension_bytes(leaf, _PRODUCT_OID)
     leaf_name = certs.der_string(leaf_product) if leaf_product else ""
     cn = leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
