@@ -16,6 +16,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from importlib.metadata import version as dist_version
 from typing import Any
 
@@ -117,11 +118,52 @@ class _NodeState:
             PREFIX + "processes_broken",
             "Processes that stopped evaluating since the node started (see the log).",
             value=self._node.broken_count())
+        yield from _standing_gauges(self._node)
         age = self._metrics.attestation_age()
         if age is not None:
             yield GaugeMetricFamily(
                 PREFIX + "attestation_age_seconds",
                 "Seconds since the last attestation the node made successfully.", value=age)
+
+
+def _standing_gauges(node: Node) -> Iterable[Metric]:
+    """The standing attestation's platform, TCB, expiry, age and refresh interval."""
+    standing = node.standing
+    info = GaugeMetricFamily(
+        PREFIX + "standing_attestation_info",
+        "The standing attestation Results name now: platform, TDX TCB status (unknown for SNP "
+        "and when unverifiable), the verification step reached or failed, and outcome (1).",
+        labels=["platform", "tcb_status", "step", "outcome"])
+    info.add_metric([standing.platform, standing.tcb_status, standing.step,
+                     "ok" if standing.ok else "error"], 1)
+    yield info
+    yield GaugeMetricFamily(
+        PREFIX + "standing_attestation_age_seconds",
+        "Seconds since the standing attestation was made.",
+        value=max(0.0, (datetime.now(UTC) - standing.made_at).total_seconds()))
+    yield GaugeMetricFamily(
+        PREFIX + "attestation_refresh_interval_seconds",
+        "How often the standing attestation is remade (node.attestation_refresh_seconds).",
+        value=node.settings.attestation_refresh_seconds)
+    facts = standing.facts
+    if facts is None:
+        return
+    svn = GaugeMetricFamily(
+        PREFIX + "standing_attestation_tcb_svn",
+        "SEV-SNP TCB component SVNs of the standing evidence, reported (REPORTED_TCB) and "
+        "committed (COMMITTED_TCB).", labels=["tcb", "component"])
+    for kind, values in (("reported", facts.reported_tcb), ("committed", facts.committed_tcb)):
+        for component, value in sorted(values.items()):
+            svn.add_metric([kind, component], value)
+    yield svn
+    if facts.earliest_expiry is not None:
+        expiry = GaugeMetricFamily(
+            PREFIX + "standing_attestation_expiry_seconds",
+            "Seconds until the earliest expiry among the standing evidence's certificates and "
+            "collateral, labelled with what expires then.", labels=["expiring"])
+        left = (facts.earliest_expiry - datetime.now(UTC)).total_seconds()
+        expiry.add_metric([facts.expiring], left)
+        yield expiry
 
 
 class ProcessMetrics:
@@ -224,6 +266,10 @@ class NodeMetrics(NodeObserver):
             PREFIX + "attestations_total",
             "Attestations made, by kind (standing, fresh) and outcome (ok, error).",
             ["kind", "outcome"], registry=r)
+        self.evidence_verifications = Counter(
+            PREFIX + "evidence_verifications_total",
+            "Evidence verifications the node ran, by whose evidence (self), the step reached "
+            "or failed, and outcome (ok, error).", ["whose", "step", "outcome"], registry=r)
         self.http_requests = Counter(
             PREFIX + "http_requests_total",
             "AO HTTP API requests, by route template, method and status code.",
@@ -286,6 +332,10 @@ class NodeMetrics(NodeObserver):
         if ok:
             with self._lock:
                 self._attested_at = time.monotonic()
+
+    def evidence_verified(self, whose: str, step: str, ok: bool) -> None:
+        """Count one verification by the step it reached (ok) or failed at."""
+        self.evidence_verifications.labels(whose, step, "ok" if ok else "error").inc()
 
     # --- the rest ----------------------------------------------------------------------------
 

@@ -123,6 +123,13 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refresh_logged(node: Node) -> None:
+    try:
+        node.refresh_attestation()
+    except Exception:  # counted as a failed standing attestation; the current one stays
+        log.exception("attestation refresh on SIGHUP failed")
+
+
 async def _serve(node: Node, config: AppConfig, metrics: NodeMetrics | None) -> None:
     if metrics is not None:
         metrics.attach(node)
@@ -149,6 +156,14 @@ async def _serve(node: Node, config: AppConfig, metrics: NodeMetrics | None) -> 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    refreshes: set[asyncio.Task[Any]] = set()
+
+    def refresh() -> None:  # SIGHUP: re-attest now (the schedule goes on)
+        task = asyncio.ensure_future(asyncio.to_thread(_refresh_logged, node))
+        refreshes.add(task)
+        task.add_done_callback(refreshes.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, refresh)
     await asyncio.to_thread(node.publish_location, f"http://{host}:{port}")
     print(json.dumps(event), flush=True)
     sd_notify(f"READY=1\nSTATUS=serving AO HTTP on {host}:{port}")

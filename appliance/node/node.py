@@ -14,6 +14,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from appliance.errors import (
 )
 from appliance.node import items
 from appliance.node.attest import make_attestation
+from appliance.node.chain import report_data
 from appliance.node.evaluator import (
     CheckpointFile,
     EvaluatorPool,
@@ -59,6 +61,7 @@ from appliance.node.scheduler import (
     store_item,
 )
 from appliance.node.settings import NodeSettings
+from appliance.node.standing import StandingAttestation, assess
 from appliance.node.store import Store
 from attestation.atomic import write_atomically
 from attestation.evidence import EvidenceProvider
@@ -136,20 +139,50 @@ class Node:
         self._actors: dict[str, _Actor] = {}
         self._actors_lock = threading.Lock()
         self._progress = threading.Condition()
-        self.attestation_id = self._standing_attestation()
+        self._standing_lock = threading.Lock()
+        self.standing = self._standing_attestation()
+        self._closing = threading.Event()
+        self._refresher = threading.Thread(target=self._refresh_loop, daemon=True,
+                                           name="attestation-refresh")
+        self._refresher.start()
         self._resume_pending()
 
     # --- lifecycle ---------------------------------------------------------------------------
 
-    def _standing_attestation(self) -> str:
-        item = self._attest(os.urandom(32), "standing")
+    @property
+    def attestation_id(self) -> str:
+        """The standing attestation new Results name (it changes when it is refreshed)."""
+        return self.standing.id
+
+    def _standing_attestation(self) -> StandingAttestation:
+        nonce = os.urandom(32)
+        item = self._attest(nonce, "standing")
 
         def remember(conn: Any) -> None:
             conn.execute("INSERT OR REPLACE INTO meta (key, value) "
                          "VALUES ('standing_attestation', ?)", (item.id,))
 
         self.store.write(remember)
-        return str(item.id)
+        standing = assess(item, datetime.now(UTC),
+                          report_data(self.identity.public_key, self.config_digest, nonce))
+        self.observer.evidence_verified("self", standing.step, standing.ok)
+        return standing
+
+    def refresh_attestation(self) -> StandingAttestation:
+        """Make a new standing attestation; Results signed from now on name it."""
+        with self._standing_lock:
+            self.standing = self._standing_attestation()
+        log.info("standing attestation refreshed: %s (%s, TCB %s)", self.standing.id,
+                 self.standing.step, self.standing.tcb_status)
+        return self.standing
+
+    def _refresh_loop(self) -> None:
+        interval = self.settings.attestation_refresh_seconds
+        while not self._closing.wait(interval):
+            try:
+                self.refresh_attestation()
+            except Exception:  # the TEE failed: counted by _attest; keep the current one
+                log.exception("scheduled attestation refresh failed")
 
     def attest(self, nonce: bytes) -> items.Item:
         """A fresh, stored Attestation item binding this node's key for ``nonce``."""
@@ -182,6 +215,8 @@ class Node:
 
     def close(self) -> None:
         """Finish in-flight batches and stop workers and the store."""
+        self._closing.set()
+        self._refresher.join(timeout=60)
         self._executor.shutdown(wait=True)
         self.pool.stop()
         self.store.close()
@@ -421,7 +456,7 @@ class Node:
             unsigned = intents.get(s.slot)
             signed_out = out  # what the signed data says: the outbox is pushed from it
             if unsigned is None:
-                unsigned = unsigned_result(s, out, prev_id)
+                unsigned = unsigned_result(s, out, prev_id, self.attestation_id)
                 fresh.append(unsigned)
             else:
                 signed_out = json.loads(unsigned.data)

@@ -43,3 +43,7 @@ class NodeObserver:
 
     def attested(self, kind: str, ok: bool) -> None:
         """An attestation of ``kind`` (standing or fresh) was made (``ok``) or failed."""
+
+    def evidence_verified(self, whose: str, step: str, ok: bool) -> None:
+        """Evidence (``whose``: ``self`` for the node's own) passed up to ``step`` or failed at
+        it (a step id such as ``TDX-14``, or ``collateral`` / ``malformed``)."""

@@ -65,8 +65,12 @@ def result_data(result: dict[str, Any]) -> bytes:
 
 
 def unsigned_result(slot: ScheduledSlot, result: dict[str, Any],
-                    previous_result_id: str | None) -> UnsignedResult:
-    """Build the Result item content for ``slot`` exactly as DESIGN §4 specifies."""
+                    previous_result_id: str | None, attestation_id: str) -> UnsignedResult:
+    """Build the Result item content for ``slot`` exactly as DESIGN §4 specifies.
+
+    ``attestation_id`` is the standing attestation when the Result is signed (the intent keeps
+    it, so a Result re-signed after a crash names the same one).
+    """
     tags = [
         ("Data-Protocol", "ao"), ("Variant", "ao.TN.1"), ("Type", "Result"),
         ("Process", slot.process_id), ("Message", slot.message_id), ("Nonce", str(slot.slot)),
@@ -74,7 +78,7 @@ def unsigned_result(slot: ScheduledSlot, result: dict[str, Any],
     ]
     if previous_result_id is not None:
         tags.append(("Previous-Result", previous_result_id))
-    tags += [("Attestation", slot.attestation_id), ("Content-Type", "application/json")]
+    tags += [("Attestation", attestation_id), ("Content-Type", "application/json")]
     return UnsignedResult(slot.process_id, slot.slot, tuple(tags), result_data(result))
 
 

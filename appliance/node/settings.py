@@ -18,7 +18,8 @@ class NodeOptions:
     of messages pushed from results (a ping-pong loop stops there); checkpoints are taken every
     ``checkpoint_every_messages`` evaluated messages or ``checkpoint_every_seconds``, whichever
     comes first; ``block_height`` is what assignments carry (the node has no Arweave view of its
-    own: an operator may set it, see docs).
+    own: an operator may set it, see docs); the standing attestation is remade every
+    ``attestation_refresh_seconds``.
     """
 
     max_item_bytes: int = 16 * 1024 * 1024
@@ -29,12 +30,15 @@ class NodeOptions:
     checkpoint_every_seconds: float = 3600.0
     block_height: int = 0
     result_wait_seconds: float = 30.0
+    attestation_refresh_seconds: float = 86400.0
 
     def __post_init__(self) -> None:
         if self.max_item_bytes < 1024:
             raise ConfigError("max_item_bytes must be at least 1024")
         if self.max_push_depth < 1 or self.batch_size < 1 or self.workers < 1:
             raise ConfigError("max_push_depth, batch_size and workers must be positive")
+        if self.attestation_refresh_seconds <= 0:
+            raise ConfigError("attestation_refresh_seconds must be positive")
         if self.checkpoint_every_messages < 1 or self.checkpoint_every_seconds <= 0:
             raise ConfigError("checkpoint intervals must be positive")
         if self.block_height < 0:
