@@ -9,7 +9,7 @@ import base64
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from appliance.errors import ApplianceError
@@ -172,7 +172,23 @@ def _attestations_named(p: _Parsed) -> str:
     return f"{len(p.attestations)} attestation item(s)"
 
 
+def _signing_times(p: _Parsed) -> dict[str, list[datetime]]:
+    """Attestation id → the times of the Results naming it (their assignments' Timestamp)."""
+    times: dict[str, list[datetime]] = {}
+    for slot, (result, assignment) in enumerate(zip(p.results, p.assignments, strict=True)):
+        try:
+            millis = int(_tag(assignment, "Timestamp"))
+        except ValueError:
+            raise CheckFailed(f"slot {slot}: assignment Timestamp is not an integer") from None
+        times.setdefault(_tag(result, "Attestation"), []).append(
+            datetime.fromtimestamp(millis / 1000, UTC))
+    return times
+
+
 def _evidence(p: _Parsed, trust: TrustInputs, report: ProofReport) -> str:
+    """Each attestation's evidence verifies at the earliest and the latest time of the Results
+    naming it (validity windows are intervals: valid at both ends is valid in between)."""
+    signing = _signing_times(p)
     for attestation in p.attestations.values():
         try:
             body = json.loads(attestation.data)
@@ -186,21 +202,25 @@ def _evidence(p: _Parsed, trust: TrustInputs, report: ProofReport) -> str:
             raise CheckFailed(f"attestation {attestation.id} binds another node key")
         binding = report_data(node_key, digest, nonce)
         policy = replace(trust.policy, expected_report_data=binding)
-        try:
-            verified = verify_evidence(
-                evidence, policy, trust.now, certificates=trust.certificates,
-                tdx_collateral=trust.tdx_collateral, allow_emulated=trust.allow_emulated,
-                snp_crls=trust.snp_crls)
-        except VerificationFailed as exc:
-            raise CheckFailed(f"attestation {attestation.id}: step {exc.step} ({exc.spec}): "
-                              f"{exc.reason}") from None
-        except AttestationError as exc:
-            raise CheckFailed(f"attestation {attestation.id}: {exc}") from None
+        named = signing.get(attestation.id)
+        for when in sorted({min(named), max(named)}) if named else [trust.now]:
+            at = f" at {when.isoformat()}, when a Result naming it was signed" if named else ""
+            try:
+                verified = verify_evidence(
+                    evidence, policy, when, certificates=trust.certificates,
+                    tdx_collateral=trust.tdx_collateral, allow_emulated=trust.allow_emulated,
+                    snp_crls=trust.snp_crls)
+            except VerificationFailed as exc:
+                raise CheckFailed(f"attestation {attestation.id}{at}: step {exc.step} "
+                                  f"({exc.spec}): {exc.reason}") from None
+            except AttestationError as exc:
+                raise CheckFailed(f"attestation {attestation.id}{at}: {exc}") from None
         report.emulated = report.emulated or verified.platform is Platform.EMULATED
         report.platform = str(verified.platform)
         report.measurement = verified.measurement.hex()
-    return (f"{report.platform} evidence verifies; report_data = SHA-512(prefix, node key, "
-            f"config digest, nonce); measurement {report.measurement[:16]}…")
+    return (f"{report.platform} evidence verifies at the times of the Results naming it; "
+            f"report_data = SHA-512(prefix, node key, config digest, nonce); measurement "
+            f"{report.measurement[:16]}…")
 
 
 def check_proof(proof: Proof, trust: TrustInputs,
@@ -224,7 +244,8 @@ def check_proof(proof: Proof, trust: TrustInputs,
         ("Previous-Result chain", lambda: _previous_results(box["p"])),
         ("every Result names an Attestation item in the bundle",
          lambda: _attestations_named(box["p"])),
-        ("attestation evidence verifies and binds this node key",
+        ("attestation evidence was valid when each Result naming it was signed, and binds "
+         "this node key",
          lambda: _evidence(box["p"], trust, report)),
     ]
     if replay is not None:
