@@ -61,7 +61,7 @@ from appliance.node.scheduler import (
     store_item,
 )
 from appliance.node.settings import NodeSettings
-from appliance.node.standing import StandingAttestation, assess
+from appliance.node.standing import StandingAttestation, assess, tdx_collateral_in
 from appliance.node.store import Store
 from attestation.atomic import write_atomically
 from attestation.evidence import EvidenceProvider
@@ -164,7 +164,8 @@ class Node:
 
         self.store.write(remember)
         standing = assess(item, datetime.now(UTC),
-                          report_data(self.identity.public_key, self.config_digest, nonce))
+                          report_data(self.identity.public_key, self.config_digest, nonce),
+                          tdx_collateral_in(self.settings.data_dir / "collateral"))
         self.observer.evidence_verified("self", standing.step, standing.ok)
         return standing
 
