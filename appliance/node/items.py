@@ -154,7 +154,12 @@ def _read_long(buf: bytes, pos: int) -> tuple[int, int]:
 
 
 def decode_tags(buf: bytes, count: int) -> list[tuple[str, str]]:
-    """Strict inverse of :func:`encode_tags`; ``count`` is the header's tag count."""
+    """Strict inverse of :func:`encode_tags`; ``count`` is the header's tag count.
+
+    Every count and length read from ``buf`` is checked before the work it implies: a block may
+    hold no more tags than the header has left to declare (``count`` <= ``MAX_TAGS``) nor more
+    than the bytes left can encode (2 bytes per empty tag), so decoding costs O(len(buf)).
+    """
     if count == 0:
         if buf:
             raise BadRequest("tag bytes present but tag count is 0")
@@ -165,9 +170,16 @@ def decode_tags(buf: bytes, count: int) -> list[tuple[str, str]]:
         block, pos = _read_long(buf, pos)
         if block == 0:
             break
-        if block < 0:
-            _, pos = _read_long(buf, pos)
+        if block < 0:  # Avro: a negative count is followed by the block's size in bytes
+            size, pos = _read_long(buf, pos)
+            if not 0 <= size <= len(buf) - pos:
+                raise BadRequest("Avro tag block size is negative or beyond the tag bytes")
             block = -block
+        if block > count - len(tags):
+            raise BadRequest(f"Avro tag block holds {block} tags; the header declares "
+                             f"{count} (at most {MAX_TAGS})")
+        if 2 * block > len(buf) - pos:
+            raise BadRequest(f"Avro tag block claims {block} tags in {len(buf) - pos} bytes")
         for _ in range(block):
             fields = []
             for limit in (MAX_TAG_NAME, MAX_TAG_VALUE):
@@ -184,11 +196,14 @@ def decode_tags(buf: bytes, count: int) -> list[tuple[str, str]]:
                     raise BadRequest("tag name or value is not UTF-8") from None
                 pos += length
             tags.append((fields[0], fields[1]))
-        if len(tags) > MAX_TAGS:
-            raise BadRequest(f"more than {MAX_TAGS} tags")
     if pos != len(buf) or len(tags) != count:
         raise BadRequest("tag count or tag bytes do not match the header")
     return tags
+
+
+NOT_AN_ITEM = ("the body is not an ANS-104 data item: expected binary (Content-Type: "
+               "application/octet-stream) starting with signature type 1, 2 or 3 "
+               "(u16 little-endian), then signature, owner, target, anchor, tags and data")
 
 
 def parse_trusted(raw: bytes, max_bytes: int = 1 << 62) -> Item:
@@ -198,8 +213,11 @@ def parse_trusted(raw: bytes, max_bytes: int = 1 << 62) -> Item:
     if len(raw) < 2:
         raise BadRequest("data item is truncated")
     (sig_type,) = struct.unpack_from("<H", raw, 0)
+    if sig_type > 0xFF:  # text, JSON, HTML...: no ANS-104 signature type is that large
+        raise BadRequest(f"{NOT_AN_ITEM}; this body starts with {raw[:8]!r}")
     if sig_type not in SIGNATURE_TYPES:
-        raise BadRequest(f"unsupported signature type {sig_type}")
+        raise BadRequest(f"unsupported signature type {sig_type}; this node verifies types "
+                         f"1 (Arweave RSA-PSS), 2 (ed25519) and 3 (Ethereum secp256k1)")
     sig_len, owner_len = SIGNATURE_TYPES[sig_type]
     pos = 2
     if len(raw) < pos + sig_len + owner_len + 2:
@@ -268,7 +286,11 @@ def _verify_signature(item: Item) -> bool:
         return True
     if item.signature_type == 3:
         return _verify_ethereum(item.owner, message, item.signature)
-    key = rsa.RSAPublicNumbers(65537, int.from_bytes(item.owner, "big")).public_key()
+    try:
+        key = rsa.RSAPublicNumbers(65537, int.from_bytes(item.owner, "big")).public_key()
+    except ValueError:
+        raise BadRequest("the owner is not an RSA public key (modulus too small or "
+                         "malformed)") from None
     try:
         key.verify(item.signature, message,
                    padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.AUTO),
