@@ -18,6 +18,14 @@ from appliance.node.identity import b64url
 from appliance.node.node import Node
 
 MAX_FIRST = 100
+MAX_QUERY_BYTES = 16 * 1024
+MAX_TOKENS = 2000
+"""Bounds the aliases and fields a query can name: the schema has no cycle, so with the token
+bound the answer's size is bounded by lookups x MAX_FIRST x fields."""
+MAX_LOOKUPS = 10
+"""``transactions`` / ``transaction`` fields resolved per request (each is one store query)."""
+MAX_FILTER_VALUES = 100
+"""Entries of each list argument (``ids``, ``owners``, ``recipients``, ``tags``, ``values``)."""
 
 SDL = """
 type Query {
@@ -79,15 +87,40 @@ class GraphQLEndpoint:
         variables = body.get("variables")
         if variables is not None and not isinstance(variables, dict):
             raise BadRequest("GraphQL variables must be an object")
-        result = graphql.graphql_sync(self.schema, body["query"], variable_values=variables,
-                                      operation_name=body.get("operationName"))
+        if len(body["query"]) > MAX_QUERY_BYTES:
+            raise BadRequest(f"GraphQL query longer than {MAX_QUERY_BYTES} characters")
+        try:
+            document = graphql.parse(body["query"], max_tokens=MAX_TOKENS)
+        except graphql.GraphQLError as exc:
+            return {"data": None, "errors": [exc.formatted]}
+        errors = graphql.validate(self.schema, document, max_errors=20)
+        if errors:
+            return {"data": None, "errors": [e.formatted for e in errors]}
+        operation = body.get("operationName")
+        result = graphql.execute_sync(self.schema, document, variable_values=variables,
+                                      operation_name=operation if isinstance(operation, str)
+                                      else None, context_value={"lookups": 0})
         return dict(result.formatted)
 
-    def _one(self, _root: Any, _info: Any, id: str) -> dict[str, Any] | None:  # noqa: A002
+    @staticmethod
+    def _budget(info: Any, args: dict[str, Any]) -> None:
+        context = info.context
+        context["lookups"] += 1
+        if context["lookups"] > MAX_LOOKUPS:
+            raise graphql.GraphQLError(f"more than {MAX_LOOKUPS} transaction lookups in one "
+                                       f"request")
+        lists = [args.get(name) or [] for name in ("ids", "owners", "recipients", "tags")]
+        lists += [t.get("values") or [] for t in args.get("tags") or []]
+        if any(len(values) > MAX_FILTER_VALUES for values in lists):
+            raise graphql.GraphQLError(f"a filter lists more than {MAX_FILTER_VALUES} values")
+
+    def _one(self, _root: Any, info: Any, id: str) -> dict[str, Any] | None:  # noqa: A002
+        self._budget(info, {})
         rows = self.node.find_items(ids=[id], limit=1)
         return _transaction(items.parse_trusted(rows[0][1])) if rows else None
 
-    def _transactions(self, _root: Any, _info: Any, **args: Any) -> dict[str, Any]:
+    def _transactions(self, _root: Any, info: Any, **args: Any) -> dict[str, Any]:
+        self._budget(info, args)
         first = min(max(int(args.get("first") or 10), 0), MAX_FIRST)
         after = args.get("after")
         try:

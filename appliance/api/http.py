@@ -16,11 +16,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from appliance import __version__
 from appliance.api import cu_json, mainnet, su_json
 from appliance.api.graphql import GraphQLEndpoint
-from appliance.api.http_errors import http_status, reason
+from appliance.api.http_errors import error_text, http_status, reason
 from appliance.errors import ApplianceError, BadRequest
 from appliance.node.identity import b64url_decode
 from appliance.node.node import Node
@@ -33,6 +34,8 @@ Observe = Callable[[web.Request, int, str, float], None]
 OBSERVE_KEY: web.AppKey[Observe] = web.AppKey("observe")
 NODE_KEY: web.AppKey[Node] = web.AppKey("node", Node)
 MAX_PAGE = 1000
+MAX_INT = 2**63 - 1
+"""Slots, timestamps and cursors are SQLite integers: 0..2^63-1."""
 
 
 def _json(value: Any, status: int = 200) -> web.Response:
@@ -52,10 +55,10 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if exc.status < 400:
             raise
         return _json({"error": exc.text or exc.reason}, exc.status)
-    except ApplianceError as exc:
+    except (ApplianceError, HttpProcessingError, ConnectionResetError) as exc:
         if observe:
             observe(request, http_status(exc), reason(exc), time.perf_counter() - started)
-        return _json({"error": str(exc)}, http_status(exc))
+        return _json({"error": error_text(exc)}, http_status(exc))
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         if observe:
@@ -70,10 +73,9 @@ def _int_param(request: web.Request, name: str) -> int | None:
     value = request.query.get(name)
     if value is None or value == "":
         return None
-    try:
-        return int(value)
-    except ValueError:
-        raise BadRequest(f"query parameter {name} must be an integer") from None
+    if len(value) > 19 or not (value.isascii() and value.isdigit()) or int(value) > MAX_INT:
+        raise BadRequest(f"query parameter {name} must be an integer from 0 to {MAX_INT}")
+    return int(value)
 
 
 def _required(request: web.Request, name: str) -> str:
@@ -100,9 +102,12 @@ def _uncursor(value: str | None) -> int | None:
     if not value:
         return None
     try:
-        return int(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
+        text = base64.urlsafe_b64decode(value[:64] + "=" * (-len(value) % 4))
     except (ValueError, binascii.Error):
-        raise BadRequest(f"not a results cursor: {value!r}") from None
+        text = b""
+    if len(value) > 64 or not text.isdigit() or int(text) > MAX_INT:
+        raise BadRequest(f"not a results cursor: {value[:64]!r}")
+    return int(text)
 
 
 class Routes:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+
 from appliance.errors import (
     ApplianceError,
     BadRequest,
@@ -13,7 +15,7 @@ from appliance.errors import (
     TooLarge,
 )
 
-_STATUS: tuple[tuple[type[ApplianceError], int], ...] = (
+_STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (TooLarge, 413),
     (NotHosted, 421),
     (NotFound, 404),
@@ -21,6 +23,8 @@ _STATUS: tuple[tuple[type[ApplianceError], int], ...] = (
     (ModuleError, 422),
     (EvaluationError, 503),
     (ConfigError, 500),
+    (HttpProcessingError, 400),  # a body aiohttp could not parse (bad chunk, short body)
+    (ConnectionResetError, 400),  # the client went away before sending the whole body
 )
 
 
@@ -34,4 +38,21 @@ def http_status(exc: BaseException) -> int:
 
 def reason(exc: BaseException) -> str:
     """A label for the rejected-requests metric (no ids, bounded set)."""
-    return type(exc).__name__ if isinstance(exc, ApplianceError) else "internal"
+    if isinstance(exc, ApplianceError):
+        return type(exc).__name__
+    return "http" if isinstance(exc, HttpProcessingError | ConnectionResetError) else "internal"
+
+
+def error_text(exc: BaseException, message: str | None = None) -> str:
+    """The ``error`` text for a refusal: a domain error's message; for HTTP that aiohttp could
+    not parse, its first line (never the offending bytes, which it appends on later lines)."""
+    if isinstance(exc, ApplianceError):
+        return str(exc)
+    if isinstance(exc, LineTooLong):
+        return "bad HTTP request: the request line or a header is too long"
+    if isinstance(exc, HttpProcessingError):
+        lines = (message or exc.message or "").strip().splitlines()
+        return "bad HTTP request: " + (lines[0].rstrip(": ") if lines else "malformed")
+    if isinstance(exc, ConnectionResetError):
+        return "the connection closed before the whole body arrived"
+    return "internal error"

@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from appliance.api.http import make_app
+from appliance.api.http_runner import JsonErrorRunner
 from appliance.config import (
     TEE_NAMES,
     AppConfig,
@@ -133,8 +134,8 @@ def _refresh_logged(node: Node) -> None:
 async def _serve(node: Node, config: AppConfig, metrics: NodeMetrics | None) -> None:
     if metrics is not None:
         metrics.attach(node)
-    runner = web.AppRunner(make_app(node, metrics.observe_http if metrics else None),
-                           access_log=None)
+    runner = JsonErrorRunner(make_app(node, metrics.observe_http if metrics else None),
+                             access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, *config.listen.http)
     await site.start()

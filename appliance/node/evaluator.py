@@ -20,6 +20,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, NoReturn
 
+import wasmtime
+
 from appliance.compute import (
     ComputeEngine,
     ComputeLimits,
@@ -152,6 +154,16 @@ class _Worker:
 
     def checkpoint(self, process_id: str, path: str) -> CheckpointFile:
         return checkpoint_instance(self.instances[process_id], Path(path))
+
+    def validate(self, wasm: bytes) -> None:
+        if wasm[:4] != b"\0asm":
+            raise ModuleError(f"the Module's data is not a wasm binary: it starts with "
+                              f"{wasm[:8]!r}, not the wasm magic b'\\x00asm'")
+        try:
+            wasmtime.Module.validate(self.engine.engine, wasm)
+        except wasmtime.WasmtimeError as exc:
+            text = " ".join(str(exc).split())
+            raise ModuleError(f"invalid wasm module: {text[:300]}") from None
 
     def close(self, process_id: str) -> None:
         instance = self.instances.pop(process_id, None)
@@ -308,6 +320,11 @@ class EvaluatorPool:
         """Write the process's current state to ``path``."""
         ref: CheckpointFile = self._for(process_id).call("checkpoint", process_id, str(path))
         return ref
+
+    def validate_module(self, module_id: str, wasm: bytes) -> None:
+        """Check ``wasm`` is a module this engine accepts (wasmtime's validator, no compile) in a
+        worker, never in the process holding the node key; :class:`ModuleError` if not."""
+        self._workers[hash(module_id) % len(self._workers)].call("validate", wasm)
 
     def close(self, process_id: str) -> None:
         """Drop a resident instance."""

@@ -138,6 +138,7 @@ class Node:
                                             thread_name_prefix="actor")
         self._actors: dict[str, _Actor] = {}
         self._actors_lock = threading.Lock()
+        self._valid_modules: dict[str, None] = {}  # ids whose wasm validated (insertion order)
         self._progress = threading.Condition()
         self._standing_lock = threading.Lock()
         self.standing = self._standing_attestation()
@@ -257,10 +258,13 @@ class Node:
         fmt = items.first_tag(item, "Module-Format")
         if fmt is None:
             raise BadRequest("a Module item needs a Module-Format tag")
-        try:
-            module_format(fmt)
-        except ModuleError as exc:
-            raise BadRequest(str(exc)) from None
+        module_format(fmt)
+        if item.id not in self._valid_modules:
+            self.pool.validate_module(item.id, item.data)
+            with self._actors_lock:
+                self._valid_modules[item.id] = None
+                while len(self._valid_modules) > 1024:
+                    del self._valid_modules[next(iter(self._valid_modules))]
         self.store.write(lambda conn: store_item(conn, item, "module"))
         return Receipt(item.id, "Module")
 

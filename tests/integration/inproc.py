@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from appliance.api.http import make_app
+from appliance.api.http_runner import JsonErrorRunner
 from appliance.node.identity import NodeIdentity
 from appliance.node.node import Node
 from appliance.node.settings import NodeSettings
@@ -29,7 +30,7 @@ def serve_in_thread(data_dir: Path, provider: Any,
     box: dict[str, Any] = {}
 
     async def start() -> None:
-        runner = web.AppRunner(make_app(node))
+        runner = JsonErrorRunner(make_app(node))
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
