@@ -31,6 +31,10 @@ ASK_SHA256: dict[tuple[str, str], str] = {
 """Pinned AMD SEV Keys (ASK, signs VCEKs) and SEV VLEK keys (ASVK, signs VLEKs)."""
 
 
+MAX_CERTIFICATES = 32
+"""A chain is VCEK/VLEK, ASK/ASVK, ARK: anything past this is not a chain to verify."""
+
+
 def load_certificates(blobs: Sequence[bytes]) -> list[x509.Certificate]:
     """Parse DER or PEM blobs (a PEM blob may hold several certificates)."""
     out: list[x509.Certificate] = []
@@ -39,13 +43,16 @@ def load_certificates(blobs: Sequence[bytes]) -> list[x509.Certificate]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 if bytes(blob).lstrip().startswith(b"-----BEGIN"):
-                    out.extend(x509.load_pem_x509_certificates(bytes(blob)))
+                    parsed = x509.load_pem_x509_certificates(bytes(blob))
                 else:
-                    out.append(x509.load_der_x509_certificate(bytes(blob)))
-                for cert in out:
+                    parsed = [x509.load_der_x509_certificate(bytes(blob))]
+                for cert in parsed:
                     _ = (cert.subject, cert.issuer, cert.extensions, cert.not_valid_after_utc)
         except (ValueError, TypeError, x509.InvalidVersion, UnsupportedAlgorithm) as exc:
             raise MalformedEvidence(f"certificate cannot be parsed: {exc}") from exc
+        out.extend(parsed)
+        if len(out) > MAX_CERTIFICATES:
+            raise MalformedEvidence(f"more than {MAX_CERTIFICATES} certificates")
     return out
 
 

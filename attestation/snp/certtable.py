@@ -8,6 +8,8 @@ import uuid
 from attestation.errors import MalformedEvidence
 
 MAX_TABLE_BYTES = 1 << 20
+MAX_ENTRIES = 64
+"""Real tables hold 3-5 entries (VCEK or VLEK, ASK, ARK, maybe more keys)."""
 _ENTRY = struct.Struct("<16sII")
 KNOWN_GUIDS = {
     uuid.UUID("63da758d-e664-4564-adc5-f4b93be8accd"): "VCEK",
@@ -32,7 +34,7 @@ def parse_cert_table(table: bytes) -> dict[str, bytes]:
     if len(table) > MAX_TABLE_BYTES:
         raise MalformedEvidence(f"certificate table: {len(table)} bytes exceeds {MAX_TABLE_BYTES}")
     found: dict[str, bytes] = {}
-    pos = 0
+    pos = claimed = 0
     while True:
         if pos + _ENTRY.size > len(table):
             raise MalformedEvidence("certificate table: missing terminating zero entry")
@@ -44,6 +46,11 @@ def parse_cert_table(table: bytes) -> dict[str, bytes]:
             raise MalformedEvidence(
                 f"certificate table: entry {len(found)} points outside the table "
                 f"(offset {offset}, length {length}, table {len(table)} bytes)")
+        claimed += length
+        if len(found) >= MAX_ENTRIES or claimed > len(table):
+            raise MalformedEvidence(
+                f"certificate table: more than {MAX_ENTRIES} entries, or entries claiming more "
+                f"bytes than the table's {len(table)} (blobs may not overlap)")
         guid = _guid(raw_guid)
         name = KNOWN_GUIDS.get(guid, str(guid))
         if name in found:

@@ -158,12 +158,18 @@ def pck_extensions(leaf: x509.Certificate) -> PckExtensions:
     raise MalformedEvidence("PCK certificate has no SGX extension 1.2.840.113741.1.13.1")
 
 
+MAX_CHAIN = 16
+"""A PCK chain is leaf, Platform/Processor CA, Root CA."""
+
+
 def load_pem_chain(blob: bytes, what: str) -> list[x509.Certificate]:
     """Every certificate of a PEM blob (at least one), fully decoded up front."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             certs = x509.load_pem_x509_certificates(bytes(blob))
+            if len(certs) > MAX_CHAIN:
+                raise ValueError(f"{len(certs)} certificates, more than {MAX_CHAIN}")
             for cert in certs:
                 _ = (cert.subject, cert.issuer, cert.extensions, cert.not_valid_after_utc,
                      cert.public_key())
