@@ -69,6 +69,15 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
+async def _json_body(request: web.Request, refusal: str) -> Any:
+    try:
+        return await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadRequest(refusal) from None
+    except RecursionError:  # nesting deeper than the interpreter's stack: [[[[...
+        raise BadRequest(f"{refusal} (nested too deeply)") from None
+
+
 def _int_param(request: web.Request, name: str) -> int | None:
     value = request.query.get(name)
     if value is None or value == "":
@@ -188,10 +197,7 @@ class Routes:
 
     async def dry_run(self, request: web.Request) -> web.Response:
         process_id = _required(request, "process-id")
-        try:
-            message = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise BadRequest("dry-run body must be a JSON message") from None
+        message = await _json_body(request, "dry-run body must be a JSON message")
         if not isinstance(message, dict):
             raise BadRequest("dry-run body must be a JSON object")
         return _json(cu_json.result_json(await self._run(self.node.dry_run, process_id,
@@ -236,10 +242,7 @@ class Routes:
         return web.Response(body=proof.encode(), content_type="application/json")
 
     async def graphql_query(self, request: web.Request) -> web.Response:
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise BadRequest("GraphQL body must be JSON") from None
+        body = await _json_body(request, "GraphQL body must be JSON")
         return _json(await self._run(self.graphql.execute, body))
 
 

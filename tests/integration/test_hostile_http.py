@@ -239,3 +239,22 @@ def test_graphql_work_is_bounded_before_it_is_done(live: Live) -> None:
     assert "token" in json.dumps(answer["errors"]).lower()
     status, answer = _graphql(live, "{ transaction(id: \"x\") { id } }" + " " * 20_000)
     assert status == 400 and "longer than" in str(answer["error"])
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | _TEXT,
+                     lambda inner: st.lists(inner, max_size=4)
+                     | st.dictionaries(_TEXT, inner, max_size=4), max_leaves=12)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(message=st.fixed_dictionaries({}, optional=dict.fromkeys(
+    ("Tags", "Data", "Owner", "From", "Anchor", "Target", "Id"), _JSON)))
+def test_fuzzed_dry_run_messages_never_answer_5xx(live: Live, message: dict[str, object]) -> None:
+    """The hostile module dispatches on byte 11 of the message JSON, which a dry-run fixes to
+    'r' ({"Id":"dry-run"...): every fuzzed message takes its plain path."""
+    status, content_type, answer = live.request(
+        "POST", f"/dry-run?process-id={live.process}", json.dumps(message).encode())
+    assert status < 500, (message, status, answer[:300])
+    if status >= 400:
+        _json_error(status, content_type, answer)
