@@ -133,7 +133,8 @@ _INT_RANGES = {"max_item_bytes": (1024, 1 << 30), "max_push_depth": (1, 10_000),
                "batch_size": (1, 10_000), "workers": (1, 256),
                "checkpoint_every_messages": (1, 10**9), "block_height": (0, 2**62)}
 _FLOAT_RANGES = {"checkpoint_every_seconds": (1.0, 10**7), "result_wait_seconds": (0.0, 3600.0),
-                 "attestation_refresh_seconds": (1.0, 10**7)}
+                 "attestation_refresh_seconds": (1.0, 10**7),
+                 "cron_tick_seconds": (0.0, 3600.0)}
 _LIMITS = {"memory": (1 << 16, 1 << 40), "max_response_bytes": (1024, 1 << 32)}
 
 

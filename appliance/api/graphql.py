@@ -8,6 +8,7 @@ of the GraphQL spec for Python), so malformed queries get standard GraphQL error
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import graphql
@@ -33,7 +34,11 @@ type Query {
                first: Int = 10, after: String, sort: SortOrder = HEIGHT_DESC,
                block: BlockFilter, bundledIn: [ID!]): TransactionConnection!
   transaction(id: ID!): Transaction
+  blocks(ids: [ID!], height: BlockFilter, first: Int = 10, after: String,
+         sort: SortOrder = HEIGHT_DESC): BlockConnection!
 }
+type BlockConnection { pageInfo: PageInfo!, edges: [BlockEdge!]! }
+type BlockEdge { cursor: String!, node: Block! }
 input TagFilter { name: String!, values: [String!]!, op: TagOperator = EQ }
 input BlockFilter { min: Int, max: Int }
 enum TagOperator { EQ NEQ }
@@ -53,6 +58,11 @@ type Tag { name: String!, value: String! }
 type Block { id: ID!, timestamp: Int!, height: Int!, previous: ID! }
 type Bundle { id: ID! }
 """
+
+
+def block_id(height: int) -> str:
+    """A stable id for the node's block at ``height`` (it has no Arweave block of its own)."""
+    return b64url(hashlib.sha256(f"ao-appliance/block/{height}".encode()).digest())
 
 
 def _transaction(item: items.Item) -> dict[str, Any]:
@@ -79,6 +89,7 @@ class GraphQLEndpoint:
         assert query is not None
         query.fields["transactions"].resolve = self._transactions
         query.fields["transaction"].resolve = self._one
+        query.fields["blocks"].resolve = self._blocks
 
     def execute(self, body: Any) -> dict[str, Any]:
         """Run one ``{query, variables, operationName}`` request; GraphQL errors stay in-band."""
@@ -118,6 +129,30 @@ class GraphQLEndpoint:
         self._budget(info, {})
         rows = self.node.find_items(ids=[id], limit=1)
         return _transaction(items.parse_trusted(rows[0][1])) if rows else None
+
+    def _blocks(self, _root: Any, info: Any, **args: Any) -> dict[str, Any]:
+        """The node's blocks (see :meth:`Node.blocks`), timestamps in seconds as Arweave's."""
+        self._budget(info, args)
+        first = min(max(int(args.get("first") or 10), 0), MAX_FIRST)
+        height = args.get("height") or {}
+        low, high = height.get("min"), height.get("max")
+        ids = args.get("ids")
+        chain = self.node.blocks()
+        blocks = [{"id": block_id(h), "height": h, "timestamp": ts // 1000,
+                   "previous": block_id(chain[i - 1][0]) if i else ""}
+                  for i, (h, ts) in enumerate(chain)]
+        blocks = [b for b in blocks if (low is None or b["height"] >= low)
+                  and (high is None or b["height"] <= high) and (ids is None or b["id"] in ids)]
+        if not str(args.get("sort", "")).endswith("ASC"):
+            blocks.reverse()
+        after = args.get("after")
+        if after:
+            keep = [i for i, b in enumerate(blocks) if str(b["height"]) == after]
+            if not keep:
+                raise graphql.GraphQLError("after must be a cursor returned by this node")
+            blocks = blocks[keep[0] + 1:]
+        edges = [{"cursor": str(b["height"]), "node": b} for b in blocks[:first]]
+        return {"pageInfo": {"hasNextPage": len(blocks) > first}, "edges": edges}
 
     def _transactions(self, _root: Any, info: Any, **args: Any) -> dict[str, Any]:
         self._budget(info, args)

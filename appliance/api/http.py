@@ -119,6 +119,64 @@ def _uncursor(value: str | None) -> int | None:
     return int(text)
 
 
+CRON_PAGE = 500
+
+
+def _cron_cursor(key: dict[str, Any]) -> str:
+    """The CU's cursor: standard base64 of ``{timestamp, ordinate, cron, sort}`` JSON."""
+    body = json.dumps({**key, "sort": "ASC"}, separators=(",", ":"))
+    return base64.b64encode(body.encode()).decode()
+
+
+def _cron_key(value: str) -> dict[str, Any] | None:
+    try:
+        key = json.loads(base64.b64decode(value, validate=True))
+    except (ValueError, binascii.Error):
+        return None
+    return key if isinstance(key, dict) and "timestamp" in key else None
+
+
+def _cron_timestamp(value: Any, name: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise BadRequest(f"{name} must be a cron cursor or a timestamp") from None
+
+
+def _cron_from(value: str | None) -> tuple[tuple[int, str, str] | None, int | None]:
+    """``from``: a cursor (exclusive) or a bare timestamp (inclusive of that millisecond)."""
+    if not value:
+        return None, None
+    key = _cron_key(value)
+    if key is None:
+        return None, _cron_timestamp(value, "from")
+    ts = _cron_timestamp(key["timestamp"], "from")
+    if key.get("ordinate") is None:
+        return None, ts
+    return (ts, str(key["ordinate"]), str(key.get("cron") or "")), None
+
+
+def _cron_to(value: str | None) -> tuple[int, str | None, str | None] | None:
+    if not value:
+        return None
+    key = _cron_key(value)
+    if key is None:
+        return _cron_timestamp(value, "to"), None, None
+    ordinate = key.get("ordinate")
+    return (_cron_timestamp(key["timestamp"], "to"), None if ordinate is None else str(ordinate),
+            None if key.get("cron") is None else str(key["cron"]))
+
+
+def _cron_node(value: dict[str, Any]) -> dict[str, Any]:
+    """A cron result as the CU lists it: Output and Error only when present."""
+    node = {"Messages": value.get("Messages") or [], "Assignments": value.get("Assignments") or [],
+            "Spawns": value.get("Spawns") or []}
+    for key in ("Output", "Error"):
+        if value.get(key) is not None:
+            node[key] = value[key]
+    return node
+
+
 class Routes:
     """Route handlers bound to one node."""
 
@@ -133,7 +191,8 @@ class Routes:
     async def health(self, _request: web.Request) -> web.Response:
         status = await self._run(self.node.status)
         return _json({"Unit": "ao-appliance", "version": __version__,
-                      "timestamp": time.time_ns() // 1_000_000, **status})
+                      "timestamp": time.time_ns() // 1_000_000,
+                      "height": self.node.settings.block_height, **status})
 
     async def post_item(self, request: web.Request) -> web.Response:
         raw = await request.read()
@@ -208,8 +267,21 @@ class Routes:
         return web.Response(body=memory, content_type="application/octet-stream")
 
     async def cron(self, request: web.Request) -> web.Response:
+        """The CU's ``GET /cron/:processId``: evaluate crons up to ``to`` (or now), then page."""
+        process_id = request.match_info["process"]
+        after, since = _cron_from(request.query.get("from"))
+        upto = _cron_to(request.query.get("to"))
+        limit = max(0, min(_int_param(request, "limit") or CRON_PAGE, MAX_PAGE))
+        await self._run(self.node.tick_crons, process_id)
+        rows, more = await self._run(lambda: self.node.cron_page(
+            process_id, after=after, since_ms=since, upto=upto, limit=limit))
+        edges = [{"node": _cron_node(value), "cursor": _cron_cursor(key)} for key, value in rows]
+        return _json({"pageInfo": {"hasNextPage": more}, "edges": edges})
+
+    async def monitor(self, request: web.Request) -> web.Response:
+        """AO's MU ``POST /monitor/:processId``: this node ticks every cron process anyway."""
         await self._run(self.node.process_info, request.match_info["process"])
-        return _json({"edges": []})
+        return web.Response(text="Monitoring process")
 
     async def attestation(self, request: web.Request) -> web.Response:
         nonce_text = request.query.get("nonce")
@@ -263,6 +335,7 @@ def make_app(node: Node, observe: Observe | None = None) -> web.Application:
     app.router.add_post("/dry-run", r.dry_run)
     app.router.add_get("/state/{process}", r.state)
     app.router.add_get("/cron/{process}", r.cron)
+    app.router.add_post("/monitor/{process}", r.monitor)
     app.router.add_get("/attestation", r.attestation)
     app.router.add_get("/result-item/{message}", r.result_item)
     app.router.add_get("/raw/{id}", r.raw)

@@ -38,6 +38,8 @@ class PushContext:
     slot: ScheduledSlot
     module_id: str
     max_depth: int
+    cron_seq: int | None = None
+    """Set for a cron message's outbox: its items' anchors derive from it, not the slot."""
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,8 @@ def _entries(value: Any) -> list[dict[str, Any]]:
 def _anchor(push: PushContext, kind: str, index: int, given: Any) -> bytes:
     if isinstance(given, str) and len(given.encode()) == 32:
         return given.encode()
-    seed = f"{push.slot.process_id}/{push.slot.slot}/{kind}/{index}".encode()
+    origin = f"{push.slot.slot}" if push.cron_seq is None else f"cron/{push.cron_seq}"
+    seed = f"{push.slot.process_id}/{origin}/{kind}/{index}".encode()
     return hashlib.sha256(seed).digest()
 
 
@@ -97,7 +100,9 @@ def _build(identity: NodeIdentity, push: PushContext, entry: dict[str, Any], ind
             if isinstance(t, dict) and "name" in t and "value" in t]
     names = {name for name, _ in tags}
     extra = [*_PROTOCOL_TAGS, ("Type", kind), ("From-Process", push.slot.process_id),
-             ("From-Module", push.module_id), ("Pushed-For", push.slot.message_id)]
+             ("From-Module", push.module_id)]
+    if push.cron_seq is None:  # a cron message has no id to name
+        extra.append(("Pushed-For", push.slot.message_id))
     if kind == "Process":
         extra.append(("Scheduler", identity.address))
     tags += [(n, v) for n, v in extra if n not in names]

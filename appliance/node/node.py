@@ -32,6 +32,15 @@ from appliance.errors import (
 from appliance.node import items
 from appliance.node.attest import make_attestation
 from appliance.node.chain import report_data
+from appliance.node.cron import (
+    CRON_INTERVAL,
+    Boundary,
+    Cron,
+    CronTick,
+    cron_message,
+    parse_crons,
+    ticks_between,
+)
 from appliance.node.evaluator import (
     CheckpointFile,
     EvaluatorPool,
@@ -47,9 +56,11 @@ from appliance.node.results import (
     intents_between,
     record_intents,
     result_data,
+    store_cron_result,
     store_result,
     stored_result,
     stored_results,
+    unsigned_cron_result,
     unsigned_result,
 )
 from appliance.node.scheduler import (
@@ -103,6 +114,12 @@ class _Actor:
     last_checkpoint: float = field(default_factory=time.monotonic)
     broken: str | None = None
     crashes: int = 0
+    crons: tuple[Cron, ...] = ()
+    origin: Boundary = field(default_factory=lambda: Boundary(0, 0, 0))
+    owner: str = ""
+    cron_seq: int = 0
+    cron_after: tuple[int, int, int] | None = None
+    horizon_ms: int = 0
 
 
 def authority_warning(process: items.Item, node_address: str) -> str | None:
@@ -146,6 +163,16 @@ class Node:
         self._refresher = threading.Thread(target=self._refresh_loop, daemon=True,
                                            name="attestation-refresh")
         self._refresher.start()
+        self._cron_processes = {str(r[0]) for r in self.store.all(
+            "SELECT i.id FROM items i JOIN item_tags t ON t.item_row = i.rowid "
+            "WHERE i.kind = 'process' AND t.name = ?", CRON_INTERVAL)}
+        self._blocks: dict[int, int] = {int(h): int(ts) // 1000 * 1000 for h, ts in self.store.all(
+            "SELECT block_height, MIN(timestamp_ms) FROM schedule GROUP BY block_height")}
+        self._monitor: threading.Thread | None = None
+        if settings.cron_tick_seconds > 0:
+            self._monitor = threading.Thread(target=self._monitor_crons, name="cron-monitor",
+                                             daemon=True)
+            self._monitor.start()
         self._resume_pending()
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -219,6 +246,8 @@ class Node:
         """Finish in-flight batches and stop workers and the store."""
         self._closing.set()
         self._refresher.join(timeout=60)
+        if self._monitor is not None:
+            self._monitor.join(timeout=30)
         self._executor.shutdown(wait=True)
         self.pool.stop()
         self.store.close()
@@ -273,8 +302,11 @@ class Node:
         if scheduler != self.identity.address:
             raise NotHosted(f"process names scheduler {scheduler!r}; this node is "
                             f"{self.identity.address}")
+        crons = parse_crons(item.tags)
         ctx = self._ctx()
         self.store.write(lambda conn: create_process(conn, ctx, item))
+        if crons:
+            self._cron_processes.add(item.id)
         self._wake(item.id)
         warning = authority_warning(item, self.identity.address)
         if warning is not None:
@@ -326,6 +358,8 @@ class Node:
             with self._actors_lock:
                 if not progressed and not actor.pending:
                     actor.running = False
+                    with self._progress:
+                        self._progress.notify_all()
                     return
                 actor.pending = False
 
@@ -344,10 +378,13 @@ class Node:
         limits = limits_from_tags(tag_list(module.tags) + tag_list(process.tags),
                                   self.settings.limits)
         fmt = items.first_tag(module, "Module-Format") or ""
-        rows = self.store.all("SELECT slot, file, sha256, raw_size, clock FROM checkpoints "
+        rows = self.store.all("SELECT slot, file, sha256, raw_size, clock, crons FROM checkpoints "
                               "WHERE process_id = ? ORDER BY slot DESC", pid)
         actor.generation = self.pool.generation(pid)
         actor.next_slot = 0
+        actor.crons = parse_crons(process.tags)
+        actor.owner = process.owner_address
+        actor.cron_seq, actor.cron_after = 0, None
         for row in rows:
             try:
                 self.pool.open(pid, path, fmt, limits, CheckpointFile(
@@ -359,9 +396,13 @@ class Node:
                             "older one", pid, row[0], exc)
                 continue
             actor.next_slot = int(row[0]) + 1
+            self._restore_cron_cursor(actor, int(row[5]))
             break
         else:
             self.pool.open(pid, path, fmt, limits, None)
+        if actor.crons:
+            origin = self._boundary(pid, 0)
+            actor.origin = origin if origin is not None else Boundary(0, 0, 0)
         actor.env_json = jsjson.stringify(guest_env(process, module))
         actor.module_id = module_id
 
@@ -378,6 +419,8 @@ class Node:
                 actor.broken = str(exc)
                 log.error("process %s cannot be evaluated: %s", pid, exc)
                 return False
+        if actor.crons:
+            return self._cron_step(actor)
         slots, batch = self._read_batch(actor, actor.next_slot)
         if not slots:
             return False
@@ -413,6 +456,208 @@ class Node:
             self._checkpoint(actor, slots[-1].slot)
         return True
 
+    # --- cron (see appliance.node.cron and docs/api.md "Cron") ------------------------------
+
+    def _restore_cron_cursor(self, actor: _Actor, crons: int) -> None:
+        """Resume the cron walk after the first ``crons`` cron results (a checkpoint's)."""
+        actor.cron_seq, actor.cron_after = crons, None
+        if crons:
+            row = self.store.one("SELECT after_slot, timestamp_ms, rank FROM cron_results "
+                                 "WHERE process_id = ? AND seq = ?", actor.process_id, crons - 1)
+            if row is not None:
+                actor.cron_after = (int(row[0]), int(row[1]), int(row[2]))
+
+    def _boundary(self, pid: str, slot: int) -> Boundary | None:
+        row = self.store.one("SELECT timestamp_ms, block_height FROM schedule WHERE "
+                             "process_id = ? AND slot = ?", pid, slot)
+        return None if row is None else Boundary(int(row[0]), int(row[1]), slot)
+
+    def _cron_head(self, pid: str, slot: int) -> str | None:
+        """The id of the last cron Result after ``slot``: the chain's head before ``slot + 1``."""
+        row = self.store.one("SELECT result_id FROM cron_results WHERE process_id = ? AND "
+                             "after_slot = ? ORDER BY seq DESC LIMIT 1", pid, slot)
+        return None if row is None else str(row[0])
+
+    def blocks(self) -> list[tuple[int, int]]:
+        """The node's blocks as (height, timestamp ms): one per Block-Height its assignments
+        carry, timed at the first such assignment's second (the node makes no other blocks)."""
+        height = self.settings.block_height
+        if height not in self._blocks:
+            row = self.store.one("SELECT MIN(timestamp_ms) FROM schedule WHERE block_height = ?",
+                                 height)
+            if row is not None and row[0] is not None:
+                self._blocks[height] = int(row[0]) // 1000 * 1000
+        return sorted(self._blocks.items())
+
+    def _cron_step(self, actor: _Actor) -> bool:
+        """Evaluate the cron messages due before the next slot (or up to the horizon), else a
+        batch of slots with no cron message between them."""
+        pid = actor.process_id
+        first = actor.next_slot
+        slots, batch = self._read_batch(actor, first)
+        left = self._boundary(pid, first - 1) if first > 0 else None
+        if left is not None:
+            right = slots[0].timestamp_ms if slots else actor.horizon_ms
+            ticks = ticks_between(actor.crons, actor.origin, left, right, blocks=self.blocks(),
+                                  after=actor.cron_after)
+            if ticks:
+                self._evaluate_crons(actor, ticks)
+                return True
+        if not slots:
+            return False
+        keep = 1
+        while keep < len(slots) and not ticks_between(
+                actor.crons, actor.origin,
+                Boundary(slots[keep - 1].timestamp_ms, slots[keep - 1].block_height,
+                         slots[keep - 1].slot),
+                slots[keep].timestamp_ms, blocks=self.blocks(), limit=1):
+            keep += 1
+        slots, batch = slots[:keep], batch[:keep]
+        started = time.perf_counter()
+        outputs = self.pool.evaluate(pid, batch)
+        self.observer.batch_evaluated(len(batch), time.perf_counter() - started)
+        self._commit_results(actor, slots, outputs)
+        actor.next_slot = slots[-1].slot + 1
+        actor.since_checkpoint += len(slots)
+        if self._checkpoint_due(actor, 0):
+            self._checkpoint(actor, slots[-1].slot)
+        return True
+
+    def _evaluate_crons(self, actor: _Actor, ticks: list[CronTick]) -> None:
+        pid = actor.process_id
+        batch = [(jsjson.stringify(cron_message(t, pid, actor.owner)), actor.env_json)
+                 for t in ticks]
+        started = time.perf_counter()
+        outputs = self.pool.evaluate(pid, batch)
+        self.observer.batch_evaluated(len(batch), time.perf_counter() - started)
+        first_seq = actor.cron_seq
+        stored = {int(r[0]): (str(r[1]), bytes(r[2])) for r in self.store.all(
+            "SELECT seq, result_id, data FROM cron_results WHERE process_id = ? AND seq "
+            "BETWEEN ? AND ?", pid, first_seq, first_seq + len(ticks) - 1)}
+        prev = self.store.one("SELECT after_slot, result_id FROM cron_results WHERE "
+                              "process_id = ? AND seq = ?", pid, first_seq - 1)
+        signed: list[tuple[int, CronTick, items.Item, Outbox]] = []
+        prev_id = str(prev[1]) if prev is not None and int(prev[0]) == ticks[0].ordinate else None
+        if prev_id is None:
+            head = stored_result(self.store.reader, pid, ticks[0].ordinate)
+            if head is None:
+                raise EvaluationError(f"slot {ticks[0].ordinate} of {pid} has no result")
+            prev_id = head[0]
+        for seq, (tick, out) in enumerate(zip(ticks, outputs, strict=True), start=first_seq):
+            done = stored.get(seq)
+            if done is not None:
+                if done[1] != result_data(out):
+                    self.observer.divergence()
+                    log.critical("replay of %s cron %d differs from its stored result", pid, seq)
+                prev_id = done[0]
+                continue
+            item = unsigned_cron_result(pid, tick, out, prev_id, self.attestation_id).sign(
+                self.identity)
+            prev_id = item.id
+            origin = ScheduledSlot(pid, tick.ordinate, "", "", "", tick.timestamp_ms,
+                                   tick.block_height, self.attestation_id, 0)
+            outbox = prepare_outbox(self.identity, PushContext(
+                origin, actor.module_id, self.settings.max_push_depth, seq), out)
+            signed.append((seq, tick, item, outbox))
+        ctx = self._ctx()
+
+        def commit(conn: Any) -> set[str]:
+            # Signed and stored in one transaction: nothing signed leaves the node before it
+            # is stored, and a crash before the commit leaves nothing to contradict.
+            woken: set[str] = set()
+            for seq, tick, item, outbox in signed:
+                store_cron_result(conn, seq, tick, item)
+                woken |= push_outbox(conn, ctx, outbox)
+            return woken
+
+        woken = self.store.write(commit) if signed else set()
+        actor.cron_seq += len(ticks)
+        actor.cron_after = ticks[-1].position
+        for target in woken:
+            if target != pid:
+                self._wake(target)
+        with self._progress:
+            self._progress.notify_all()
+
+    def _horizon_now(self) -> int:
+        # Read inside the writer: every assignment committed after this has a later timestamp
+        # (as long as the wall clock does not step back), so no slot can land behind crons
+        # already evaluated up to this instant.
+        now: int = self.store.write(lambda _conn: time.time_ns() // 1_000_000)
+        return now
+
+    def tick_crons(self, process_id: str, wait: bool = True) -> None:
+        """Evaluate ``process_id``'s cron messages up to now (as the CU does on reads)."""
+        actor = self._actor(process_id)
+        if process_id not in self._cron_processes:
+            return
+        actor.horizon_ms = max(actor.horizon_ms, self._horizon_now())
+        self._wake(process_id)
+        if not wait:
+            return
+        deadline = time.monotonic() + self.settings.result_wait_seconds
+        while time.monotonic() < deadline:
+            with self._actors_lock:
+                idle = not actor.running
+            if idle or actor.broken:
+                return
+            with self._progress:
+                self._progress.wait(0.5)
+
+    def _monitor_crons(self) -> None:
+        """Keep every cron process ticking, as AO's MU monitor polls ``/cron`` for it."""
+        while not self._closing.wait(self.settings.cron_tick_seconds):
+            for pid in list(self._cron_processes):
+                try:
+                    self.tick_crons(pid, wait=False)
+                except Exception:  # one process never stops the monitor
+                    log.exception("cron tick of %s failed", pid)
+
+    def cron_page(self, process_id: str, *, after: tuple[int, str, str] | None,
+                  since_ms: int | None, upto: tuple[int, str | None, str | None] | None,
+                  limit: int) -> tuple[list[tuple[dict[str, Any], dict[str, Any]]], bool]:
+        """Cron results (cursor fields, result JSON) in evaluation order, errors left out.
+
+        ``after`` (timestamp, ordinate, cron) is exclusive, ``since_ms`` inclusive, ``upto``
+        inclusive; ordinate and cron compare as text, as the CU's evaluation ids do.
+        """
+        self._actor(process_id)
+        where, params = ["process_id = ?"], [process_id]
+        if after is not None:
+            where.append("(timestamp_ms > ? OR (timestamp_ms = ? AND (CAST(after_slot AS TEXT) "
+                         "> ? OR (CAST(after_slot AS TEXT) = ? AND cron > ?))))")
+            params += [after[0], after[0], after[1], after[1], after[2]]  # type: ignore[list-item]
+        if since_ms is not None:
+            where.append("timestamp_ms >= ?")
+            params.append(since_ms)  # type: ignore[arg-type]
+        if upto is not None:
+            ts, ordinate, cron = upto
+            if ordinate is None:
+                where.append("timestamp_ms <= ?")
+                params.append(ts)  # type: ignore[arg-type]
+            else:
+                where.append("(timestamp_ms < ? OR (timestamp_ms = ? AND (CAST(after_slot AS "
+                             "TEXT) < ? OR (CAST(after_slot AS TEXT) = ? AND cron <= ?))))")
+                params += [ts, ts, ordinate, ordinate, cron or ""]  # type: ignore[list-item]
+        rows = self.store.all(
+            "SELECT timestamp_ms, after_slot, cron, data FROM cron_results WHERE "  # noqa: S608
+            f"{' AND '.join(where)} ORDER BY seq LIMIT ?", *params, limit + 1)
+        out = []
+        for ts, ordinate, cron, data in rows:
+            value: dict[str, Any] = json.loads(data)
+            if value.get("Error") is None:
+                out.append(({"timestamp": int(ts), "ordinate": str(ordinate), "cron": str(cron)},
+                            value))
+        return out[:limit], len(rows) > limit
+
+    def cron_results_between(self, process_id: str, first_slot: int,
+                             last_slot: int) -> list[bytes]:
+        """Raw cron Result items after slots ``first_slot..last_slot``, in chain order."""
+        return [bytes(r[0]) for r in self.store.all(
+            "SELECT i.raw FROM cron_results c JOIN items i ON i.id = c.result_id WHERE "
+            "c.process_id = ? AND c.after_slot BETWEEN ? AND ? ORDER BY c.seq",
+            process_id, first_slot, last_slot)]
+
     def _checkpoint_due(self, actor: _Actor, more: int) -> bool:
         return (actor.since_checkpoint + more >= self.settings.checkpoint_every_messages
                 or time.monotonic() - actor.last_checkpoint
@@ -444,6 +689,8 @@ class Node:
         intents = intents_between(reader, pid, slots[0].slot, slots[-1].slot)
         previous = stored.get(slots[0].slot - 1)
         prev_id = previous[0] if previous else None
+        if actor.crons:
+            prev_id = self._cron_head(pid, slots[0].slot - 1) or prev_id
         fresh: list[UnsignedResult] = []
         signed: list[tuple[ScheduledSlot, items.Item]] = []
         committed: list[dict[str, Any]] = []
@@ -504,9 +751,9 @@ class Node:
             ref = self.pool.checkpoint(pid, self.settings.checkpoint_dir / name / f"{slot}.ckpt")
             self.store.write(lambda conn: conn.execute(
                 "INSERT OR REPLACE INTO checkpoints (process_id, slot, file, sha256, raw_size, "
-                "clock, item_id, created_ms) VALUES (?, ?, ?, ?, ?, ?, '', ?)",
+                "clock, item_id, created_ms, crons) VALUES (?, ?, ?, ?, ?, ?, '', ?, ?)",
                 (pid, slot, str(ref.path), ref.sha256, ref.raw_size, ref.clock,
-                 time.time_ns() // 1_000_000)))
+                 time.time_ns() // 1_000_000, actor.cron_seq)))
             file_bytes = ref.path.stat().st_size
         except Exception:
             self.observer.checkpoint_failed()

@@ -16,6 +16,7 @@ from typing import Any
 
 from appliance.node import items
 from appliance.node.chain import canonical_json
+from appliance.node.cron import CronTick
 from appliance.node.guest import ScheduledSlot
 from appliance.node.identity import NodeIdentity
 from appliance.node.scheduler import RESULT_KIND, store_item
@@ -80,6 +81,30 @@ def unsigned_result(slot: ScheduledSlot, result: dict[str, Any],
         tags.append(("Previous-Result", previous_result_id))
     tags += [("Attestation", attestation_id), ("Content-Type", "application/json")]
     return UnsignedResult(slot.process_id, slot.slot, tuple(tags), result_data(result))
+
+
+def unsigned_cron_result(process_id: str, tick: CronTick, result: dict[str, Any],
+                         previous_result_id: str, attestation_id: str) -> UnsignedResult:
+    """The Result item content of one cron message: named by its ``Cron``, ``Ordinate`` (the
+    nonce it follows) and ``Timestamp``, chained after the result evaluated before it."""
+    tags = (
+        ("Data-Protocol", "ao"), ("Variant", "ao.TN.1"), ("Type", "Result"),
+        ("Process", process_id), ("Cron", tick.cron), ("Ordinate", str(tick.ordinate)),
+        ("Timestamp", str(tick.timestamp_ms)), ("Block-Height", str(tick.block_height)),
+        ("Previous-Result", previous_result_id), ("Attestation", attestation_id),
+        ("Content-Type", "application/json"),
+    )
+    return UnsignedResult(process_id, tick.ordinate, tags, result_data(result))
+
+
+def store_cron_result(conn: sqlite3.Connection, seq: int, tick: CronTick,
+                      signed: items.Item) -> None:
+    """Store a cron message's signed Result as the process's ``seq``-th cron result."""
+    store_item(conn, signed, RESULT_KIND)
+    conn.execute("INSERT INTO cron_results (process_id, seq, after_slot, timestamp_ms, cron, "
+                 "rank, block_height, result_id, data) VALUES (?,?,?,?,?,?,?,?,?)",
+                 (signed.target, seq, tick.ordinate, tick.timestamp_ms, tick.cron, tick.rank,
+                  tick.block_height, signed.id, signed.data))
 
 
 def intents_between(conn: sqlite3.Connection, process_id: str, first: int,

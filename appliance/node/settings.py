@@ -19,7 +19,9 @@ class NodeOptions:
     ``checkpoint_every_messages`` evaluated messages or ``checkpoint_every_seconds``, whichever
     comes first; ``block_height`` is what assignments carry (the node has no Arweave view of its
     own: an operator may set it, see docs); the standing attestation is remade every
-    ``attestation_refresh_seconds``.
+    ``attestation_refresh_seconds``; every ``cron_tick_seconds`` the node evaluates its
+    cron processes' cron messages up to now, as AO's MU monitor does by polling ``/cron`` (0:
+    only on reads).
     """
 
     max_item_bytes: int = 16 * 1024 * 1024
@@ -31,6 +33,7 @@ class NodeOptions:
     block_height: int = 0
     result_wait_seconds: float = 30.0
     attestation_refresh_seconds: float = 86400.0
+    cron_tick_seconds: float = 1.0
 
     def __post_init__(self) -> None:
         if self.max_item_bytes < 1024:
@@ -41,6 +44,8 @@ class NodeOptions:
             raise ConfigError("attestation_refresh_seconds must be positive")
         if self.checkpoint_every_messages < 1 or self.checkpoint_every_seconds <= 0:
             raise ConfigError("checkpoint intervals must be positive")
+        if self.cron_tick_seconds < 0:
+            raise ConfigError("cron_tick_seconds cannot be negative")
         if self.block_height < 0:
             raise ConfigError("block_height cannot be negative")
 

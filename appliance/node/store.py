@@ -81,6 +81,12 @@ CREATE TABLE IF NOT EXISTS outbox (
     push_depth INTEGER NOT NULL, created_ms INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS outbox_by_status ON outbox (status);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS cron_results (
+    process_id TEXT NOT NULL, seq INTEGER NOT NULL, after_slot INTEGER NOT NULL,
+    timestamp_ms INTEGER NOT NULL, cron TEXT NOT NULL, rank INTEGER NOT NULL,
+    block_height INTEGER NOT NULL, result_id TEXT NOT NULL UNIQUE, data BLOB NOT NULL,
+    PRIMARY KEY (process_id, seq));
+CREATE INDEX IF NOT EXISTS cron_results_by_slot ON cron_results (process_id, after_slot);
 """
 
 
@@ -95,6 +101,13 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
     return conn
+
+
+def _migrate_checkpoint_crons(conn: sqlite3.Connection) -> None:
+    """Give ``checkpoints`` its ``crons`` column (cron results folded into the memory)."""
+    columns = {str(row[1]) for row in conn.execute("PRAGMA table_info(checkpoints)")}
+    if "crons" not in columns:
+        conn.execute("ALTER TABLE checkpoints ADD COLUMN crons INTEGER NOT NULL DEFAULT 0")
 
 
 def _migrate_tags(conn: sqlite3.Connection) -> None:
@@ -123,6 +136,7 @@ class Store:
         self._writer_conn = connect(self.path)
         self._writer_conn.executescript(SCHEMA)
         _migrate_tags(self._writer_conn)
+        _migrate_checkpoint_crons(self._writer_conn)
         self._writer_conn.execute("PRAGMA wal_autocheckpoint = 0")
         self._local = threading.local()
         self._queue: queue.Queue[_Op | None] = queue.Queue()
