@@ -1,7 +1,8 @@
 """The proof bundle: every item needed to check one Result offline (``ao-appliance-proof/v1``).
 
 It holds the process's Assignment and Result items from slot 0 up to the message's slot, every
-Attestation item those results name and, for ``--replay``, the process, module and message items.
+Attestation item those results name, the cron Results evaluated between those slots and, for
+``--replay``, the process, module and message items.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ class Proof:
     attestations: tuple[bytes, ...]
     messages: tuple[bytes, ...] = ()
     module: bytes | None = None
+    crons: tuple[bytes, ...] = ()
+    """Cron Result items between slot 0 and the message's slot, in chain order."""
 
     def encode(self) -> bytes:
         """JSON with base64 items."""
@@ -40,6 +43,7 @@ class Proof:
             "assignments": b64(self.assignments), "results": b64(self.results),
             "attestations": b64(self.attestations), "messages": b64(self.messages),
             "module": None if self.module is None else b64((self.module,))[0],
+            "crons": b64(self.crons),
         }
         return json.dumps(body, separators=(",", ":")).encode()
 
@@ -73,6 +77,7 @@ class Proof:
             assignments=blobs("assignments"), results=blobs("results"),
             attestations=blobs("attestations"), messages=blobs("messages"),
             module=None if module is None else _b64(module, "module"),
+            crons=blobs("crons"),
         )
 
 

@@ -82,7 +82,16 @@ class _Parsed:
     assignments: list[items.Item]
     results: list[items.Item]
     attestations: dict[str, items.Item]
+    crons: list[items.Item] = field(default_factory=list)
     node_key: bytes = b""
+
+    def chain(self) -> list[items.Item]:
+        """Every Result in evaluation order: each slot's, then the cron Results after it."""
+        after: dict[str, list[items.Item]] = {}
+        for cron in self.crons:
+            after.setdefault(_tag(cron, "Ordinate"), []).append(cron)
+        return [r for slot, result in enumerate(self.results)
+                for r in (result, *after.get(str(slot), []))]
 
 
 def _tag(item: items.Item, name: str) -> str:
@@ -101,18 +110,20 @@ def _parse_all(proof: Proof) -> tuple[_Parsed, str]:
 
     parsed = _Parsed(parse(proof.assignments, "assignment"), parse(proof.results, "result"),
                      {a.id: a for a in parse(proof.attestations, "attestation")})
+    parsed.crons = parse(proof.crons, "cron result")
     parse(proof.messages, "message")
     if proof.module is not None:
         parse([proof.module], "module")
     if not parsed.results or len(parsed.results) != len(parsed.assignments):
         raise CheckFailed(f"{len(parsed.results)} results for {len(parsed.assignments)} "
                           "assignments; the bundle must cover slots 0..n for both")
-    count = len(parsed.results) + len(parsed.assignments) + len(parsed.attestations)
+    count = (len(parsed.results) + len(parsed.assignments) + len(parsed.attestations)
+             + len(parsed.crons))
     return parsed, f"{count} items, every signature valid"
 
 
 def _same_signer(p: _Parsed) -> str:
-    keys = {i.owner for i in (*p.results, *p.assignments, *p.attestations.values())}
+    keys = {i.owner for i in (*p.results, *p.crons, *p.assignments, *p.attestations.values())}
     if len(keys) != 1:
         raise CheckFailed(f"items are signed by {len(keys)} different keys")
     p.node_key = keys.pop()
@@ -140,6 +151,13 @@ def _result_matches_assignment(p: _Parsed, proof: Proof) -> str:
         if _tag(assignment, "Process") != proof.process_id or \
                 _tag(assignment, "Nonce") != str(slot) or _tag(assignment, "Type") != "Assignment":
             raise CheckFailed(f"slot {slot}: assignment is not slot {slot} of the process")
+    last = len(p.results) - 1
+    for cron in p.crons:
+        ordinate = _tag(cron, "Ordinate")
+        if _tag(cron, "Process") != proof.process_id or _tag(cron, "Type") != "Result" or \
+                not _tag(cron, "Cron") or not ordinate.isdigit() or int(ordinate) >= last:
+            raise CheckFailed(f"cron Result {cron.id} is not a cron Result of the process "
+                              f"between slots 0 and {last}")
     return f"{len(p.results)} slots agree"
 
 
@@ -154,19 +172,22 @@ def _hash_chain(p: _Parsed, proof: Proof) -> str:
 
 def _previous_results(p: _Parsed) -> str:
     previous: str | None = None
-    for slot, result in enumerate(p.results):
+    for result in p.chain():
         if items.first_tag(result, "Previous-Result") != previous:
-            raise CheckFailed(f"slot {slot}: Previous-Result does not name slot {slot - 1}'s "
-                              "Result")
+            where = (f"cron {_tag(result, 'Cron')} at {_tag(result, 'Timestamp')}"
+                     if _tag(result, "Cron") else f"slot {_tag(result, 'Nonce')}")
+            raise CheckFailed(f"{where}: Previous-Result does not name the Result evaluated "
+                              "before it")
         previous = result.id
-    return "no gap, no fork"
+    crons = f", {len(p.crons)} cron Results in between" if p.crons else ""
+    return f"no gap, no fork{crons}"
 
 
 def _attestations_named(p: _Parsed) -> str:
-    for slot, result in enumerate(p.results):
+    for result in p.chain():
         attestation = p.attestations.get(_tag(result, "Attestation"))
         if attestation is None:
-            raise CheckFailed(f"slot {slot}: its Attestation item is not in the bundle")
+            raise CheckFailed(f"Result {result.id}: its Attestation item is not in the bundle")
         if _tag(attestation, "Type") != "Attestation":
             raise CheckFailed(f"item {attestation.id} is not an Attestation")
     return f"{len(p.attestations)} attestation item(s)"

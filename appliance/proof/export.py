@@ -39,5 +39,10 @@ def build_proof(node: Node, process_id: str, message_id: str, *, replay: bool = 
                 messages.append(message.raw)
                 if module is None:
                     module = node.item_raw(items.first_tag(message, "Module") or "")
+    crons = node.cron_results_between(process_id, 0, last - 1) if last > 0 else []
+    for raw in crons:
+        attestation = items.first_tag(items.parse_trusted(raw), "Attestation") or ""
+        if attestation not in attestations:
+            attestations[attestation] = node.item_raw(attestation)
     return Proof(process_id, message_id, tuple(assignments), tuple(results),
-                 tuple(attestations.values()), tuple(messages), module)
+                 tuple(attestations.values()), tuple(messages), module, tuple(crons))
