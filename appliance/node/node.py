@@ -537,6 +537,12 @@ class Node:
         prev = self.store.one("SELECT after_slot, result_id FROM cron_results WHERE "
                               "process_id = ? AND seq = ?", pid, first_seq - 1)
         signed: list[tuple[int, CronTick, items.Item, Outbox]] = []
+        # A cron message in the second of the message it follows is as deep as that message:
+        # the CU re-fires a second's cron after every message landing in it (docs/api.md), so a
+        # cron handler messaging its own process would loop there; the push bound stops it.
+        row = self.store.one("SELECT push_depth, timestamp_ms FROM schedule WHERE "
+                             "process_id = ? AND slot = ?", pid, ticks[0].ordinate)
+        left_depth, left_second = (int(row[0]), int(row[1]) // 1000) if row else (0, -1)
         prev_id = str(prev[1]) if prev is not None and int(prev[0]) == ticks[0].ordinate else None
         if prev_id is None:
             head = stored_result(self.store.reader, pid, ticks[0].ordinate)
@@ -555,7 +561,8 @@ class Node:
                 self.identity)
             prev_id = item.id
             origin = ScheduledSlot(pid, tick.ordinate, "", "", "", tick.timestamp_ms,
-                                   tick.block_height, self.attestation_id, 0)
+                                   tick.block_height, self.attestation_id,
+                                   left_depth if tick.timestamp_ms // 1000 == left_second else 0)
             outbox = prepare_outbox(self.identity, PushContext(
                 origin, actor.module_id, self.settings.max_push_depth, seq), out)
             signed.append((seq, tick, item, outbox))

@@ -202,3 +202,32 @@ def _node_args(data: Path) -> dict:  # type: ignore[type-arg]
 def _trust() -> TrustInputs:
     return TrustInputs(policy=Policy(any_measurement=True), now=datetime.now(UTC),
                        allow_emulated=True)
+
+
+def test_a_cron_handler_messaging_its_own_process_is_bounded_but_keeps_ticking(
+        tmp_path: Path) -> None:
+    client = NodeIdentity.load_or_create(tmp_path / "client")
+    node = _node(tmp_path / "node", cron_tick_seconds=0, max_push_depth=4)
+    try:
+        module = _module(client)
+        node.ingest(module.raw)
+        proc = _cron_process(client, module.id, node, "self")
+        node.ingest(proc.raw)
+        arm = _eval(client, proc.id, f'Peer = ao.id; {CRON_HANDLER}', 1)
+        node.ingest(arm.raw)
+        node.result(proc.id, arm.id)
+        deadline = time.monotonic() + 120  # hang guard only
+        seconds: set[int] = set()
+        while len(seconds) < 3 and time.monotonic() < deadline:
+            node.tick_crons(proc.id)
+            seconds = {int(ts) // 1000 for (ts,) in node.store.all(
+                "SELECT timestamp_ms FROM schedule WHERE process_id = ? AND push_depth > 0",
+                proc.id)}
+            time.sleep(0.3)
+        # the Tocks of several seconds got through; none deeper than the bound
+        assert len(seconds) >= 3
+        deepest = node.store.one("SELECT MAX(push_depth) FROM schedule WHERE process_id = ?",
+                                 proc.id)
+        assert deepest is not None and int(deepest[0]) <= 4
+    finally:
+        node.close()
