@@ -401,6 +401,7 @@ class Node:
         else:
             self.pool.open(pid, path, fmt, limits, None)
         if actor.crons:
+            self._cron_processes.add(pid)  # spawned by a process: not seen at ingest
             origin = self._boundary(pid, 0)
             actor.origin = origin if origin is not None else Boundary(0, 0, 0)
         actor.env_json = jsjson.stringify(guest_env(process, module))
@@ -415,7 +416,7 @@ class Node:
                 self._open(actor)
             except WorkerCrashed:
                 raise
-            except (ModuleError, NotFound, EvaluationError) as exc:
+            except (ModuleError, NotFound, EvaluationError, BadRequest) as exc:
                 actor.broken = str(exc)
                 log.error("process %s cannot be evaluated: %s", pid, exc)
                 return False
