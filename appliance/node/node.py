@@ -842,6 +842,7 @@ class Node:
     def dry_run(self, process_id: str, message: dict[str, Any]) -> dict[str, Any]:
         """Evaluate ``message`` against the process's latest state without keeping anything."""
         actor = self._actor(process_id)
+        self.tick_crons(process_id)  # the CU dry-runs on the state evaluated up to now
         self._wake(process_id)
         with actor.lock:
             if actor.generation != self.pool.generation(process_id):
