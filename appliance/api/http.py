@@ -69,10 +69,19 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (RFC 8259 has no NaN or Infinity)")
+
+
+def _strict_loads(text: str) -> Any:
+    """``json.loads`` without Python's NaN/Infinity extension (the guest's encoder refuses them)."""
+    return json.loads(text, parse_constant=_refuse_constant)
+
+
 async def _json_body(request: web.Request, refusal: str) -> Any:
     try:
-        return await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        return await request.json(loads=_strict_loads)
+    except (ValueError, UnicodeDecodeError):
         raise BadRequest(refusal) from None
     except RecursionError:  # nesting deeper than the interpreter's stack: [[[[...
         raise BadRequest(f"{refusal} (nested too deeply)") from None
