@@ -43,6 +43,7 @@ OUTCOMES = ("ok", "error", "out_of_gas", "wall_clock", "response_too_large", "tr
             "invalid_response")
 _ENGINE_ERRORS = (
     ("compute limit exceeded", "out_of_gas"),
+    ("Error: out of gas!", "out_of_gas"),
     ("wall-clock limit exceeded", "wall_clock"),
     ("response exceeds the limit", "response_too_large"),
     ("wasm trap:", "trap"),

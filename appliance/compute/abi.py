@@ -17,7 +17,7 @@ import wasmtime
 
 from appliance.compute import timefmt
 from appliance.compute.formats import ModuleFormat
-from appliance.compute.guest_memory import GuestMemory
+from appliance.compute.guest_memory import GuestFault, GuestMemory
 from appliance.errors import ModuleError
 
 ENOSYS = 52
@@ -44,6 +44,39 @@ class GuestAbort(Exception):
     """The guest called ``abort()``."""
 
 
+class HostImportFailed(Exception):
+    """A host function failed (wrong arity, bad arguments): that message's error, never a crash."""
+
+
+# The first format's runtime imports and exports minified names (its ``asmLibraryArg``).
+MINIFIED_IMPORTS = {
+    "a": "_emscripten_date_now", "b": "setTempRet0", "c": "fd_close", "d": "__syscall_fcntl64",
+    "e": "__syscall_unlinkat", "f": "fd_write", "g": "__syscall_openat", "h": "getTempRet0",
+    "i": "_mktime_js", "j": "_tzset_js", "k": "emscripten_memcpy_big",
+    "l": "exit", "m": "system", "n": "strftime", "o": "fd_seek", "p": "_emscripten_throw_longjmp",
+    "q": "emscripten_resize_heap", "r": "__syscall_lstat64", "s": "__syscall_renameat",
+    "t": "__syscall_rmdir", "u": "environ_get", "v": "environ_sizes_get", "w": "__syscall_dup3",
+    "x": "invoke_vii", "y": "fd_read", "z": "__syscall_ioctl",
+    "A": "_emscripten_get_now_is_monotonic",
+    "B": "_gmtime_js", "C": "_localtime_js", "D": "abort",
+}
+MINIFIED_EXPORTS = {
+    "E": "memory", "F": "__wasm_call_ctors", "G": "handle", "H": "main",
+    "I": "__indirect_function_table", "J": "malloc", "K": "__errno_location", "L": "setThrew",
+    "M": "stackSave", "N": "stackRestore", "O": "stackAlloc",
+}
+_WASI = frozenset(("fd_close", "fd_write", "fd_seek", "fd_read", "environ_get",
+                   "environ_sizes_get"))
+
+
+def import_name(fmt: ModuleFormat, module: str, name: str) -> tuple[str, str]:
+    """An import's (module, name) as the emscripten runtime names it, minified or not."""
+    if fmt.minified and module == "a" and name in MINIFIED_IMPORTS:
+        real = MINIFIED_IMPORTS[name]
+        return ("wasi_snapshot_preview1" if real in _WASI else "env"), real
+    return module, name
+
+
 class EmscriptenHost:
     """Host functions for one instance; call :meth:`attach` once the instance exists."""
 
@@ -57,6 +90,10 @@ class EmscriptenHost:
         self._malloc: wasmtime.Func | None = None
         self._free: wasmtime.Func | None = None
         self._temp_ret0 = 0
+        self._tzset_called = False
+        self._asyncify: tuple[wasmtime.Func, ...] | None = None
+        self._unwound = (0, 0)
+        self.pending_rewind = False
 
     def attach(self, store: wasmtime.Store, exports: Any) -> None:
         """Bind to the instantiated module's memory."""
@@ -66,15 +103,38 @@ class EmscriptenHost:
         self.store = store
         self._wasm_memory = memory
         malloc, free = exports.get("malloc"), exports.get("free")
-        if isinstance(malloc, wasmtime.Func) and isinstance(free, wasmtime.Func):
-            self._malloc, self._free = malloc, free
+        if isinstance(malloc, wasmtime.Func):
+            self._malloc = malloc
+        if isinstance(free, wasmtime.Func):
+            self._free = free
         self.mem = GuestMemory(store, memory, self.fmt.pointer_size)
+        asyncify = [exports.get(name) for name in (
+            "asyncify_get_state", "asyncify_start_unwind", "asyncify_stop_rewind",
+            "emscripten_stack_get_current")]
+        funcs = [func for func in asyncify if isinstance(func, wasmtime.Func)]
+        if len(funcs) == len(asyncify):
+            self._asyncify = tuple(funcs)
+
+    def rewind(self, stop_unwind: wasmtime.Func, start_rewind: wasmtime.Func,
+               stack_restore: wasmtime.Func) -> int:
+        """After an unwind: the loader's ``stop_unwind``, ``start_rewind`` with the stack
+        pointer left where the unwind found it; returns the data pointer to rewind from."""
+        assert self.store is not None
+        self.pending_rewind = False
+        data, sp = self._unwound
+        stop_unwind(self.store)
+        stack_restore(self.store, sp)
+        start_rewind(self.store, data)
+        return data
 
     # --- import resolution -------------------------------------------------------------------
 
     def build_imports(self, store: wasmtime.Store, module: wasmtime.Module,
                       in_wasm: Mapping[str, wasmtime.Func]) -> list[wasmtime.Func]:
-        """One function per import, typed as the module declares it: ``in_wasm`` first."""
+        """One function per import, typed as the module declares it: ``in_wasm`` first.
+
+        ``in_wasm`` names are ``env`` names, plus ``metering.usegas`` for AO's gas counter.
+        """
         externs: list[wasmtime.Func] = []
         missing: list[str] = []
         for imp in module.imports:
@@ -82,14 +142,19 @@ class EmscriptenHost:
             if not isinstance(ftype, wasmtime.FuncType) or imp.name is None:
                 missing.append(f"{imp.module}.{imp.name} (non-function import)")
                 continue
-            if imp.module == "env" and imp.name in in_wasm:
-                externs.append(in_wasm[imp.name])
+            space, name = import_name(self.fmt, imp.module, imp.name)
+            if space == "metering" and name == "usegas" and "metering.usegas" in in_wasm:
+                externs.append(in_wasm["metering.usegas"])
                 continue
-            impl = self._resolve(imp.module, imp.name)
+            if space == "env" and name in in_wasm:
+                externs.append(in_wasm[name])
+                continue
+            impl = self._resolve(space, name)
             if impl is None:
                 missing.append(f"{imp.module}.{imp.name}")
                 continue
-            externs.append(wasmtime.Func(store, ftype, impl))
+            externs.append(wasmtime.Func(store, ftype, _guarded(f"{imp.module}.{imp.name}",
+                                                                impl)))
         if missing:
             raise ModuleError("module imports what this engine does not provide: "
                               + ", ".join(missing))
@@ -201,14 +266,34 @@ class EmscriptenHost:
     # --- WeaveDrive ---------------------------------------------------------------------------
 
     def _weavedrive_open(self, *_args: Any) -> int:
-        """No drive is attached: the loader answers ``null`` (0), after its Asyncify round trip
-        has malloc'd and freed its data buffer in the guest heap, which we do too."""
+        """No drive is attached: the loader answers ``null`` (0), after a real Asyncify round
+        trip, which we make too: the first call mallocs the loader's data buffer and starts
+        unwinding (the engine then rewinds, see :attr:`pending_rewind`); the call made while
+        rewinding stops it, frees the buffer and answers. The guest's heap layout and its AO
+        gas (the unwind and rewind paths are metered code) are the loader's."""
         size = self.fmt.asyncify_data
-        if size and self._malloc is not None and self._free is not None:
-            assert self.store is not None
+        if not size or self._malloc is None or self._free is None:
+            return 0
+        assert self.store is not None and self.mem is not None
+        if self._asyncify is None:  # no Asyncify exports: keep the heap effect only
             pointer = self._malloc(self.store, size)
             if pointer:
                 self._free(self.store, pointer)
+            return 0
+        get_state, start_unwind, stop_rewind, stack_save = self._asyncify
+        if get_state(self.store) == 2:  # rewinding: the answer
+            stop_rewind(self.store)
+            data, _sp = self._unwound
+            self._free(self.store, data)
+            return 0
+        data = self._malloc(self.store, size)
+        header = 3 * self.mem.pointer_size
+        self.mem.pointer(data, data + header)
+        self.mem.pointer(data + self.mem.pointer_size, data + size)
+        self.mem.i32(data + 2 * self.mem.pointer_size, 0)  # rewind id of `handle`, the first
+        self._unwound = (data, stack_save(self.store))
+        start_unwind(self.store, data)
+        self.pending_rewind = True
         return 0
 
     # --- clock and calendar ------------------------------------------------------------------
@@ -219,10 +304,13 @@ class EmscriptenHost:
         return float(value)
 
     def _time_arg(self, args: tuple[int, ...]) -> tuple[int, int]:
-        """Split (time, tm) or legalised (time_low, time_high, tm) arguments."""
+        """Split (time, tm), legalised (time_low, time_high, tm) or (time pointer, tm)."""
         if len(args) == 3:
             low, high, tm = args
             return (low & 0xFFFFFFFF) + high * 4294967296, tm
+        if self.fmt.time_by_pointer:
+            assert self.mem is not None
+            return self.mem.get_i32(args[0]), args[1]
         return args[0], args[1]
 
     def _write_tm(self, tm_ptr: int, t: timefmt.BrokenDown | None) -> None:
@@ -273,12 +361,38 @@ class EmscriptenHost:
     def _timegm(self, tm_ptr: int) -> int:
         return self._wrap(self._normalise_tm(tm_ptr))
 
-    def _tzset(self, timezone: int, daylight: int, std_name: int, dst_name: int) -> None:
+    def _tzset(self, timezone: int, daylight: int, std_name: int, *dst: int) -> None:
+        """``_tzset_js``: 4 arguments (two name buffers), or the older 3 (a ``tzname`` array
+        the runtime fills, once per instance, with two malloc'd copies of the zone's name as
+        node's ``Date`` spells UTC)."""
         assert self.mem is not None
+        if not dst:
+            self._legacy_tzset(timezone, daylight, std_name)
+            return
+        dst_name = dst[0]
         self.mem.pointer(timezone, 0)
         self.mem.i32(daylight, 0)
         self.mem.write(std_name, b"UTC\0")
         self.mem.write(dst_name, b"UTC\0")
+
+    def _legacy_tzset(self, timezone: int, daylight: int, tzname: int) -> None:
+        assert self.mem is not None and self.store is not None
+        if self._tzset_called:
+            return
+        self._tzset_called = True
+        self.mem.i32(timezone, 0)
+        self.mem.i32(daylight, 0)
+        if self._malloc is None:
+            raise GuestAbort("_tzset_js needs the module's malloc export")
+        name = b"Coordinated Universal Time\0"
+        winter = self._malloc(self.store, len(name))
+        if winter:
+            self.mem.write(winter, name)
+        summer = self._malloc(self.store, len(name))
+        if summer:
+            self.mem.write(summer, name)
+        self.mem.i32(tzname, summer)
+        self.mem.i32(tzname + 4, winter)
 
     def _strftime(self, s: int, maxsize: int, fmt_ptr: int, tm_ptr: int) -> int:
         assert self.mem is not None
@@ -374,6 +488,22 @@ class EmscriptenHost:
         if cmd == 3:
             return 1 if fd else 0  # O_WRONLY for stdout/stderr streams, O_RDONLY for stdin
         return -EINVAL if cmd != 0 else -ENOSYS
+
+
+def _guarded(label: str, impl: Callable[..., Any]) -> Callable[..., Any]:
+    """``impl``, with any failure but the guest's own exit/abort turned into
+    :class:`HostImportFailed` (a wrong arity is a ``TypeError`` here, never a crash)."""
+
+    def call(*args: Any) -> Any:
+        try:
+            return impl(*args)
+        except (GuestExit, GuestAbort, GuestFault, HostImportFailed):
+            raise
+        except Exception as exc:  # noqa: BLE001 - any host failure is the message's error
+            raise HostImportFailed(f"host function {label} failed: "
+                                   f"{type(exc).__name__}: {exc}") from None
+
+    return call
 
 
 def _enosys(*_args: Any) -> int:

@@ -9,16 +9,23 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from importlib.metadata import version as _dist_version
 from pathlib import Path
 from typing import Any
 
 import wasmtime
 
-from appliance.compute import jsjson, trampolines
-from appliance.compute.abi import EmscriptenHost, GuestAbort, GuestExit
+from appliance.compute import jsjson, metering, trampolines
+from appliance.compute.abi import (
+    MINIFIED_EXPORTS,
+    EmscriptenHost,
+    GuestAbort,
+    GuestExit,
+    HostImportFailed,
+    import_name,
+)
 from appliance.compute.fastcall import integer_caller
 from appliance.compute.formats import ModuleFormat
 from appliance.compute.guest_memory import GuestFault
@@ -27,6 +34,7 @@ from appliance.compute.limits import ComputeLimits
 from appliance.errors import EvaluationError, ModuleError
 
 EPOCH_TICK_SECONDS = 0.05
+OUT_OF_GAS = "Error: out of gas!"  # the loader's thrown Error('out of gas!'), as the CU records it
 WASMTIME_VERSION = _dist_version("wasmtime")
 _LEGACY_EH_HINT = (
     "the module uses legacy wasm exception-handling instructions, which this runtime does not "
@@ -50,7 +58,12 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class EvalResult:
-    """One message's result in the legacy CU's shape; ``error`` is ``None`` on success."""
+    """One message's result in the legacy CU's shape; ``error`` is ``None`` on success.
+
+    ``gas_used`` is AO's gas, as the loader reports it: the metering counter for metered modules,
+    0 for plain ones and for a message that threw. ``fuel_used`` is the node's own safety
+    counter (wasmtime fuel), for metrics only: it is not part of the result.
+    """
 
     output: Any
     messages: list[Any]
@@ -58,6 +71,7 @@ class EvalResult:
     assignments: list[Any]
     error: Any
     gas_used: int
+    fuel_used: int = 0
 
     def as_json(self) -> dict[str, Any]:
         """The result object with AO's key names, in the order the run command prints them."""
@@ -73,7 +87,11 @@ class EvalResult:
 
 @dataclass(frozen=True)
 class LoadedModule:
-    """A compiled module, its format, its content hash and its in-wasm import trampolines."""
+    """A compiled module, its format, its content hash and its in-wasm import trampolines.
+
+    ``gas`` is AO's gas counter (:func:`metering.gas_wat`) when the module is metered (its
+    format's rewrite, or ``metering.usegas`` imported at build time) or asks ``metering_gasUsed``.
+    """
 
     module: wasmtime.Module
     fmt: ModuleFormat
@@ -82,6 +100,16 @@ class LoadedModule:
     implementation: wasmtime.Module
     slot_names: tuple[str, ...]
     landing_pads: bool
+    gas: wasmtime.Module | None = None
+    metered: bool = False
+
+    def export(self, name: str) -> str:
+        """The name the module really exports for runtime name ``name`` (minified formats)."""
+        if self.fmt.minified:
+            for short, full in MINIFIED_EXPORTS.items():
+                if full == name:
+                    return short
+        return name
 
 
 class _EpochTicker:
@@ -120,32 +148,56 @@ class ComputeEngine:
         with self._lock:
             cached = self._loaded.get((digest, fmt.name))
             if cached is None:
-                module = self._compile(wasm, digest)
-                slots = trampolines.hot_imports(module)
+                meter_type = fmt.meter_type
+                if meter_type is None:
+                    module = self._compile(lambda: wasm, digest)
+                else:
+                    module = self._compile(lambda: metering.meter_module(wasm, meter_type),
+                                           f"{digest}-aogas{metering.REWRITE_VERSION}")
+                slots = trampolines.hot_imports(
+                    module, lambda space, name: import_name(fmt, space, name))
                 cached = LoadedModule(
                     module, fmt, digest,
                     wasmtime.Module(self.engine, trampolines.forwarder_wat(slots)),
                     wasmtime.Module(self.engine, trampolines.implementation_wat(
                         slots, fmt.memory64, table64=False)),
-                    tuple(slot.name for slot in slots), trampolines.needs_landing_pads(slots))
+                    tuple(slot.name for slot in slots), trampolines.needs_landing_pads(slots),
+                    *self._gas_module(module))
                 self._check_shape(cached)
                 self._loaded[(digest, fmt.name)] = cached
         return cached
+
+    def _gas_module(self, module: wasmtime.Module) -> tuple[wasmtime.Module | None, bool]:
+        """AO's gas counter for ``module``, and whether the module pays gas into it."""
+        usegas = next((imp for imp in module.imports if (imp.module, imp.name)
+                       == ("metering", "usegas")), None)
+        asks = any(imp.name == "metering_gasUsed" for imp in module.imports)
+        if usegas is None and not asks:
+            return None, False
+        meter_type = "i32"
+        if usegas is not None:
+            ftype = usegas.type
+            if (not isinstance(ftype, wasmtime.FuncType) or len(ftype.params) != 1
+                    or ftype.results or str(ftype.params[0]) not in ("i32", "i64")):
+                raise ModuleError("metering.usegas must be a function of one i32 or i64")
+            meter_type = str(ftype.params[0])
+        return wasmtime.Module(self.engine, metering.gas_wat(meter_type)), usegas is not None
 
     def _cache_path(self, digest: str) -> Path | None:
         if self.cache_dir is None:
             return None
         return self.cache_dir / f"{digest}-wasmtime{WASMTIME_VERSION}.cwasm"
 
-    def _compile(self, wasm: bytes, digest: str) -> wasmtime.Module:
-        path = self._cache_path(digest)
+    def _compile(self, wasm: Callable[[], bytes], key: str) -> wasmtime.Module:
+        """Compile ``wasm()`` (produced only when the native-code cache misses)."""
+        path = self._cache_path(key)
         if path is not None and path.is_file():
             try:
                 return wasmtime.Module.deserialize_file(self.engine, str(path))
             except wasmtime.WasmtimeError:
                 path.unlink(missing_ok=True)
         try:
-            module = wasmtime.Module(self.engine, wasm)
+            module = wasmtime.Module(self.engine, wasm())
         except wasmtime.WasmtimeError as exc:
             text = str(exc)
             if "legacy" in text and "exception" in text:
@@ -161,6 +213,9 @@ class ComputeEngine:
     @staticmethod
     def _check_shape(loaded: LoadedModule) -> None:
         exports = {e.name: e.type for e in loaded.module.exports}
+        if loaded.fmt.minified:
+            exports.update({full: exports[short] for short, full in MINIFIED_EXPORTS.items()
+                            if short in exports})
         memory = exports.get("memory")
         if not isinstance(memory, wasmtime.MemoryType):
             raise ModuleError("module exports no linear memory named 'memory'")
@@ -229,20 +284,45 @@ class ProcessInstance:
     def _instantiate(self, store: wasmtime.Store, state: Snapshot | MemoryImage | None) -> None:
         store.set_limits(memory_size=self.limits.memory_bytes)
         host = EmscriptenHost(self.loaded.fmt, self.limits.memory_bytes)
+        self._gas: tuple[wasmtime.Global, wasmtime.Global] | None = None
         try:
             forwarder = wasmtime.Instance(store, self.loaded.forwarder, []).exports(store)
             in_wasm = {name: _func(forwarder, name) for name in
                        (*self.loaded.slot_names, trampolines.LONGJMP)}
+            if self.loaded.gas is not None:
+                gas = wasmtime.Instance(store, self.loaded.gas, []).exports(store)
+                in_wasm["metering.usegas"] = _func(gas, "usegas")
+                in_wasm["metering_gasUsed"] = _func(gas, "gas_used")
+                used, limit = gas["used"], gas["limit"]
+                assert isinstance(used, wasmtime.Global) and isinstance(limit, wasmtime.Global)
+                self._gas = (used, limit)
             instance = wasmtime.Instance(store, self.loaded.module, host.build_imports(
                 store, self.loaded.module, in_wasm))
-            exports = instance.exports(store)
+            exports = _named_exports(self.loaded, instance.exports(store))
             self._bind_trampolines(store, forwarder, exports)
         except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
             raise ModuleError(f"cannot instantiate module: {exc}") from None
         host.attach(store, exports)
-        self._store, self._host = store, host
+        self._store, self._host, self._exports = store, host, exports
         self._stack_restore = _func(exports, "_emscripten_stack_restore", "stackRestore")
         self._arm(self.limits.fuel)
+        try:
+            self._initialise(exports, state)
+        except (wasmtime.Trap, wasmtime.WasmtimeError, GuestAbort, GuestFault,
+                HostImportFailed) as exc:
+            if self._out_of_gas():
+                raise ModuleError("the module runs out of gas (Compute-Limit) while it "
+                                  "initialises") from None
+            raise ModuleError(f"module initialisation failed: {exc}") from None
+        self._sp0: int = _func(exports, "emscripten_stack_get_current", "stackSave")(store)
+        end = exports.get("emscripten_stack_get_end")
+        self._stack_end: int = end(store) if isinstance(end, wasmtime.Func) else 0
+
+    def _initialise(self, exports: Mapping[str, Any], state: Snapshot | MemoryImage | None) -> None:
+        """Run the runtime's start-up (constructors, ``main()`` where the format's runtime
+        calls it), or load ``state`` instead."""
+        store = self._store
+        self._refill()
         init = exports.get("emscripten_stack_init")
         if isinstance(init, wasmtime.Func):
             init(store)
@@ -250,6 +330,7 @@ class ProcessInstance:
             ctors = exports.get("__wasm_call_ctors")
             if isinstance(ctors, wasmtime.Func):
                 ctors(store)
+            self._call_main(exports)
         elif isinstance(state, Snapshot):
             self._grow_to(len(state.memory))
             assert self._host.mem is not None
@@ -257,9 +338,33 @@ class ProcessInstance:
             self._host.clock = state.clock
         else:
             self._load_image(state)
-        self._sp0: int = _func(exports, "emscripten_stack_get_current", "stackSave")(store)
-        end = exports.get("emscripten_stack_get_end")
-        self._stack_end: int = end(store) if isinstance(end, wasmtime.Func) else 0
+
+    def _call_main(self, exports: Mapping[str, Any]) -> None:
+        """``main(argc, argv)`` as the format's runtime calls it at start-up (argv strings
+        allocated on the stack, which the runtime leaves lowered)."""
+        argv_strings = self.loaded.fmt.main_argv
+        main = exports.get("main")
+        if argv_strings is None or not isinstance(main, wasmtime.Func):
+            return
+        store, mem = self._store, self._host.mem
+        assert mem is not None
+        argc = argv = 0
+        if argv_strings:
+            save = _func(exports, "emscripten_stack_get_current", "stackSave")
+            sp = save(store)
+            argv = (sp - 4 * (len(argv_strings) + 1)) & ~15
+            sp, pointers = argv, []
+            for text in argv_strings:
+                data = text.encode() + b"\0"
+                sp = (sp - len(data)) & ~15
+                mem.write(sp, data)
+                pointers.append(sp)
+            self._stack_restore(store, sp)
+            for i, pointer in enumerate([*pointers, 0]):
+                mem.i32(argv + 4 * i, pointer)
+            argc = len(argv_strings)
+        with contextlib.suppress(GuestExit):
+            main(store, argc, argv)
 
     def _bind_trampolines(self, store: wasmtime.Store, forwarder: Any, exports: Any) -> None:
         """Instantiate the in-wasm import implementations and late-bind the forwarder to them."""
@@ -330,7 +435,24 @@ class ProcessInstance:
 
     # --- evaluation --------------------------------------------------------------------------
 
+    def _refill(self) -> None:
+        """The loader's ``gas.refill()``: AO's gas counter starts at 0 for every message."""
+        if self._gas is not None:
+            used, limit = self._gas
+            used.set_value(self._store, 0)
+            limit.set_value(self._store, min(self.limits.gas, 2**63 - 1))
+
+    def _gas_used(self) -> int:
+        return int(self._gas[0].value(self._store)) if self.loaded.metered and self._gas else 0
+
+    def _out_of_gas(self) -> bool:
+        if self._gas is None:
+            return False
+        used, limit = self._gas
+        return bool(used.value(self._store) > limit.value(self._store))
+
     def _arm(self, fuel: int) -> None:
+        self._refill()
         self._store.set_fuel(fuel)
         self._store.set_epoch_deadline(
             max(1, round(self.limits.wall_clock_seconds / EPOCH_TICK_SECONDS)))
@@ -360,10 +482,10 @@ class ProcessInstance:
         self._arm(self.limits.fuel)
         try:
             response = self._call(msg_json, env_json)
-            return _parse_response(response, self.limits.fuel - self._store.get_fuel())
+            result = _parse_response(response, self._gas_used())
         except EvaluationError as exc:
-            return EvalResult(None, [], [], [], str(exc),
-                              self.limits.fuel - self._store.get_fuel())
+            result = EvalResult(None, [], [], [], str(exc), 0)
+        return replace(result, fuel_used=self.limits.fuel - self._store.get_fuel())
 
     def _take_base(self) -> None:
         """Copy memory into the reused base buffer (its pages stay mapped: a plain memcpy)."""
@@ -380,8 +502,12 @@ class ProcessInstance:
         store = self._store
         mem = self._host.mem
         assert mem is not None
-        msg_ptr = (self._sp0 - len(msg_json) - 1) & ~15
-        env_ptr = (msg_ptr - len(env_json) - 1) & ~15
+        if self.loaded.fmt.wide_strings:
+            msg_ptr = (self._sp0 - 4 * _utf16_length(msg_json) - 1) & ~15
+            env_ptr = (msg_ptr - 4 * _utf16_length(env_json) - 1) & ~15
+        else:
+            msg_ptr = (self._sp0 - len(msg_json) - 1) & ~15
+            env_ptr = (msg_ptr - len(env_json) - 1) & ~15
         if env_ptr < self._stack_end:
             raise EvaluationError(
                 f"message and env ({len(msg_json) + len(env_json)} bytes) do not fit the "
@@ -390,6 +516,8 @@ class ProcessInstance:
         mem.write(env_ptr, env_json + b"\0")
         try:
             ret = self._run(store, env_ptr, msg_ptr, env_ptr, self._sp0)
+            while self._host.pending_rewind:
+                ret = self._rewind()
             limit = self.limits.max_response_bytes
             try:
                 return mem.cstring(ret, limit + 1)
@@ -398,14 +526,27 @@ class ProcessInstance:
                     raise EvaluationError(
                         f"response exceeds the limit of {limit} bytes") from None
                 raise
-        except (wasmtime.Trap, wasmtime.WasmtimeError, GuestExit, GuestAbort, GuestFault) as exc:
+        except (wasmtime.Trap, wasmtime.WasmtimeError, GuestExit, GuestAbort, GuestFault,
+                HostImportFailed) as exc:
+            out_of_gas = self._out_of_gas()
             with contextlib.suppress(wasmtime.Trap, wasmtime.WasmtimeError):
                 self._stack_restore(store, self._sp0)
+            if out_of_gas:
+                raise EvaluationError(OUT_OF_GAS) from None
             if isinstance(exc, wasmtime.Trap):
                 raise EvaluationError(_describe_trap(exc)) from None
             if isinstance(exc, wasmtime.WasmtimeError):
                 raise EvaluationError(f"wasm execution failed: {exc}") from None
             raise EvaluationError(str(exc)) from None
+
+    def _rewind(self) -> int:
+        """Resume ``handle`` after an Asyncify unwind (the loader's ``doRewind``)."""
+        exports = self._exports
+        self._host.rewind(_func(exports, "asyncify_stop_unwind"),
+                          _func(exports, "asyncify_start_rewind"), self._stack_restore)
+        ret: int = _func(exports, "handle")(self._store, 0, 0)
+        self._stack_restore(self._store, self._sp0)
+        return ret
 
     def _rollback(self) -> None:
         mem = self._host.mem
@@ -433,6 +574,23 @@ class ProcessInstance:
                                       "deterministic for this module")
         if log:
             self._take_base()
+
+
+def _utf16_length(utf8: bytes) -> int:
+    """``str.length`` in JS of the text ``utf8`` encodes (UTF-16 code units)."""
+    if utf8.isascii():
+        return len(utf8)
+    text = utf8.decode("utf-8", "surrogatepass")
+    return len(text) + sum(1 for ch in text if ord(ch) > 0xFFFF)
+
+
+def _named_exports(loaded: LoadedModule, exports: Any) -> dict[str, Any]:
+    """The instance's exports by runtime name (minified formats export ``E``, ``F``...)."""
+    named = {name: exports[name] for name in (e.name for e in loaded.module.exports)}
+    if loaded.fmt.minified:
+        named.update({full: named[short] for short, full in MINIFIED_EXPORTS.items()
+                      if short in named})
+    return named
 
 
 def _func(exports: Any, name: str, legacy_name: str | None = None) -> wasmtime.Func:

@@ -19,8 +19,10 @@ _UNITS = {
 class ComputeLimits:
     """Limits applied to every message a process evaluates.
 
-    ``memory_bytes`` caps linear memory (AO ``Memory-Limit``); ``fuel`` caps wasm work per
-    message (AO ``Compute-Limit``, counted as wasmtime fuel units); ``wall_clock_seconds`` caps
+    ``memory_bytes`` caps linear memory (AO ``Memory-Limit``); ``gas`` is AO's ``Compute-Limit``
+    in AO's gas (the loader's default when a process sets none), enforced only for metered
+    modules, as AO's CU does; ``fuel`` is the operator's own safety limit on wasm work per
+    message (wasmtime fuel units), enforced for every module; ``wall_clock_seconds`` caps
     real time per message; ``max_response_bytes`` caps the JSON a module may return.
     ``rollback_window`` is how many successful messages may be replayed to undo a failed one:
     the memory is copied once per window (for aos, ~110 MB every 64 messages cost 8% of engine
@@ -30,6 +32,7 @@ class ComputeLimits:
 
     memory_bytes: int = 1024**3
     fuel: int = 9_000_000_000_000
+    gas: int = 9_000_000_000_000_000
     wall_clock_seconds: float = 60.0
     max_response_bytes: int = 64 * 1024**2
     rollback_window: int = 256
@@ -37,7 +40,8 @@ class ComputeLimits:
     def __post_init__(self) -> None:
         if self.memory_bytes < WASM_PAGE:
             raise ConfigError(f"memory limit {self.memory_bytes} is below one wasm page")
-        if self.fuel <= 0 or self.wall_clock_seconds <= 0 or self.max_response_bytes <= 0:
+        if (self.fuel <= 0 or self.gas < 0 or self.wall_clock_seconds <= 0
+                or self.max_response_bytes <= 0):
             raise ConfigError("compute, wall-clock and response limits must be positive")
         if self.rollback_window < 1:
             raise ConfigError("rollback_window must be at least 1")
@@ -62,5 +66,5 @@ def limits_from_tags(tags: list[dict[str, str]], base: ComputeLimits) -> Compute
     if isinstance(compute, str):
         if not compute.strip().isdigit():
             raise ConfigError(f"Compute-Limit must be a whole number, got {compute!r}")
-        changes["fuel"] = int(compute)
+        changes["gas"] = int(compute) or ComputeLimits.gas  # the loader's `limit || default`
     return replace(base, **changes) if changes else base

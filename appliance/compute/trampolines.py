@@ -12,6 +12,7 @@ semantics as the JS loader (restore the stack, ``setThrew(1, 0)``, return 0).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import wasmtime
@@ -31,15 +32,22 @@ class _Slot:
     results: list[str]
 
 
-def hot_imports(module: wasmtime.Module) -> list[_Slot]:
-    """The guest's imports this module implements in wasm, with their signatures."""
+def hot_imports(module: wasmtime.Module,
+                rename: Callable[[str, str], tuple[str, str]]) -> list[_Slot]:
+    """The guest's imports this module implements in wasm, with their signatures.
+
+    ``rename`` maps an import's (module, name) to the runtime's own (minified formats).
+    """
     slots = []
     for imp in module.imports:
         ftype = imp.type
-        if imp.module != "env" or not isinstance(ftype, wasmtime.FuncType) or imp.name is None:
+        if not isinstance(ftype, wasmtime.FuncType) or imp.name is None:
             continue
-        if imp.name.startswith("invoke_") or imp.name in MEMCPY_NAMES:
-            slots.append(_Slot(imp.name, _types(ftype.params), _types(ftype.results)))
+        space, name = rename(imp.module, imp.name)
+        if space != "env":
+            continue
+        if name.startswith("invoke_") or name in MEMCPY_NAMES:
+            slots.append(_Slot(name, _types(ftype.params), _types(ftype.results)))
     return slots
 
 

@@ -46,7 +46,8 @@ def test_infinite_loop_runs_out_of_gas_and_node_survives(engine: ComputeEngine) 
     _send(inst, "E")
     result = _send(inst, "L")
     assert "out of gas" in result.error
-    assert result.gas_used == 5_000_000
+    assert result.gas_used == 0, "a plain format reports no AO gas"
+    assert result.fuel_used == 5_000_000
     assert _counter(inst) == 1, "state rolled back to before the failed message"
     assert _send(inst, "E").error is None
     assert _counter(inst) == 2
@@ -121,3 +122,25 @@ def test_missing_import_is_named() -> None:
 def test_limits_are_validated() -> None:
     with pytest.raises(ConfigError):
         ComputeLimits(memory_bytes=10)
+
+
+HOST_FAILURE = """(module
+  (import "env" "_tzset_js" (func $tz (param i32 i32)))
+  (memory (export "memory") 2)
+  (global $sp (mut i32) (i32.const 65536))
+  (data (i32.const 1024) "{\\"ok\\":true,\\"response\\":{\\"Output\\":\\"ok\\"}}\\00")
+  (func (export "emscripten_stack_get_current") (result i32) (global.get $sp))
+  (func (export "_emscripten_stack_restore") (param i32) (global.set $sp (local.get 0)))
+  (func (export "handle") (param $msg i32) (param $env i32) (result i32)
+    (if (i32.eq (i32.load8_u (i32.add (local.get $msg) (i32.const 11))) (i32.const 84))
+      (then (call $tz (i32.const 0) (i32.const 4))))
+    (i32.const 1024)))"""
+
+
+def test_host_import_failure_is_the_messages_error(engine: ComputeEngine) -> None:
+    """A host function called with the wrong arity (TypeError in Python) fails that message."""
+    loaded = engine.load(wasmtime.wat2wasm(HOST_FAILURE), FORMAT)
+    inst = engine.instantiate(loaded, ComputeLimits())
+    result = _send(inst, "T")
+    assert result.error is not None and "host function env._tzset_js failed" in result.error
+    assert _send(inst, "E").error is None
