@@ -23,6 +23,7 @@ from appliance.api import cu_json, mainnet, su_json
 from appliance.api.graphql import GraphQLEndpoint
 from appliance.api.http_errors import error_text, http_status, reason
 from appliance.errors import ApplianceError, BadRequest
+from appliance.logfmt import fields
 from appliance.node.identity import b64url_decode
 from appliance.node.node import Node
 from appliance.proof.export import build_proof
@@ -43,29 +44,39 @@ def _json(value: Any, status: int = 200) -> web.Response:
         v, ensure_ascii=False, separators=(",", ":")))
 
 
+def route_template(request: web.Request) -> str:
+    """The matched route's template (``/result/{message}``), never the ids in the path."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "(no route)"
+
+
+def _completed(request: web.Request, status: int, why: str, started: float) -> None:
+    seconds = time.perf_counter() - started
+    observe = request.app.get(OBSERVE_KEY)
+    if observe:
+        observe(request, status, why, seconds)
+    log.info("%s", fields("request", method=request.method, route=route_template(request),
+                                 status=status, ms=seconds * 1000))
+
+
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    observe = request.app.get(OBSERVE_KEY)
     started = time.perf_counter()
     try:
         response = await handler(request)
     except web.HTTPException as exc:
-        if observe:
-            observe(request, exc.status, "http", time.perf_counter() - started)
+        _completed(request, exc.status, "http", started)
         if exc.status < 400:
             raise
         return _json({"error": exc.text or exc.reason}, exc.status)
     except (ApplianceError, HttpProcessingError, ConnectionResetError) as exc:
-        if observe:
-            observe(request, http_status(exc), reason(exc), time.perf_counter() - started)
+        _completed(request, http_status(exc), reason(exc), started)
         return _json({"error": error_text(exc)}, http_status(exc))
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        if observe:
-            observe(request, 500, "internal", time.perf_counter() - started)
+        _completed(request, 500, "internal", started)
         return _json({"error": "internal error"}, 500)
-    if observe:
-        observe(request, response.status, "", time.perf_counter() - started)
+    _completed(request, response.status, "", started)
     return response
 
 
@@ -85,6 +96,26 @@ async def _json_body(request: web.Request, refusal: str) -> Any:
         raise BadRequest(refusal) from None
     except RecursionError:  # nesting deeper than the interpreter's stack: [[[[...
         raise BadRequest(f"{refusal} (nested too deeply)") from None
+
+
+class BadHttpFilter(logging.Filter):
+    """For ``aiohttp.server``: bytes on the port that are not HTTP (scanners, TLS to a plain
+    port) become one INFO line; their traceback is kept only at DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite a bad-request record; let everything else through."""
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        if logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return True
+        peer = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        record.msg, record.args = "%s", (fields(
+            "bad http", peer=peer, error=f"{type(exc).__name__}: {exc.message}"[:200]),)
+        record.exc_info, record.exc_text = None, None
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
 
 
 def _int_param(request: web.Request, name: str) -> int | None:

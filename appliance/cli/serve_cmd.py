@@ -11,13 +11,15 @@ import hashlib
 import json
 import logging
 import signal
+import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from appliance.api.http import make_app
+from appliance.api.http import BadHttpFilter, make_app
 from appliance.api.http_runner import JsonErrorRunner
 from appliance.config import (
     TEE_NAMES,
@@ -28,6 +30,7 @@ from appliance.config import (
     parse_host_port,
 )
 from appliance.errors import ConfigError, UsageError
+from appliance.logfmt import fields
 from appliance.metrics import NodeMetrics
 from appliance.node.identity import NodeIdentity
 from appliance.node.node import Node
@@ -99,11 +102,39 @@ def _provider(tee: str, state_dir: Path) -> EvidenceProvider:
     return provider
 
 
+def _bind(address: tuple[str, int], what: str) -> socket.socket:
+    try:
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        return socket.create_server(address, family=family)
+    except OSError as exc:
+        raise UsageError(f"cannot listen for {what} on {address[0]}:{address[1]}: "
+                         f"{exc.strerror or exc}") from None
+
+
+def _probe(config: AppConfig) -> None:
+    """Fail before anything is created when the metrics or gRPC port is taken (they bind
+    later, once the node is up; a moment's race remains)."""
+    for address, what in ((config.listen.metrics, "metrics"), (config.listen.grpc, "gRPC")):
+        if address is not None and address[1] != 0:
+            _bind(address, what).close()
+
+
 def serve(args: argparse.Namespace) -> int:
     """Start the node and serve until SIGTERM/SIGINT."""
     config = effective_config(args)
     logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiohttp.server").addFilter(BadHttpFilter())
+    # Bind first: a node that cannot listen creates no data dir and no key.
+    http_socket = _bind(config.listen.http, "the AO HTTP API")
+    try:
+        _probe(config)
+        return _serve_bound(args, config, http_socket)
+    finally:
+        http_socket.close()
+
+
+def _serve_bound(args: argparse.Namespace, config: AppConfig, http_socket: socket.socket) -> int:
     data_dir: Path = args.data_dir
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -117,10 +148,13 @@ def serve(args: argparse.Namespace) -> int:
                 config_digest(config), observer=metrics)
     log.info("node %s starting (tee %s)", identity.address, node.provider.platform)
     try:
-        asyncio.run(_serve(node, config, metrics))
+        asyncio.run(_serve(node, config, metrics, http_socket))
     finally:
         sd_notify("STOPPING=1")
+        started = time.perf_counter()
         node.close()
+        log.info("%s", fields("shutdown complete", address=identity.address,
+                              ms=(time.perf_counter() - started) * 1000))
     return 0
 
 
@@ -131,13 +165,14 @@ def _refresh_logged(node: Node) -> None:
         log.exception("attestation refresh on SIGHUP failed")
 
 
-async def _serve(node: Node, config: AppConfig, metrics: NodeMetrics | None) -> None:
+async def _serve(node: Node, config: AppConfig, metrics: NodeMetrics | None,
+                 http_socket: socket.socket) -> None:
     if metrics is not None:
         metrics.attach(node)
     runner = JsonErrorRunner(make_app(node, metrics.observe_http if metrics else None),
                              access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, *config.listen.http)
+    site = web.SockSite(runner, http_socket)
     await site.start()
     host, port = runner.addresses[0][:2]
     event: dict[str, Any] = {"event": "listening", "http": f"{host}:{port}",
@@ -155,8 +190,13 @@ async def _serve(node: Node, config: AppConfig, metrics: NodeMetrics | None) -> 
         event["grpc"] = server.bound_address
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def shutdown(sig: signal.Signals) -> None:
+        log.info("%s", fields("shutdown", signal=sig.name))
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, shutdown, sig)
     refreshes: set[asyncio.Task[Any]] = set()
 
     def refresh() -> None:  # SIGHUP: re-attest now (the schedule goes on)

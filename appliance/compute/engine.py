@@ -141,6 +141,8 @@ class ComputeEngine:
         self._ticker = _EpochTicker(self.engine)
         self._loaded: dict[tuple[str, str], LoadedModule] = {}
         self._lock = threading.Lock()
+        self.compiled = 0
+        """How many modules this engine compiled from wasm (not from its native-code cache)."""
 
     def load(self, wasm: bytes, fmt: ModuleFormat) -> LoadedModule:
         """Compile ``wasm`` (or load its cached native code) for ``fmt``."""
@@ -198,6 +200,7 @@ class ComputeEngine:
                 path.unlink(missing_ok=True)
         try:
             module = wasmtime.Module(self.engine, wasm())
+            self.compiled += 1
         except wasmtime.WasmtimeError as exc:
             text = str(exc)
             if "legacy" in text and "exception" in text:

@@ -14,6 +14,7 @@ import gzip
 import hashlib
 import multiprocessing
 import threading
+import time
 import zlib
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -130,6 +131,17 @@ def restore_checkpoint(engine: ComputeEngine, loaded: LoadedModule, limits: Comp
         raise
 
 
+@dataclass(frozen=True)
+class OpenReport:
+    """How opening a process in its worker went (for the node's log)."""
+
+    compiled: bool
+    """The module was compiled from wasm (not loaded from the native-code cache or memory)."""
+    load_seconds: float
+    instantiate_seconds: float
+    """Instantiating, or restoring the checkpoint."""
+
+
 class _Worker:
     """The worker side: resident instances keyed by process id."""
 
@@ -138,12 +150,16 @@ class _Worker:
         self.instances: dict[str, ProcessInstance] = {}
 
     def open(self, process_id: str, module_path: str, fmt: str, limits: ComputeLimits,
-             checkpoint: CheckpointFile | None) -> None:
+             checkpoint: CheckpointFile | None) -> OpenReport:
+        started, compiled = time.perf_counter(), self.engine.compiled
         loaded = self.engine.load(Path(module_path).read_bytes(), module_format(fmt))
+        loaded_at = time.perf_counter()
         instance = (self.engine.instantiate(loaded, limits) if checkpoint is None
                     else restore_checkpoint(self.engine, loaded, limits, checkpoint))
         self.close(process_id)
         self.instances[process_id] = instance
+        return OpenReport(self.engine.compiled > compiled, loaded_at - started,
+                          time.perf_counter() - loaded_at)
 
     def evaluate(self, process_id: str, batch: list[tuple[bytes, bytes]]) -> list[dict[str, Any]]:
         inst = self.instances[process_id]
@@ -297,9 +313,11 @@ class EvaluatorPool:
         return self._for(process_id).generation
 
     def open(self, process_id: str, module_path: Path, fmt: str, limits: ComputeLimits,
-             checkpoint: CheckpointFile | None) -> None:
+             checkpoint: CheckpointFile | None) -> OpenReport:
         """Instantiate (or restore) a process in its worker."""
-        self._for(process_id).call("open", process_id, str(module_path), fmt, limits, checkpoint)
+        report: OpenReport = self._for(process_id).call("open", process_id, str(module_path),
+                                                        fmt, limits, checkpoint)
+        return report
 
     def evaluate(self, process_id: str, batch: list[tuple[bytes, bytes]]) -> list[dict[str, Any]]:
         """Evaluate messages in order; one result object per message."""

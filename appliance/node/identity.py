@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,9 @@ from pathlib import Path
 import nacl.signing
 
 from appliance.errors import ConfigError
+from appliance.logfmt import fields
+
+log = logging.getLogger("appliance.identity")
 
 KEY_FILE = "node-key.ed25519"
 
@@ -74,4 +78,6 @@ class NodeIdentity:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-        return cls(key)
+        identity = cls(key)
+        log.info("%s", fields("node key created", address=identity.address, path=path))
+        return identity

@@ -10,12 +10,14 @@ deeper than the configured bound are recorded as ``dropped-depth``.
 from __future__ import annotations
 
 import hashlib
+import logging
 import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from appliance.errors import RequestError
+from appliance.logfmt import fields
 from appliance.node import items
 from appliance.node.guest import ScheduledSlot
 from appliance.node.identity import NodeIdentity
@@ -27,6 +29,8 @@ from appliance.node.scheduler import (
     schedule_message,
     store_item,
 )
+
+log = logging.getLogger("appliance.messenger")
 
 _PROTOCOL_TAGS = (("Data-Protocol", "ao"), ("Variant", "ao.TN.1"))
 
@@ -129,6 +133,10 @@ def _deliver(conn: sqlite3.Connection, ctx: SchedulerContext, push: PushContext,
         store_item(conn, item, kind)
         _record(conn, push, item, target, kind, "dropped-depth",
                 f"push depth {depth} exceeds {push.max_depth}", depth)
+        log.warning("%s", fields("outbox delivery failed", process=push.slot.process_id,
+                                 slot=push.slot.slot, item=item.id, kind=kind,
+                                 target=target or None, status="dropped-depth",
+                                 reason=f"push depth {depth} exceeds {push.max_depth}"))
         return set()
     try:
         if kind == "spawn":
@@ -139,6 +147,9 @@ def _deliver(conn: sqlite3.Connection, ctx: SchedulerContext, push: PushContext,
     except RequestError as exc:
         store_item(conn, item, kind)
         _record(conn, push, item, target, kind, "pending-remote", str(exc), depth)
+        log.warning("%s", fields("outbox delivery failed", process=push.slot.process_id,
+                                 slot=push.slot.slot, item=item.id, kind=kind,
+                                 target=target or None, status="pending-remote", reason=str(exc)))
         return set()
     _record(conn, push, item, target, kind, "scheduled", "", depth)
     return {target}

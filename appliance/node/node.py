@@ -29,6 +29,7 @@ from appliance.errors import (
     NotHosted,
     TooLarge,
 )
+from appliance.logfmt import fields
 from appliance.node import items
 from appliance.node.attest import make_attestation
 from appliance.node.chain import report_data
@@ -387,7 +388,7 @@ class Node:
         actor.cron_seq, actor.cron_after = 0, None
         for row in rows:
             try:
-                self.pool.open(pid, path, fmt, limits, CheckpointFile(
+                report = self.pool.open(pid, path, fmt, limits, CheckpointFile(
                     Path(row[1]), str(row[2]), int(row[3]), int(row[4])))
             except WorkerCrashed:
                 raise
@@ -399,11 +400,19 @@ class Node:
             self._restore_cron_cursor(actor, int(row[5]))
             break
         else:
-            self.pool.open(pid, path, fmt, limits, None)
+            report = self.pool.open(pid, path, fmt, limits, None)
         if actor.crons:
             self._cron_processes.add(pid)  # spawned by a process: not seen at ingest
             origin = self._boundary(pid, 0)
             actor.origin = origin if origin is not None else Boundary(0, 0, 0)
+        if report.compiled:
+            log.info("%s", fields("module compiled", module=module_id, format=fmt,
+                                  ms=report.load_seconds * 1000))
+        log.info("%s", fields(
+            "process restored" if actor.next_slot else "process opened", process=pid,
+            checkpoint_slot=actor.next_slot - 1 if actor.next_slot else None,
+            module=module_id, load_ms=report.load_seconds * 1000,
+            instantiate_ms=report.instantiate_seconds * 1000))
         actor.env_json = jsjson.stringify(guest_env(process, module))
         actor.module_id = module_id
 
@@ -766,7 +775,10 @@ class Node:
         except Exception:
             self.observer.checkpoint_failed()
             raise
-        self.observer.checkpointed(ref.raw_size, file_bytes, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self.observer.checkpointed(ref.raw_size, file_bytes, seconds)
+        log.info("%s", fields("checkpoint", process=pid, slot=slot, memory_bytes=ref.raw_size,
+                              file_bytes=file_bytes, ms=seconds * 1000))
         actor.since_checkpoint = 0
         actor.last_checkpoint = time.monotonic()
         self._prune_checkpoints(pid, slot)
