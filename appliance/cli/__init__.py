@@ -7,7 +7,15 @@ import sys
 from collections.abc import Sequence
 
 from appliance import __version__
-from appliance.cli import attestation_cmd, check_config_cmd, ctl_cmd, run_cmd, serve_cmd, verify_cmd
+from appliance.cli import (
+    attestation_cmd,
+    check_config_cmd,
+    ctl_cmd,
+    module_cmd,
+    run_cmd,
+    serve_cmd,
+    verify_cmd,
+)
 from appliance.cli.exitcodes import EXIT_USAGE, exit_code_for
 
 
@@ -31,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     check_config_cmd.register(sub)
     verify_cmd.register(sub)
     ctl_cmd.register(sub)
+    module_cmd.register(sub)
     return parser
 
 

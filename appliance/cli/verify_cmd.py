@@ -10,6 +10,7 @@ from typing import Any
 
 from appliance.cli import trust_args
 from appliance.cli.run_cmd import default_cache_dir
+from appliance.cli.urls import node_url
 from appliance.compute import ComputeLimits
 from appliance.errors import UsageError
 from appliance.proof.bundle import MAX_PROOF_BYTES, Proof
@@ -25,7 +26,8 @@ def register(sub: Any) -> None:
         description="Check one result as numbered steps. Exit 0 verified, 1 a check failed, "
                     "2 usage or unreachable input.")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--node", help="node URL (fetches GET /proof/{message})")
+    source.add_argument("--node", help="node URL, http(s)://HOST:PORT or HOST:PORT (fetches "
+                        "GET /proof/{message})")
     source.add_argument("--bundle", type=Path, help="a proof bundle exported by a node")
     parser.add_argument("--process", help="process id (with --node)")
     parser.add_argument("--message", help="message id (with --node)")
@@ -41,7 +43,7 @@ def _load(args: argparse.Namespace) -> Proof:
         return Proof.decode(trust_args.read_input(args.bundle, "--bundle", MAX_PROOF_BYTES))
     if not args.process or not args.message:
         raise UsageError("--node needs --process and --message")
-    proof = fetch_proof(args.node, args.process, args.message, replay=args.replay)
+    proof = fetch_proof(node_url(args.node), args.process, args.message, replay=args.replay)
     if args.save_bundle is not None:
         try:
             args.save_bundle.write_bytes(proof.encode())
@@ -50,10 +52,11 @@ def _load(args: argparse.Namespace) -> Proof:
     return proof
 
 
-def _print(report: ProofReport) -> None:
+def _print(report: ProofReport, policy_note: str) -> None:
     lines = []
     if report.emulated:
         lines.append(trust_args.EMULATED_BANNER)
+    lines.append(f"policy: {policy_note}")
     lines.append(f"process {report.process_id} message {report.message_id}")
     for step in report.steps:
         lines.append(f"{'✓' if step.ok else '✗'} {step.number}. {step.title}: {step.detail}")
@@ -68,7 +71,7 @@ def _print(report: ProofReport) -> None:
 
 def verify(args: argparse.Namespace) -> int:
     """Run the checks; 0 verified, 1 a check failed, 2 usage/unreachable."""
-    policy, _ = trust_args.policy(args.policy)
+    policy, policy_note = trust_args.policy(args.policy)
     trust = TrustInputs(policy=policy, now=trust_args.now(args.now),
                         certificates=tuple(trust_args.certificates(args.certs)),
                         snp_crls=tuple(trust_args.snp_crls(args.certs)),
@@ -79,7 +82,7 @@ def verify(args: argparse.Namespace) -> int:
     replay = (lambda p: replay_proof(p, cache, ComputeLimits())) if args.replay else None
     report = check_proof(proof, trust, replay)
     if args.json:
-        print(json.dumps(report.as_json(), sort_keys=True))
+        print(json.dumps({**report.as_json(), "policy": policy_note}, sort_keys=True))
     else:
-        _print(report)
+        _print(report, policy_note)
     return 0 if report.ok else 1

@@ -1,5 +1,5 @@
 """ANS-104 data items as the node core uses them: parse, verify (types 1 Arweave RSA-PSS-4096,
-2 ed25519, 3 Ethereum secp256k1), sign (ed25519, type 2).
+2 ed25519, 3 Ethereum secp256k1), sign (ed25519, type 2; any type with a caller's signer).
 
 Layout (ANS-104): signature type (u16 LE) | signature | owner | target flag [+32] |
 anchor flag [+32] | tag count (u64 LE) | tag bytes length (u64 LE) | Avro tags | data.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
@@ -311,19 +311,32 @@ def parse_verified(raw: bytes, max_bytes: int) -> Item:
 def sign(identity: NodeIdentity, *, tags: Sequence[tuple[str, str]], data: bytes = b"",
          target: str | None = None, anchor: bytes = b"") -> Item:
     """A data item signed by ``identity`` (ed25519, deterministic)."""
+    return sign_with(2, identity.public_key, identity.sign, tags=tags, data=data, target=target,
+                     anchor=anchor)
+
+
+def sign_with(signature_type: int, owner: bytes, signer: Callable[[bytes], bytes], *,
+              tags: Sequence[tuple[str, str]], data: bytes = b"", target: str | None = None,
+              anchor: bytes = b"") -> Item:
+    """A data item of ``signature_type`` whose deep hash ``signer`` signs (for client keys)."""
     if anchor and len(anchor) != 32:
         raise ValueError("anchor must be 32 bytes")
+    sig_len, owner_len = SIGNATURE_TYPES[signature_type]
+    if len(owner) != owner_len:
+        raise ValueError(f"signature type {signature_type} needs a {owner_len}-byte owner")
     tag_bytes = encode_tags(tags)
     target_raw = b64url_decode(target) if target else b""
     if target_raw and len(target_raw) != 32:
         raise ValueError("target must be a 32-byte id")
-    owner = identity.public_key
-    message = item_deep_hash(2, owner, target_raw, anchor, tag_bytes, data)
-    signature = identity.sign(message)
+    message = item_deep_hash(signature_type, owner, target_raw, anchor, tag_bytes, data)
+    signature = signer(message)
+    if len(signature) != sig_len:
+        raise ValueError(f"signature type {signature_type} needs a {sig_len}-byte signature")
     raw = b"".join([
-        struct.pack("<H", 2), signature, owner,
+        struct.pack("<H", signature_type), signature, owner,
         b"\1" + target_raw if target_raw else b"\0",
         b"\1" + anchor if anchor else b"\0",
         struct.pack("<QQ", len(tags), len(tag_bytes)), tag_bytes, data,
     ])
-    return Item(2, signature, owner, target or "", anchor, list(tags), data, raw, tag_bytes)
+    return Item(signature_type, signature, owner, target or "", anchor, list(tags), data, raw,
+                tag_bytes)
