@@ -16,7 +16,7 @@ from appliance.errors import UsageError
 from attestation import reference
 from attestation.atomic import write_atomically
 from attestation.bundle import decode_evidence, encode_bundle
-from attestation.errors import MalformedEvidence, VerificationFailed
+from attestation.errors import EmulatedEvidenceRefused, MalformedEvidence, VerificationFailed
 from attestation.evidence import EvidenceProvider, Platform, VerifiedEvidence
 from attestation.providers import TEE_NAMES, provider_for
 from attestation.verify import verify_evidence
@@ -134,12 +134,15 @@ def verify_command(args: argparse.Namespace) -> int:
                                  tdx_collateral=collateral, allow_emulated=args.allow_emulated,
                                  snp_crls=trust_args.snp_crls(args.certs))
     except VerificationFailed as exc:
-        failure = {"verified": False, "step": exc.step, "spec": exc.spec, "reason": exc.reason,
+        reason = exc.reason
+        if isinstance(exc, EmulatedEvidenceRefused):
+            reason = f"{reason}; {trust_args.EMULATED_REFUSED_HINT}"
+        failure = {"verified": False, "step": exc.step, "spec": exc.spec, "reason": reason,
                    "warnings": list(exc.warnings)}
         if args.json:
             print(json.dumps(failure))
         else:
-            print("\n".join([f"REJECTED at step {exc.step} ({exc.spec}): {exc.reason}",
+            print("\n".join([f"REJECTED at step {exc.step} ({exc.spec}): {reason}",
                              *(f"warning: {w}" for w in exc.warnings)]))
         return 1
     except MalformedEvidence as exc:

@@ -17,6 +17,8 @@ from attestation.tdx.files import load_collateral_dir
 
 MAX_INPUT_BYTES = 4 << 20
 MAX_DIR_FILES = 64
+EMULATED_REFUSED_HINT = ("pass --allow-emulated to accept it (INSECURE: emulated evidence proves "
+                         "nothing about hardware; for tests only)")
 EMULATED_BANNER = "EMULATED EVIDENCE: no hardware vouched for this; it proves nothing about a TEE."
 
 

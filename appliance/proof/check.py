@@ -17,7 +17,7 @@ from appliance.node import items
 from appliance.node.chain import first_hash_chain, next_hash_chain, report_data
 from appliance.proof.bundle import Proof
 from attestation.bundle import decode_evidence
-from attestation.errors import AttestationError, VerificationFailed
+from attestation.errors import AttestationError, EmulatedEvidenceRefused, VerificationFailed
 from attestation.evidence import Platform
 from attestation.policy import Policy
 from attestation.verify import verify_evidence
@@ -232,8 +232,10 @@ def _evidence(p: _Parsed, trust: TrustInputs, report: ProofReport) -> str:
                     tdx_collateral=trust.tdx_collateral, allow_emulated=trust.allow_emulated,
                     snp_crls=trust.snp_crls)
             except VerificationFailed as exc:
+                hint = ("; pass --allow-emulated to accept it (INSECURE: for tests only)"
+                        if isinstance(exc, EmulatedEvidenceRefused) else "")
                 raise CheckFailed(f"attestation {attestation.id}{at}: step {exc.step} "
-                                  f"({exc.spec}): {exc.reason}") from None
+                                  f"({exc.spec}): {exc.reason}{hint}") from None
             except AttestationError as exc:
                 raise CheckFailed(f"attestation {attestation.id}{at}: {exc}") from None
         report.emulated = report.emulated or verified.platform is Platform.EMULATED

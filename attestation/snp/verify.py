@@ -303,9 +303,8 @@ def verify_emulated(
     if not allow_emulated:
         raise EmulatedEvidenceRefused(
             "EMU-0",
-            "DESIGN §5.7",
-            "emulated evidence is refused unless the verifier is explicitly told to accept it "
-            "(allow_emulated=True)",
+            "emulated evidence is opt-in",
+            "emulated evidence is refused unless the verifier is explicitly told to accept it",
         )
     steps = Steps()
     steps.passed.append("EMU-0")

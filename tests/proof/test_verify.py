@@ -75,6 +75,18 @@ def test_emulated_refused_without_the_flag(node_with_results: tuple[Server, Node
     report = json.loads(out.stdout)
     assert not report["verified"]
     assert report["steps"][-1]["step"] == 8 and "EMU-0" in report["steps"][-1]["detail"]
+    assert "--allow-emulated" in report["steps"][-1]["detail"]
+    assert "allow_emulated=True" not in out.stdout and "DESIGN" not in out.stdout
+    assert report["policy"] == "none given: measurement NOT checked"
+
+
+def test_node_without_scheme_and_the_unchecked_measurement_is_said(
+        node_with_results: tuple[Server, Node, str, list[str]]) -> None:
+    srv, _, process, sent = node_with_results
+    out = _cli("--node", srv.url.removeprefix("http://"), "--process", process, "--message",
+               sent[0], "--allow-emulated")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "policy: none given: measurement NOT checked" in out.stdout.splitlines()
 
 
 def test_bundle_offline_with_replay(node_with_results: tuple[Server, Node, str, list[str]],
