@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from appliance import __version__
 from appliance.cli import (
@@ -18,6 +19,8 @@ from appliance.cli import (
 )
 from appliance.cli.exitcodes import EXIT_USAGE, exit_code_for
 
+PROG = "ao-appliance"
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse that exits with our usage code (2) and never prints a traceback."""
@@ -27,10 +30,18 @@ class _Parser(argparse.ArgumentParser):
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         raise SystemExit(EXIT_USAGE)
 
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        """A sub-command refuses the flags it does not know itself, with its own usage
+        (argparse would pass them up and print the top-level usage)."""
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras and self.prog != PROG:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the top-level parser with every sub-command registered."""
-    parser = _Parser(prog="ao-appliance", description=__doc__)
+    parser = _Parser(prog=PROG, description=__doc__)
     parser.add_argument("--version", action="version", version=f"ao-appliance {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run_cmd.register(sub)

@@ -11,6 +11,7 @@ import argparse
 import base64
 import json
 import os
+import socket
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -25,7 +26,7 @@ from appliance.config import parse_host_port
 from appliance.errors import UsageError
 
 MAX_MESSAGE = 1 << 30
-CONNECT_SECONDS = 10.0
+CONNECT_SECONDS = 3.0
 
 
 def _host_port(text: str) -> str:
@@ -62,17 +63,16 @@ def register(sub: Any) -> None:
         item.add_argument("file", help="the raw data item ('-' reads stdin)")
         item.set_defaults(call=_submit, method=rpc)
     res = rpcs.add_parser("result", help="GetResult")
-    res.add_argument("process")
-    res.add_argument("message")
+    _ids(res, message=True)
     res.add_argument("--out", type=Path, help="also write the raw Result item here")
     res.set_defaults(call=_result)
     stream = rpcs.add_parser("stream", help="StreamResults (follows until --limit or Ctrl-C)")
-    stream.add_argument("process")
+    _ids(stream)
     stream.add_argument("--from", dest="from_slot", type=int, default=0, help="first slot")
     stream.add_argument("--limit", type=int, default=0, help="stop after N results")
     stream.set_defaults(call=_stream)
     dry = rpcs.add_parser("dry-run", help="DryRun a message on the latest state")
-    dry.add_argument("process")
+    _ids(dry)
     dry.add_argument("--data", help="message Data")
     dry.add_argument("--tag", "--tags", dest="tags", action="append", default=[],
                      metavar="NAME=VALUE", help="a message tag (repeatable)")
@@ -87,11 +87,35 @@ def register(sub: Any) -> None:
     procs.add_argument("--all", action="store_true", help="follow next_page_token to the end")
     procs.set_defaults(call=_processes)
     ckpt = rpcs.add_parser("checkpoint", help="ForceCheckpoint")
-    ckpt.add_argument("process")
+    _ids(ckpt)
     ckpt.set_defaults(call=_checkpoint)
     rpcs.add_parser("services", help="services and methods, via server reflection") \
         .set_defaults(call=_services)
     parser.set_defaults(func=ctl)
+
+
+def _ids(parser: argparse.ArgumentParser, *, message: bool = False) -> None:
+    """``--process`` (and ``--message``) as ``verify`` takes them; the older positional form
+    still works."""
+    parser.add_argument("--process", dest="process_id", help="process id")
+    parser.add_argument("process", nargs="?", help=argparse.SUPPRESS)
+    if message:
+        parser.add_argument("--message", dest="message_id", help="message id")
+        parser.add_argument("message", nargs="?", help=argparse.SUPPRESS)
+    parser.set_defaults(ids_parser=parser, wants_message=message)
+
+
+def _resolve_ids(args: argparse.Namespace) -> None:
+    parser: argparse.ArgumentParser | None = getattr(args, "ids_parser", None)
+    if parser is None:
+        return
+    args.process = args.process_id or args.process
+    if not args.process:
+        parser.error("--process is required")
+    if args.wants_message:
+        args.message = args.message_id or args.message
+        if not args.message:
+            parser.error("--message is required")
 
 
 # --- output ------------------------------------------------------------------------------------
@@ -297,16 +321,37 @@ def _fail(code: int, value: dict[str, Any]) -> int:
     return code
 
 
+def _reachable(args: argparse.Namespace) -> str | None:
+    """Why the node's socket cannot even be connected to, or ``None`` (a quick TCP or unix
+    connect, so a dead port fails at once instead of after gRPC's reconnect back-off)."""
+    try:
+        if args.unix is not None:
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(CONNECT_SECONDS)
+                sock.connect(str(args.unix))
+        else:
+            host, port = parse_host_port(args.address)
+            socket.create_connection((host, port), timeout=CONNECT_SECONDS).close()
+    except OSError as exc:
+        return exc.strerror or str(exc) or type(exc).__name__
+    return None
+
+
 def ctl(args: argparse.Namespace) -> int:
     """Connect, make the call, print the answer."""
-    channel = _channel(args)
+    _resolve_ids(args)
     where = f"unix:{args.unix}" if args.unix is not None else args.address
+    problem = _reachable(args)
+    if problem is not None:
+        return _fail(EXIT_USAGE, {"error": "unreachable", "target": where,
+                                  "message": f"cannot connect: {problem}"})
+    channel = _channel(args)
     with channel:
         try:
             grpc.channel_ready_future(channel).result(timeout=min(args.timeout, CONNECT_SECONDS))
         except grpc.FutureTimeoutError:
             return _fail(EXIT_USAGE, {"error": "unreachable", "target": where,
-                                      "message": "no connection (server down, wrong address "
+                                      "message": "no gRPC connection (not a gRPC listener, "
                                                  "or TLS handshake refused)"})
         try:
             args.call(channel, args)

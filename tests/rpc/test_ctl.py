@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +19,12 @@ from tests.support.paths import REPO
 
 SCRIPT = Path(sys.executable).parent / "ao-appliance"
 COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "appliance.cli"]
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])  # closed once the socket is; nobody listens
 
 
 def _run(args: list[str]) -> subprocess.CompletedProcess[str]:
@@ -60,7 +67,7 @@ def test_ctl_covers_every_rpc(live: Live, tmp_path: Path) -> None:
                         "--out", str(tmp_path / "att.bin")],
         "add-module": [*unix, "add-module", str(tmp_path / "module.bin")],
         "spawn": [*_tls(live, "robot"), "spawn", str(tmp_path / "proc.bin")],
-        "result": [*unix, "result", live.process_id, msg.id, "--out",
+        "result": [*unix, "result", "--process", live.process_id, "--message", msg.id, "--out",
                    str(tmp_path / "result.bin")],
         "stream": [*unix, "stream", live.process_id, "--from", "0", "--limit", "2"],
         "dry-run-flags": [*unix, "dry-run", live.process_id, "--tag", "Action=Eval",
@@ -68,7 +75,7 @@ def test_ctl_covers_every_rpc(live: Live, tmp_path: Path) -> None:
         "dry-run-file": [*unix, "dry-run", live.process_id, "--message",
                          str(tmp_path / "dry.json")],
         "processes": [*unix, "processes", "--page-size", "1", "--all"],
-        "checkpoint": [*unix, "checkpoint", live.process_id],
+        "checkpoint": [*unix, "checkpoint", "--process", live.process_id],
         "services": [*unix, "services"],
     })
     assert _lines(out["status"])[0]["address"] == live.node.identity.address
@@ -96,7 +103,8 @@ def test_ctl_covers_every_rpc(live: Live, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("case", "code"), [
     ("unknown-result", 1), ("not-allowed", 1), ("bad-item", 1), ("unreachable", 2),
-    ("rogue-ca", 2), ("half-tls", 2), ("no-target", 2)])
+    ("rogue-ca", 2), ("half-tls", 2), ("no-target", 2), ("dead-port", 2), ("wrong-flag", 2),
+    ("no-process", 2)])
 def test_ctl_exit_codes(live: Live, tmp_path: Path, case: str, code: int) -> None:
     unix = ["--unix", str(live.unix)]
     garbage = tmp_path / "garbage.bin"
@@ -109,10 +117,18 @@ def test_ctl_exit_codes(live: Live, tmp_path: Path, case: str, code: int) -> Non
         "rogue-ca": [*_tls(live, "rogue"), "--timeout", "2", "status"],
         "half-tls": ["--address", live.tcp, "--ca", str(live.pki.ca), "status"],
         "no-target": ["status"],
+        "dead-port": ["--address", f"127.0.0.1:{_closed_port()}", "status"],
+        "wrong-flag": [*unix, "result", "--proces", live.process_id],
+        "no-process": [*unix, "checkpoint"],
     }[case]
     done = _run(args)
     assert done.returncode == code, (done.stdout, done.stderr)
     assert done.stdout == ""
+    if case == "dead-port":
+        assert "cannot connect: Connection refused" in done.stderr
+    if case in ("wrong-flag", "no-process"):
+        assert done.stderr.startswith("usage: ao-appliance ctl "), done.stderr
+        assert "--proces" in done.stderr or "--process is required" in done.stderr
     if code == 1:
         error = json.loads(done.stderr.splitlines()[-1])
         assert error["code"] == {"unknown-result": "NOT_FOUND", "not-allowed":
