@@ -28,8 +28,12 @@ from tests.integration.inproc import serve_in_thread
 from tests.integration.server import Server
 from tests.support.paths import REPO
 
-TRUST = TrustInputs(policy=Policy(any_measurement=True), now=datetime.now(UTC),
-                    allow_emulated=True)
+
+def _trust() -> TrustInputs:
+    """Trust inputs as of now (per call: the node's emulated certificates are newer than the
+    module's import, and the suite may import this file long before it runs it)."""
+    return TrustInputs(policy=Policy(any_measurement=True), now=datetime.now(UTC),
+                       allow_emulated=True)
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +119,8 @@ def test_usage_errors(node_with_results: tuple[Server, Node, str, list[str]],
     assert out.returncode == 2 and "Traceback" not in out.stderr
 
 
-def _failed_step(proof: Proof, trust: TrustInputs = TRUST) -> tuple[int, str]:
-    report: ProofReport = check_proof(proof, trust)
+def _failed_step(proof: Proof, trust: TrustInputs | None = None) -> tuple[int, str]:
+    report: ProofReport = check_proof(proof, trust or _trust())
     assert not report.ok
     last = report.steps[-1]
     return last.number, last.detail
@@ -132,7 +136,7 @@ def test_tampering_fails_at_the_right_step(node_with_results: tuple[Server, Node
                                            tmp_path: Path) -> None:
     _, node, process, sent = node_with_results
     proof = build_proof(node, process, sent[-1])
-    assert check_proof(proof, TRUST).ok
+    assert check_proof(proof, _trust()).ok
     results, assignments = list(proof.results), list(proof.assignments)
 
     flipped = bytearray(results[2])
@@ -156,10 +160,10 @@ def test_tampering_fails_at_the_right_step(node_with_results: tuple[Server, Node
                              hashlib.sha256(b"x").digest(), b"n")
     assert _failed_step(replace(proof, attestations=(other.raw,)))[0] in (2, 7)
 
-    step, detail = _failed_step(proof, replace(TRUST, allow_emulated=False))
+    step, detail = _failed_step(proof, replace(_trust(), allow_emulated=False))
     assert step == 8 and "EMU-0" in detail
 
-    excluding = replace(TRUST, policy=Policy(allowed_measurements=frozenset({b"\1" * 48})))
+    excluding = replace(_trust(), policy=Policy(allowed_measurements=frozenset({b"\1" * 48})))
     step, detail = _failed_step(proof, excluding)
     assert step == 8 and "EMU-15" in detail
 
