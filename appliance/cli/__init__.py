@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -20,6 +21,7 @@ from appliance.cli import (
 from appliance.cli.exitcodes import EXIT_USAGE, exit_code_for
 
 PROG = "ao-appliance"
+_AO_ID = re.compile(r"[A-Za-z0-9_-]{43}")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,6 +39,13 @@ class _Parser(argparse.ArgumentParser):
         if extras and self.prog != PROG:
             self.error(f"unrecognized arguments: {' '.join(extras)}")
         return parsed, extras
+
+    def _parse_optional(self, arg_string: str) -> Any:
+        """An AO id (43 base64url characters) is a value even when it starts with '-': about
+        one id in 64 does, and argparse would take it for an unknown flag."""
+        if _AO_ID.fullmatch(arg_string) and arg_string not in self._option_string_actions:
+            return None
+        return super()._parse_optional(arg_string)
 
 
 def build_parser() -> argparse.ArgumentParser:
