@@ -60,6 +60,35 @@ class TlsSettings:
 
 
 @dataclass(frozen=True)
+class HttpLimits:
+    """What one anonymous HTTP client may hold (section ``http``; docs/operator-guide.md).
+
+    A request head must arrive within ``header_timeout_seconds`` of its first byte and a body
+    within ``body_timeout_seconds`` of its head (else 408 and the connection is closed); an idle
+    keep-alive connection is closed after ``idle_timeout_seconds``; at most ``max_connections``
+    are open (past it a new one gets 503 and is closed); at most ``max_result_waiters`` result
+    reads wait at once (503 past it); fresh attestations pass a token bucket of
+    ``attestation_burst`` tokens refilled at ``attestation_rate`` per second (429 past it).
+    """
+
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 120.0
+    idle_timeout_seconds: float = 60.0
+    max_connections: int = 1024
+    max_result_waiters: int = 256
+    attestation_rate: float = 2.0
+    attestation_burst: int = 10
+
+    def __post_init__(self) -> None:
+        if min(self.header_timeout_seconds, self.body_timeout_seconds,
+               self.idle_timeout_seconds, self.attestation_rate) <= 0:
+            raise ConfigError("http timeouts and attestation_rate must be positive")
+        if min(self.max_connections, self.max_result_waiters, self.attestation_burst) < 1:
+            raise ConfigError("http max_connections, max_result_waiters and attestation_burst "
+                              "must be at least 1")
+
+
+@dataclass(frozen=True)
 class AppConfig:
     """The whole configuration file."""
 
@@ -68,6 +97,7 @@ class AppConfig:
     tls: TlsSettings = field(default_factory=TlsSettings)
     node: NodeOptions = field(default_factory=NodeOptions)
     limits: ComputeLimits = field(default_factory=ComputeLimits)
+    http: HttpLimits = field(default_factory=HttpLimits)
     log_level: str = "info"
 
 
@@ -131,10 +161,17 @@ _LISTEN = {"http", "grpc", "grpc_unix", "metrics"}
 _TLS = {"ca_file", "cert_file", "key_file", "allowed_clients", "plaintext_loopback"}
 _INT_RANGES = {"max_item_bytes": (1024, 1 << 30), "max_push_depth": (1, 10_000),
                "batch_size": (1, 10_000), "workers": (1, 256),
-               "checkpoint_every_messages": (1, 10**9), "block_height": (0, 2**62)}
+               "checkpoint_every_messages": (1, 10**9), "block_height": (0, 2**62),
+               "dry_run_fuel": (1, 2**63 - 1), "dry_run_concurrency": (1, 256)}
 _FLOAT_RANGES = {"checkpoint_every_seconds": (1.0, 10**7), "result_wait_seconds": (0.0, 3600.0),
+                 "dry_run_wall_clock_seconds": (0.1, 3600.0),
+                 "state_checkpoint_seconds": (0.0, 10**7),
                  "attestation_refresh_seconds": (1.0, 10**7),
                  "cron_tick_seconds": (0.0, 3600.0)}
+_HTTP_INTS = {"max_connections": (1, 1_000_000), "max_result_waiters": (1, 1_000_000),
+              "attestation_burst": (1, 1_000_000)}
+_HTTP_FLOATS = {"header_timeout_seconds": (0.1, 3600.0), "body_timeout_seconds": (0.1, 3600.0),
+                "idle_timeout_seconds": (0.1, 86400.0), "attestation_rate": (0.001, 1e6)}
 _LIMITS = {"memory": (1 << 16, 1 << 40), "max_response_bytes": (1024, 1 << 32)}
 
 
@@ -179,6 +216,15 @@ def _node_options(node: Node) -> NodeOptions:
     return NodeOptions(**values)
 
 
+def _http(node: Node) -> HttpLimits:
+    keys = mapping(node, set(_HTTP_INTS) | set(_HTTP_FLOATS), "http")
+    values: dict[str, Any] = {
+        name: integer(child, f"http.{name}", *_HTTP_INTS[name]) if name in _HTTP_INTS
+        else number(child, f"http.{name}", *_HTTP_FLOATS[name])
+        for name, child in keys.items()}
+    return HttpLimits(**values)
+
+
 def _limits(node: Node) -> ComputeLimits:
     keys = mapping(node, {"memory", "fuel", "wall_clock_seconds", "max_response_bytes",
                           "rollback_window"}, "limits")
@@ -212,7 +258,7 @@ def grpc_transport_problem(config: AppConfig) -> str | None:
 
 def parse_config(text: str, source: str) -> AppConfig:
     """Validate configuration text; every problem is a ConfigError with file:line:col."""
-    sections = {"tee", "listen", "tls", "node", "limits", "log_level"}
+    sections = {"tee", "listen", "tls", "node", "limits", "http", "log_level"}
     try:
         root = load_strict(text, source)
         keys = mapping(root, sections, "the configuration")
@@ -222,6 +268,7 @@ def parse_config(text: str, source: str) -> AppConfig:
             tls=_tls(keys["tls"]) if "tls" in keys else TlsSettings(),
             node=_node_options(keys["node"]) if "node" in keys else NodeOptions(),
             limits=_limits(keys["limits"]) if "limits" in keys else ComputeLimits(),
+            http=_http(keys["http"]) if "http" in keys else HttpLimits(),
             log_level=_choice(keys["log_level"], "log_level", LOG_LEVELS)
             if "log_level" in keys else "info",
         )

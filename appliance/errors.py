@@ -50,3 +50,21 @@ class TooLarge(RequestError):
 
 class NotHosted(RequestError):
     """The process is scheduled by another node (its ``Scheduler`` tag names someone else)."""
+
+
+class Overloaded(RequestError):
+    """A bounded resource (waiters, dry-runs, connections) is full; retry after ``retry_after``
+    seconds. Nothing was done for the request."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RateLimited(Overloaded):
+    """A client-facing rate limit (token bucket) refused the request; retry after
+    ``retry_after`` seconds."""
+
+
+class RequestTimeout(RequestError):
+    """The client did not send its request (head or body) within the configured time."""

@@ -21,11 +21,12 @@ from importlib.metadata import version as dist_version
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
 from appliance import __version__
+from appliance.api.connections import HttpObserver
 from appliance.api.http_errors import reason
 from appliance.node.node import Node
 from appliance.node.observer import NodeObserver
@@ -217,8 +218,12 @@ class ProcessMetrics:
                                     "Maximum number of open file descriptors.", value=max_fds)
 
 
-class NodeMetrics(NodeObserver):
-    """The node's metrics: observer hooks, the HTTP hook, a registry and its /metrics server."""
+SHED_REASONS = ("Overloaded", "RateLimited")
+CLOSE_REASONS = ("header_timeout", "body_timeout", "cap")
+
+
+class NodeMetrics(NodeObserver, HttpObserver):
+    """The node's metrics: observer hooks, the HTTP hooks, a registry and its /metrics server."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -279,6 +284,22 @@ class NodeMetrics(NodeObserver):
             PREFIX + "http_request_duration_seconds",
             "AO HTTP API request handling time, by route template and method.",
             ["route", "method"], buckets=HTTP_BUCKETS, registry=r)
+        self.http_shed = Counter(
+            PREFIX + "http_requests_shed_total",
+            "AO HTTP API requests refused by a limit (429 RateLimited, 503 Overloaded), by "
+            "route template and reason.", ["route", "reason"], registry=r)
+        self.http_connections = Gauge(
+            PREFIX + "http_connections_open", "Open AO HTTP API connections.", registry=r)
+        self.http_closed = Counter(
+            PREFIX + "http_connections_closed_total",
+            "AO HTTP API connections the node closed, by reason (header_timeout, "
+            "body_timeout, cap: refused past http.max_connections).", ["reason"], registry=r)
+        self.http_waiters = Gauge(
+            PREFIX + "http_result_waiters",
+            "Result reads waiting for an evaluation (at most http.max_result_waiters).",
+            registry=r)
+        for name in CLOSE_REASONS:
+            self.http_closed.labels(name)
         for name in OUTCOMES:
             self.evaluations.labels(name)
         for name in ("ok", "error"):
@@ -352,12 +373,29 @@ class NodeMetrics(NodeObserver):
             self._node_state = _NodeState(self, node)
             self.registry.register(self._node_state)
 
-    def observe_http(self, request: web.Request, status: int, _reason: str,
+    def observe_http(self, request: web.Request, status: int, why: str,
                      seconds: float) -> None:
         """The AO HTTP API's per-request hook (see :func:`appliance.api.http.make_app`)."""
         route, method = route_template(request), http_method(request)
         self.http_requests.labels(route, method, str(status)).inc()
         self.http_seconds.labels(route, method).observe(seconds)
+        if why in SHED_REASONS:
+            self.http_shed.labels(route, why).inc()
+
+    def connection_opened(self) -> None:
+        """Count an open connection."""
+        self.http_connections.inc()
+
+    def connection_closed(self, reason: str | None) -> None:
+        """Count a closed connection (and why the node closed it)."""
+        if reason != "cap":
+            self.http_connections.dec()
+        if reason is not None:
+            self.http_closed.labels(reason).inc()
+
+    def result_waiters(self, delta: int) -> None:
+        """Track the waiting result reads."""
+        self.http_waiters.inc(delta)
 
     def exposition(self, accept: str = "") -> tuple[bytes, str]:
         """(body, content type) of a scrape, in the format ``accept`` asks for."""

@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,13 +21,18 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from appliance import __version__
 from appliance.api import cu_json, mainnet, su_json
+from appliance.api.connections import ConnectionGuard, GuardedSite, HttpObserver
 from appliance.api.graphql import GraphQLEndpoint
-from appliance.api.http_errors import error_text, http_status, reason
-from appliance.errors import ApplianceError, BadRequest
+from appliance.api.http_errors import error_text, http_status, reason, retry_after
+from appliance.api.http_runner import JsonErrorRunner
+from appliance.api.waiters import ResultWaiters
+from appliance.config import HttpLimits
+from appliance.errors import ApplianceError, BadRequest, NotFound, RequestTimeout
 from appliance.logfmt import fields
+from appliance.node.admission import TokenBucket
 from appliance.node.identity import b64url_decode
 from appliance.node.node import Node
-from appliance.proof.export import build_proof
+from appliance.proof.export import proof_chunks
 
 log = logging.getLogger("appliance.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -34,6 +40,7 @@ Observe = Callable[[web.Request, int, str, float], None]
 """``observe(request, status, reason, seconds)``: called once per request as it completes."""
 OBSERVE_KEY: web.AppKey[Observe] = web.AppKey("observe")
 NODE_KEY: web.AppKey[Node] = web.AppKey("node", Node)
+GUARD_KEY: web.AppKey[ConnectionGuard] = web.AppKey("connection_guard", ConnectionGuard)
 MAX_PAGE = 1000
 MAX_INT = 2**63 - 1
 """Slots, timestamps and cursors are SQLite integers: 0..2^63-1."""
@@ -61,6 +68,17 @@ def _completed(request: web.Request, status: int, why: str, started: float) -> N
 
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    guard = request.app.get(GUARD_KEY)
+    if guard is not None:
+        guard.request_started(request)
+    try:
+        return await _answer(request, handler)
+    finally:
+        if guard is not None:
+            guard.request_finished(request)
+
+
+async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
     try:
         response = await handler(request)
@@ -71,7 +89,13 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _json({"error": exc.text or exc.reason}, exc.status)
     except (ApplianceError, HttpProcessingError, ConnectionResetError) as exc:
         _completed(request, http_status(exc), reason(exc), started)
-        return _json({"error": error_text(exc)}, http_status(exc))
+        answer = _json({"error": error_text(exc)}, http_status(exc))
+        wait = retry_after(exc)
+        if wait is not None:
+            answer.headers["Retry-After"] = wait
+        if isinstance(exc, RequestTimeout):
+            answer.force_close()
+        return answer
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         _completed(request, 500, "internal", started)
@@ -87,15 +111,6 @@ def _refuse_constant(name: str) -> Any:
 def _strict_loads(text: str) -> Any:
     """``json.loads`` without Python's NaN/Infinity extension (the guest's encoder refuses them)."""
     return json.loads(text, parse_constant=_refuse_constant)
-
-
-async def _json_body(request: web.Request, refusal: str) -> Any:
-    try:
-        return await request.json(loads=_strict_loads)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest(refusal) from None
-    except RecursionError:  # nesting deeper than the interpreter's stack: [[[[...
-        raise BadRequest(f"{refusal} (nested too deeply)") from None
 
 
 class BadHttpFilter(logging.Filter):
@@ -220,9 +235,66 @@ def _cron_node(value: dict[str, Any]) -> dict[str, Any]:
 class Routes:
     """Route handlers bound to one node."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, limits: HttpLimits, observer: HttpObserver | None) -> None:
         self.node = node
+        self.limits = limits
         self.graphql = GraphQLEndpoint(node)
+        self.waiters = ResultWaiters(limits.max_result_waiters, observer)
+        self.attestations = TokenBucket(limits.attestation_rate, limits.attestation_burst)
+
+    async def _body(self, request: web.Request) -> bytes:
+        """The request body, read within ``body_timeout_seconds`` (RequestTimeout after)."""
+        try:
+            async with asyncio.timeout(self.limits.body_timeout_seconds):
+                return await request.read()
+        except TimeoutError:
+            guard = request.app.get(GUARD_KEY)
+            if guard is not None:
+                guard.closing(request, "body_timeout")
+            raise RequestTimeout(f"the request body did not arrive within "
+                                 f"{self.limits.body_timeout_seconds:g} s") from None
+
+    async def _json_body(self, request: web.Request, refusal: str) -> Any:
+        body = await self._body(request)
+        try:
+            return _strict_loads(body.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            raise BadRequest(refusal) from None
+        except RecursionError:  # nesting deeper than the interpreter's stack: [[[[...
+            raise BadRequest(f"{refusal} (nested too deeply)") from None
+
+    async def _await_result(self, process_id: str, message_id: str) -> dict[str, Any]:
+        """The result of ``message_id``, waiting up to ``result_wait_seconds`` on the event
+        loop (a future the node's progress wakes), holding no thread while it waits."""
+        def now() -> Awaitable[tuple[int, dict[str, Any] | None]]:
+            return asyncio.to_thread(self.node.result_now, process_id, message_id)
+        _, value = await now()
+        if value is not None:
+            return value
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.node.settings.result_wait_seconds
+        if self.node.settings.result_wait_seconds > 0:
+            self.waiters.enter()
+            try:
+                while (remaining := deadline - loop.time()) > 0:
+                    slot, value = await now()
+                    if value is not None:
+                        return value
+                    woken = self.waiters.future(process_id, slot)
+                    try:
+                        # check again now that the future is registered: a result stored
+                        # between the read above and the registration would wake nobody
+                        _, value = await now()
+                        if value is not None:
+                            return value
+                        await asyncio.wait_for(woken, remaining)
+                    except TimeoutError:
+                        break
+                    finally:
+                        self.waiters.forget(process_id, woken)
+            finally:
+                self.waiters.leave()
+        raise NotFound(f"result for {message_id} is not computed yet")
 
     @staticmethod
     async def _run(fn: Callable[..., Any], *args: Any) -> Any:
@@ -235,7 +307,7 @@ class Routes:
                       "height": self.node.settings.block_height, **status})
 
     async def post_item(self, request: web.Request) -> web.Response:
-        raw = await request.read()
+        raw = await self._body(request)
         if not raw:
             raise BadRequest("the request body must be an ANS-104 data item")
         receipt = await self._run(self.node.ingest, raw)
@@ -277,9 +349,8 @@ class Routes:
         return _json({"page_info": {"has_next_page": more}, "edges": edges})
 
     async def result(self, request: web.Request) -> web.Response:
-        value = await self._run(self.node.result, _required(request, "process-id"),
-                                request.match_info["message"])
-        return _json(cu_json.result_json(value))
+        return _json(cu_json.result_json(await self._await_result(
+            _required(request, "process-id"), request.match_info["message"])))
 
     async def results(self, request: web.Request) -> web.Response:
         sort = request.query.get("sort", "ASC").upper()
@@ -296,15 +367,16 @@ class Routes:
 
     async def dry_run(self, request: web.Request) -> web.Response:
         process_id = _required(request, "process-id")
-        message = await _json_body(request, "dry-run body must be a JSON message")
+        message = await self._json_body(request, "dry-run body must be a JSON message")
         if not isinstance(message, dict):
             raise BadRequest("dry-run body must be a JSON object")
         return _json(cu_json.result_json(await self._run(self.node.dry_run, process_id,
                                                          message)))
 
     async def state(self, request: web.Request) -> web.Response:
-        memory = await self._run(self.node.state, request.match_info["process"])
-        return web.Response(body=memory, content_type="application/octet-stream")
+        slot, memory = await self._run(self.node.state, request.match_info["process"])
+        return web.Response(body=memory, content_type="application/octet-stream",
+                            headers={"AO-Slot": str(slot)})
 
     async def cron(self, request: web.Request) -> web.Response:
         """The CU's ``GET /cron/:processId``: evaluate crons up to ``to`` (or now), then page."""
@@ -334,6 +406,7 @@ class Routes:
                 raise BadRequest("nonce must be base64url") from None
             if not 1 <= len(nonce) <= 64:
                 raise BadRequest("nonce must be 1 to 64 bytes")
+            self.attestations.take("fresh attestations")
             raw = (await self._run(self.node.attest, nonce)).raw
         return web.Response(body=raw, content_type="application/octet-stream")
 
@@ -342,30 +415,57 @@ class Routes:
         return web.Response(body=data, headers={"Content-Type": content_type})
 
     async def result_item(self, request: web.Request) -> web.Response:
-        raw = await self._run(self.node.result_item, _required(request, "process-id"),
-                              request.match_info["message"])
+        process_id, message_id = _required(request, "process-id"), request.match_info["message"]
+        await self._await_result(process_id, message_id)
+        raw = await self._run(self.node.result_item, process_id, message_id)
         return web.Response(body=raw, content_type="application/octet-stream")
 
-    async def proof(self, request: web.Request) -> web.Response:
+    async def proof(self, request: web.Request) -> web.StreamResponse:
+        """Streamed (chunked) a page of slots at a time: memory stays bounded by a page
+        whatever the history's length. An error after the first piece aborts the stream."""
         replay = request.query.get("replay", "") in ("1", "true")
-        proof = await self._run(lambda: build_proof(
-            self.node, _required(request, "process-id"), request.match_info["message"],
-            replay=replay))
-        return web.Response(body=proof.encode(), content_type="application/json")
+        process_id, message_id = _required(request, "process-id"), request.match_info["message"]
+        await self._await_result(process_id, message_id)
+        pieces = proof_chunks(self.node, process_id, message_id, replay=replay)
+        done = object()
+        piece = await self._run(next, pieces, done)
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        while piece is not done:
+            await response.write(piece)
+            piece = await self._run(next, pieces, done)
+        await response.write_eof()
+        return response
 
     async def graphql_query(self, request: web.Request) -> web.Response:
-        body = await _json_body(request, "GraphQL body must be JSON")
+        body = await self._json_body(request, "GraphQL body must be JSON")
         return _json(await self._run(self.graphql.execute, body))
 
 
-def make_app(node: Node, observe: Observe | None = None) -> web.Application:
-    """The aiohttp application serving ``node``."""
+def make_app(node: Node, observe: Observe | None = None, limits: HttpLimits | None = None,
+             observer: HttpObserver | None = None) -> web.Application:
+    """The aiohttp application serving ``node``; serve it through :func:`start_site` for the
+    connection cap and head timeout of ``limits``."""
+    limits = limits or HttpLimits()
     app = web.Application(middlewares=[_errors],
                           client_max_size=node.settings.max_item_bytes + 64 * 1024)
     app[NODE_KEY] = node
+    app[GUARD_KEY] = ConnectionGuard(limits.max_connections, limits.header_timeout_seconds,
+                                     observer)
     if observe is not None:
         app[OBSERVE_KEY] = observe
-    r = Routes(node)
+    r = Routes(node, limits, observer)
+
+    async def listen(_app: web.Application) -> None:
+        r.waiters.bind(asyncio.get_running_loop())
+        node.add_progress_listener(r.waiters.progress)
+
+    async def unlisten(_app: web.Application) -> None:
+        node.remove_progress_listener(r.waiters.progress)
+
+    app.on_startup.append(listen)
+    app.on_cleanup.append(unlisten)
     app.router.add_get("/", r.health)
     app.router.add_post("/", r.post_item)
     app.router.add_get("/timestamp", r.timestamp)
@@ -384,3 +484,14 @@ def make_app(node: Node, observe: Observe | None = None) -> web.Application:
     mainnet.add_refusals(app, node.identity.address)
     app.router.add_get("/{id}", r.item_or_schedule)
     return app
+
+
+async def start_site(app: web.Application, sock: socket.socket,
+                     limits: HttpLimits | None = None) -> web.AppRunner:
+    """Serve ``app`` on the listening ``sock`` (read ``runner.addresses`` for where) through its
+    connection guard, with idle keep-alive connections closed after ``idle_timeout_seconds``."""
+    limits = limits or HttpLimits()
+    runner = JsonErrorRunner(app, access_log=None, keepalive_timeout=limits.idle_timeout_seconds)
+    await runner.setup()
+    await GuardedSite(runner, app[GUARD_KEY], sock).start()
+    return runner

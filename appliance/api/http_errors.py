@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
 from appliance.errors import (
@@ -12,11 +14,17 @@ from appliance.errors import (
     ModuleError,
     NotFound,
     NotHosted,
+    Overloaded,
+    RateLimited,
+    RequestTimeout,
     TooLarge,
 )
 
 _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (TooLarge, 413),
+    (RateLimited, 429),
+    (Overloaded, 503),
+    (RequestTimeout, 408),
     (NotHosted, 421),
     (NotFound, 404),
     (BadRequest, 400),
@@ -34,6 +42,13 @@ def http_status(exc: BaseException) -> int:
         if isinstance(exc, kind):
             return status
     return 500
+
+
+def retry_after(exc: BaseException) -> str | None:
+    """The ``Retry-After`` header value (whole seconds, at least 1) for a shed request."""
+    if isinstance(exc, Overloaded):
+        return str(max(1, math.ceil(exc.retry_after)))
+    return None
 
 
 def reason(exc: BaseException) -> str:

@@ -17,10 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
-from appliance.api.http import BadHttpFilter, make_app
-from appliance.api.http_runner import JsonErrorRunner
+from appliance.api.http import BadHttpFilter, make_app, start_site
 from appliance.config import (
     TEE_NAMES,
     AppConfig,
@@ -169,11 +166,8 @@ async def _serve(node: Node, config: AppConfig, metrics: NodeMetrics | None,
                  http_socket: socket.socket) -> None:
     if metrics is not None:
         metrics.attach(node)
-    runner = JsonErrorRunner(make_app(node, metrics.observe_http if metrics else None),
-                             access_log=None)
-    await runner.setup()
-    site = web.SockSite(runner, http_socket)
-    await site.start()
+    app = make_app(node, metrics.observe_http if metrics else None, config.http, metrics)
+    runner = await start_site(app, http_socket, config.http)
     host, port = runner.addresses[0][:2]
     event: dict[str, Any] = {"event": "listening", "http": f"{host}:{port}",
                              "address": node.identity.address}

@@ -12,8 +12,10 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ from appliance.errors import (
 )
 from appliance.logfmt import fields
 from appliance.node import items
+from appliance.node.admission import Gate
 from appliance.node.attest import make_attestation
 from appliance.node.chain import report_data
 from appliance.node.cron import (
@@ -88,6 +91,12 @@ PIPELINED_BATCHES = 8
 # Checkpoints kept per process (older rows and files are deleted). A restart falls back to the
 # older one, and then to slot 0, when a checkpoint file is missing or damaged.
 CHECKPOINTS_KEPT = 2
+# Dry-run copies kept resident in the dry-run workers (least recently used ones are closed).
+DRY_RUN_RESIDENT = 8
+ProgressListener = Callable[[str, int], None]
+"""``listener(process_id, slot)``: results up to ``slot`` are stored (or, with ``slot`` =
+:data:`ALL_SLOTS`, the process stopped evaluating). Called from actor threads; must not block."""
+ALL_SLOTS = 2**63
 
 
 @dataclass(frozen=True)
@@ -121,6 +130,18 @@ class _Actor:
     cron_seq: int = 0
     cron_after: tuple[int, int, int] | None = None
     horizon_ms: int = 0
+    module_path: Path = Path()
+    module_format: str = ""
+    limits: ComputeLimits = field(default_factory=ComputeLimits)
+    state_forced_at: float | None = None
+
+
+@dataclass
+class _DryCopy:
+    """The dry-run copy of one process: which slot (and dry worker generation) it holds."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    loaded: tuple[int, int, int] | None = None
 
 
 def authority_warning(process: items.Item, node_address: str) -> str | None:
@@ -158,6 +179,12 @@ class Node:
         self._actors_lock = threading.Lock()
         self._valid_modules: dict[str, None] = {}  # ids whose wasm validated (insertion order)
         self._progress = threading.Condition()
+        self._listeners: list[ProgressListener] = []
+        self._dry_gate = Gate(settings.dry_run_concurrency, "dry-runs",
+                              retry_after=settings.dry_run_wall_clock_seconds)
+        self._dry_pool: EvaluatorPool | None = None
+        self._dry_copies: OrderedDict[str, _DryCopy] = OrderedDict()
+        self._dry_lock = threading.Lock()
         self._standing_lock = threading.Lock()
         self.standing = self._standing_attestation()
         self._closing = threading.Event()
@@ -215,13 +242,15 @@ class Node:
                 log.exception("scheduled attestation refresh failed")
 
     def attest(self, nonce: bytes) -> items.Item:
-        """A fresh, stored Attestation item binding this node's key for ``nonce``."""
-        return self._attest(nonce, "fresh")
+        """A fresh Attestation item binding this node's key for ``nonce``, answered and not
+        stored (results name only the standing attestation; a caller keeps its own)."""
+        return self._attest(nonce, "fresh", keep=False)
 
-    def _attest(self, nonce: bytes, kind: str) -> items.Item:
+    def _attest(self, nonce: bytes, kind: str, keep: bool = True) -> items.Item:
         try:
             item = make_attestation(self.identity, self.provider, self.config_digest, nonce)
-            self.store.write(lambda conn: store_item(conn, item, "attestation"))
+            if keep:
+                self.store.write(lambda conn: store_item(conn, item, "attestation"))
         except Exception:
             self.observer.attested(kind, ok=False)
             raise
@@ -251,7 +280,31 @@ class Node:
             self._monitor.join(timeout=30)
         self._executor.shutdown(wait=True)
         self.pool.stop()
+        if self._dry_pool is not None:
+            self._dry_pool.stop()
         self.store.close()
+
+    def add_progress_listener(self, listener: ProgressListener) -> None:
+        """Call ``listener(process_id, slot)`` whenever results are stored or a process stops
+        evaluating (front-ends wake their waiting readers with it, holding no thread)."""
+        with self._actors_lock:
+            self._listeners.append(listener)
+
+    def remove_progress_listener(self, listener: ProgressListener) -> None:
+        """Stop calling ``listener``."""
+        with self._actors_lock:
+            self._listeners.remove(listener)
+
+    def _notify(self, process_id: str, slot: int) -> None:
+        with self._actors_lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(process_id, slot)
+            except Exception:
+                log.exception("progress listener failed")
+        with self._progress:
+            self._progress.notify_all()
 
     def _ctx(self) -> SchedulerContext:
         return SchedulerContext(self.identity, self.attestation_id, self.settings.block_height)
@@ -356,6 +409,8 @@ class Node:
                 log.exception("process %s stopped evaluating", actor.process_id)
                 actor.broken = "internal error; see the node log"
                 progressed = False
+            if actor.broken is not None:
+                self._notify(actor.process_id, ALL_SLOTS)
             with self._actors_lock:
                 if not progressed and not actor.pending:
                     actor.running = False
@@ -415,6 +470,7 @@ class Node:
             instantiate_ms=report.instantiate_seconds * 1000))
         actor.env_json = jsjson.stringify(guest_env(process, module))
         actor.module_id = module_id
+        actor.module_path, actor.module_format, actor.limits = path, fmt, limits
 
     def _step(self, actor: _Actor) -> bool:
         if actor.broken is not None:
@@ -757,8 +813,7 @@ class Node:
         for target in woken:
             if target != pid:
                 self._wake(target)
-        with self._progress:
-            self._progress.notify_all()
+        self._notify(pid, signed[-1][0].slot)
 
     def _checkpoint(self, actor: _Actor, slot: int) -> None:
         pid = actor.process_id
@@ -820,22 +875,34 @@ class Node:
 
     # --- reads -------------------------------------------------------------------------------
 
-    def result(self, process_id: str, message_id: str, wait: bool = True) -> dict[str, Any]:
-        """The result JSON of ``message_id`` in ``process_id``, waiting for evaluation."""
+    def result_now(self, process_id: str, message_id: str) -> tuple[int, dict[str, Any] | None]:
+        """(slot, result JSON) of ``message_id``, or (slot, None) while it is not computed yet.
+
+        NotFound when the message is not scheduled on the process; EvaluationError when the
+        process stopped evaluating. Never waits: waiting readers use a progress listener.
+        """
         row = self.store.one("SELECT slot FROM schedule WHERE process_id = ? AND message_id = ?",
                              process_id, message_id)
         if row is None:
             raise NotFound(f"message {message_id} is not scheduled on process {process_id}")
         slot = int(row[0])
+        done = stored_result(self.store.reader, process_id, slot)
+        if done is not None:
+            value: dict[str, Any] = json.loads(done[1])
+            return slot, value
+        actor = self._actors.get(process_id)
+        if actor is not None and actor.broken:
+            raise EvaluationError(f"process {process_id} cannot evaluate: {actor.broken}")
+        return slot, None
+
+    def result(self, process_id: str, message_id: str, wait: bool = True) -> dict[str, Any]:
+        """The result JSON of ``message_id`` in ``process_id``, waiting (on this thread) for
+        evaluation up to ``result_wait_seconds``."""
         deadline = time.monotonic() + (self.settings.result_wait_seconds if wait else 0)
         while True:
-            done = stored_result(self.store.reader, process_id, slot)
-            if done is not None:
-                value: dict[str, Any] = json.loads(done[1])
+            _, value = self.result_now(process_id, message_id)
+            if value is not None:
                 return value
-            actor = self._actors.get(process_id)
-            if actor is not None and actor.broken:
-                raise EvaluationError(f"process {process_id} cannot evaluate: {actor.broken}")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise NotFound(f"result for {message_id} is not computed yet")
@@ -851,21 +918,78 @@ class Node:
             raise NotFound(f"no result item for {message_id}")
         return bytes(row[0])
 
+    def result_items(self, process_id: str, first: int, last: int) -> list[tuple[int, bytes]]:
+        """(slot, raw signed Result item) of the stored results in slots ``first..last``."""
+        rows = self.store.all("SELECT r.slot, i.raw FROM results r JOIN items i ON "
+                              "i.id = r.result_id WHERE r.process_id = ? AND r.slot BETWEEN ? "
+                              "AND ? ORDER BY r.slot", process_id, first, last)
+        return [(int(slot), bytes(raw)) for slot, raw in rows]
+
     def dry_run(self, process_id: str, message: dict[str, Any]) -> dict[str, Any]:
-        """Evaluate ``message`` against the process's latest state without keeping anything."""
-        actor = self._actor(process_id)
-        self.tick_crons(process_id)  # the CU dry-runs on the state evaluated up to now
-        self._wake(process_id)
-        with actor.lock:
-            if actor.generation != self.pool.generation(process_id):
-                self._open(actor)
+        """Evaluate ``message`` against the process's latest state without keeping anything.
+
+        It runs on a copy of the process in a dry-run worker, under the dry-run limits, so it
+        never holds the process's actor or worker while the guest runs; at most
+        ``dry_run_concurrency`` run at once (Overloaded past that).
+        """
+        with self._dry_gate.held_for():
+            actor = self._actor(process_id)
+            self.tick_crons(process_id)  # the CU dry-runs on the state evaluated up to now
             msg = {"Id": "dry-run", "Owner": message.get("Owner", ""),
                    "From": message.get("From") or message.get("Owner", ""),
                    "Target": process_id, "Tags": message.get("Tags", []),
                    "Data": message.get("Data", ""), "Anchor": message.get("Anchor", "0"),
                    "Timestamp": int(time.time() * 1000), "Block-Height": self.settings.block_height,
                    "Cron": False, "Read-Only": True}
-            return self.pool.dry_run(process_id, jsjson.stringify(msg), actor.env_json)
+            with self._dry_lock:
+                copy = self._dry_copies.get(process_id) or _DryCopy()
+                self._dry_copies[process_id] = copy
+                self._dry_copies.move_to_end(process_id)
+                pool = self._dry_pool = self._dry_pool or EvaluatorPool(
+                    self.settings.dry_run_concurrency, self.settings.cache_dir)
+            with copy.lock:
+                env_json = self._load_dry_copy(actor, copy, pool)
+                result = pool.dry_run(process_id, jsjson.stringify(msg), env_json)
+            self._evict_dry_copies(pool)
+            return result
+
+    def _load_dry_copy(self, actor: _Actor, copy: _DryCopy, pool: EvaluatorPool) -> bytes:
+        """Bring the dry-run copy of ``actor``'s process to its latest evaluated slot. The
+        actor's lock is held only to snapshot its memory between batches, never while a guest
+        runs in the dry-run worker."""
+        pid = actor.process_id
+        name = hashlib.sha256(pid.encode()).hexdigest()[:16]
+        path = self.settings.data_dir / "dry-run" / f"{name}.img"
+        with actor.lock:
+            if actor.broken is not None:
+                raise EvaluationError(f"process {pid} cannot evaluate: {actor.broken}")
+            if actor.generation != self.pool.generation(pid):
+                self._open(actor)
+            slot, env_json = actor.next_slot - 1, actor.env_json
+            wanted = (slot, actor.cron_seq, pool.generation(pid))
+            if copy.loaded == wanted:
+                return env_json
+            snapshot = self.pool.checkpoint(pid, path) if slot >= 0 else None
+            limits = replace(actor.limits,
+                             fuel=min(actor.limits.fuel, self.settings.dry_run_fuel),
+                             wall_clock_seconds=min(actor.limits.wall_clock_seconds,
+                                                    self.settings.dry_run_wall_clock_seconds))
+            module_path, fmt = actor.module_path, actor.module_format
+        copy.loaded = None
+        pool.open(pid, module_path, fmt, limits, snapshot)
+        copy.loaded = wanted
+        return env_json
+
+    def _evict_dry_copies(self, pool: EvaluatorPool) -> None:
+        with self._dry_lock:
+            idle = [(pid, copy) for pid, copy in self._dry_copies.items()
+                    if not copy.lock.locked()]
+            excess = len(self._dry_copies) - DRY_RUN_RESIDENT
+            for pid, copy in idle[:max(0, excess)]:
+                del self._dry_copies[pid]
+                if copy.loaded is not None:
+                    with contextlib.suppress(ApplianceError):
+                        pool.close(pid)
 
     def scheduled(self, process_id: str, message_id: str) -> tuple[items.Item, items.Item]:
         """(message item, assignment item) for a message scheduled on ``process_id``."""
@@ -956,14 +1080,32 @@ class Node:
                + f" ORDER BY rowid {'ASC' if ascending else 'DESC'} LIMIT ?")
         return [(int(r), bytes(raw)) for r, raw in self.store.all(sql, *params, limit)]
 
-    def state(self, process_id: str) -> bytes:
-        """The process's raw memory after its latest evaluated slot (checkpoints it first)."""
-        slot = self.checkpoint_now(process_id)
-        row = self.store.one("SELECT file, sha256, raw_size, clock FROM checkpoints WHERE "
-                             "process_id = ? AND slot = ?", process_id, slot)
-        assert row is not None
-        return read_checkpoint(CheckpointFile(Path(row[0]), str(row[1]), int(row[2]),
-                                              int(row[3]))).memory
+    def state(self, process_id: str) -> tuple[int, bytes]:
+        """(slot, raw memory after that slot) from the process's newest checkpoint.
+
+        A new checkpoint is written only when the process evaluated past the newest one and
+        the last one forced here is at least ``state_checkpoint_seconds`` old; otherwise the
+        newest checkpoint is served as it is (its slot says how current it is).
+        """
+        actor = self._actor(process_id)
+        with actor.lock:
+            row = self.store.one("SELECT slot, file, sha256, raw_size, clock FROM checkpoints "
+                                 "WHERE process_id = ? ORDER BY slot DESC LIMIT 1", process_id)
+            now = time.monotonic()
+            latest = actor.next_slot - 1 if actor.generation is not None else -1
+            due = (actor.state_forced_at is None
+                   or now - actor.state_forced_at >= self.settings.state_checkpoint_seconds)
+            if latest >= 0 and (row is None or (int(row[0]) < latest and due)):
+                self._checkpoint(actor, latest)
+                actor.state_forced_at = now
+                row = self.store.one("SELECT slot, file, sha256, raw_size, clock FROM "
+                                     "checkpoints WHERE process_id = ? AND slot = ?",
+                                     process_id, latest)
+            if row is None:
+                raise BadRequest(f"process {process_id} has not evaluated anything yet")
+            slot = int(row[0])
+            ref = CheckpointFile(Path(row[1]), str(row[2]), int(row[3]), int(row[4]))
+        return slot, read_checkpoint(ref).memory
 
     def broken_count(self) -> int:
         """How many hosted processes stopped evaluating (see the log for why) since start."""

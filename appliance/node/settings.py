@@ -22,6 +22,12 @@ class NodeOptions:
     ``attestation_refresh_seconds``; every ``cron_tick_seconds`` the node evaluates its
     cron processes' cron messages up to now, as AO's MU monitor does by polling ``/cron`` (0:
     only on reads).
+
+    Dry-runs (anonymous reads) evaluate on a copy of the process in a separate worker with
+    their own limits: ``dry_run_fuel`` and ``dry_run_wall_clock_seconds`` (never above the
+    process's own), at most ``dry_run_concurrency`` at once (503 past it).
+    ``state_checkpoint_seconds``: ``GET /state`` serves the newest checkpoint and writes a new one
+    only when the process advanced and the last one it forced is older than this.
     """
 
     max_item_bytes: int = 16 * 1024 * 1024
@@ -34,6 +40,10 @@ class NodeOptions:
     result_wait_seconds: float = 30.0
     attestation_refresh_seconds: float = 86400.0
     cron_tick_seconds: float = 1.0
+    dry_run_fuel: int = 1_000_000_000_000
+    dry_run_wall_clock_seconds: float = 10.0
+    dry_run_concurrency: int = 2
+    state_checkpoint_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         if self.max_item_bytes < 1024:
@@ -46,6 +56,11 @@ class NodeOptions:
             raise ConfigError("checkpoint intervals must be positive")
         if self.cron_tick_seconds < 0:
             raise ConfigError("cron_tick_seconds cannot be negative")
+        if self.dry_run_fuel < 1 or self.dry_run_wall_clock_seconds <= 0 \
+                or self.dry_run_concurrency < 1:
+            raise ConfigError("dry-run limits must be positive")
+        if self.state_checkpoint_seconds < 0:
+            raise ConfigError("state_checkpoint_seconds cannot be negative")
         if self.block_height < 0:
             raise ConfigError("block_height cannot be negative")
 

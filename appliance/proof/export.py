@@ -1,48 +1,88 @@
-"""Build a :class:`Proof` from a running node (served as ``GET /proof/{message}?process-id=``)."""
+"""Build a :class:`Proof` from a running node (served as ``GET /proof/{message}?process-id=``).
+
+:func:`proof_chunks` writes the bundle's JSON a page of slots at a time (the HTTP route streams
+it, chunked), so memory stays bounded by one page whatever the history's length; the bytes are
+those of :meth:`Proof.encode`.
+"""
 
 from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
 
 from appliance.errors import NotFound
 from appliance.node import items
 from appliance.node.node import Node
-from appliance.proof.bundle import Proof
+from appliance.proof.bundle import PROOF_FORMAT, Proof
 
 PAGE = 1000
 
 
-def build_proof(node: Node, process_id: str, message_id: str, *, replay: bool = False) -> Proof:
-    """Every Assignment and Result from slot 0 to ``message_id``'s slot, and what they reference.
+def _b64(blob: bytes) -> bytes:
+    return b'"' + base64.b64encode(blob) + b'"'
 
-    Waits (up to the node's result wait) for the message's result to be computed.
+
+def _pages(node: Node, process_id: str, last: int
+           ) -> Iterator[list[tuple[items.Item, items.Item]]]:
+    """(message, assignment) of slots 0..``last``, a page at a time; a gap is NotFound."""
+    done = 0
+    while done <= last:
+        page, _ = node.schedule_page(process_id, from_slot=done, to_slot=last, limit=PAGE)
+        if not page or page[0][0].slot != done:
+            raise NotFound(f"schedule of {process_id} has a gap at slot {done}")
+        yield [(message, assignment) for _slot, message, assignment in page]
+        done += len(page)
+
+
+def proof_chunks(node: Node, process_id: str, message_id: str, *,
+                 replay: bool = False) -> Iterator[bytes]:
+    """The bundle's JSON in pieces: every Assignment and Result from slot 0 to ``message_id``'s
+    slot, the Attestations they name and, with ``replay``, the messages and the module.
+
+    The result of ``message_id`` must be stored already (NotFound otherwise, raised before the
+    first piece).
     """
-    node.result(process_id, message_id)
     _, target = node.scheduled(process_id, message_id)
     last = int(items.first_tag(target, "Nonce") or 0)
-    assignments: list[bytes] = []
-    results: list[bytes] = []
-    messages: list[bytes] = []
+    if node.result_items(process_id, last, last) == []:
+        raise NotFound(f"result for {message_id} is not computed yet")
+    head = {"format": PROOF_FORMAT, "process": process_id, "message": message_id}
+    yield json.dumps(head, separators=(",", ":")).encode()[:-1] + b',"assignments":['
+    for n, page in enumerate(_pages(node, process_id, last)):
+        yield (b"," if n else b"") + b",".join(_b64(a.raw) for _, a in page)
+    yield b'],"results":['
     attestations: dict[str, bytes] = {}
-    module: bytes | None = None
-    while len(assignments) <= last:
-        page, _ = node.schedule_page(process_id, from_slot=len(assignments), to_slot=last,
-                                     limit=PAGE)
-        if not page:
-            raise NotFound(f"schedule of {process_id} has a gap at slot {len(assignments)}")
-        for _slot, message, assignment in page:
-            result = items.parse_trusted(node.result_item(process_id, message.id))
-            attestation = items.first_tag(result, "Attestation") or ""
-            if attestation not in attestations:
-                attestations[attestation] = node.item_raw(attestation)
-            assignments.append(assignment.raw)
-            results.append(result.raw)
-            if replay:
-                messages.append(message.raw)
-                if module is None:
-                    module = node.item_raw(items.first_tag(message, "Module") or "")
+    first = 0
+    while first <= last:
+        rows = node.result_items(process_id, first, min(last, first + PAGE - 1))
+        if not rows or rows[0][0] != first:
+            raise NotFound(f"results of {process_id} have a gap at slot {first}")
+        for _, raw in rows:
+            name = items.first_tag(items.parse_trusted(raw), "Attestation") or ""
+            if name not in attestations:
+                attestations[name] = node.item_raw(name)
+        yield (b"," if first else b"") + b",".join(_b64(raw) for _, raw in rows)
+        first += len(rows)
     crons = node.cron_results_between(process_id, 0, last - 1) if last > 0 else []
     for raw in crons:
-        attestation = items.first_tag(items.parse_trusted(raw), "Attestation") or ""
-        if attestation not in attestations:
-            attestations[attestation] = node.item_raw(attestation)
-    return Proof(process_id, message_id, tuple(assignments), tuple(results),
-                 tuple(attestations.values()), tuple(messages), module, tuple(crons))
+        name = items.first_tag(items.parse_trusted(raw), "Attestation") or ""
+        if name not in attestations:
+            attestations[name] = node.item_raw(name)
+    yield b'],"attestations":[' + b",".join(_b64(a) for a in attestations.values())
+    yield b'],"messages":['
+    module: bytes | None = None
+    if replay:
+        for n, page in enumerate(_pages(node, process_id, last)):
+            if module is None:
+                module = node.item_raw(items.first_tag(page[0][0], "Module") or "")
+            yield (b"," if n else b"") + b",".join(_b64(m.raw) for m, _ in page)
+    yield b'],"module":' + (b"null" if module is None else _b64(module))
+    yield b',"crons":[' + b",".join(_b64(c) for c in crons) + b"]}"
+
+
+def build_proof(node: Node, process_id: str, message_id: str, *, replay: bool = False) -> Proof:
+    """The whole bundle in memory. Waits (up to the node's result wait) for the message's
+    result to be computed."""
+    node.result(process_id, message_id)
+    return Proof.decode(b"".join(proof_chunks(node, process_id, message_id, replay=replay)))

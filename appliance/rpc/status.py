@@ -16,12 +16,16 @@ from appliance.errors import (
     ModuleError,
     NotFound,
     NotHosted,
+    Overloaded,
+    RequestTimeout,
     TooLarge,
     UsageError,
 )
 
 _CODES: tuple[tuple[type[ApplianceError], grpc.StatusCode], ...] = (
     (TooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (Overloaded, grpc.StatusCode.UNAVAILABLE),
+    (RequestTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
     (NotHosted, grpc.StatusCode.FAILED_PRECONDITION),
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (BadRequest, grpc.StatusCode.INVALID_ARGUMENT),

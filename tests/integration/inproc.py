@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
-from appliance.api.http import make_app
-from appliance.api.http_runner import JsonErrorRunner
+from appliance.api.http import make_app, start_site
 from appliance.node.identity import NodeIdentity
 from appliance.node.node import Node
 from appliance.node.settings import NodeSettings
@@ -30,10 +28,7 @@ def serve_in_thread(data_dir: Path, provider: Any,
     box: dict[str, Any] = {}
 
     async def start() -> None:
-        runner = JsonErrorRunner(make_app(node))
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
+        runner = await start_site(make_app(node), socket.create_server(("127.0.0.1", 0)))
         box["runner"] = runner
         box["port"] = runner.addresses[0][1]
         ready.set()

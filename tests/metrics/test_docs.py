@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config import Listeners, TlsSettings
+from appliance.config import HttpLimits, Listeners, TlsSettings
 from appliance.metrics import NodeMetrics
 from appliance.node.settings import NodeOptions
 from tests.metrics.live import promtool, serve_with_metrics
@@ -96,6 +96,7 @@ def test_guide_documents_every_config_option() -> None:
     options = [f"listen.{f.name}" for f in dataclasses.fields(Listeners)]
     options += [f"tls.{f.name}" for f in dataclasses.fields(TlsSettings)]
     options += [f"node.{f.name}" for f in dataclasses.fields(NodeOptions)]
+    options += [f"http.{f.name}" for f in dataclasses.fields(HttpLimits)]
     options += [f"limits.{name}" for name in LIMIT_KEYS] + ["tee", "log_level"]
     for option in options:
         assert f"| `{option}` |" in text, option

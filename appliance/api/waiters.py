@@ -1,0 +1,84 @@
+"""Result reads waiting for an evaluation, as futures on the event loop (no thread each).
+
+The node calls :meth:`ResultWaiters.progress` from its actor threads when results are stored
+(see :meth:`~appliance.node.node.Node.add_progress_listener`); the waiting readers of that process
+whose slot is now stored are woken on the loop and read the store again. At most ``capacity``
+readers wait at once; one more is refused with :class:`~appliance.errors.Overloaded`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from appliance.api.connections import HttpObserver
+from appliance.errors import Overloaded
+
+
+class ResultWaiters:
+    """Futures of waiting result reads, keyed by process and slot."""
+
+    def __init__(self, capacity: int, observer: HttpObserver | None = None) -> None:
+        self.capacity = capacity
+        self._observer = observer or HttpObserver()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiting: dict[str, list[tuple[int, asyncio.Future[None]]]] = {}
+        self._count = 0
+
+    @property
+    def count(self) -> int:
+        """Readers waiting now."""
+        return self._count
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The loop the futures live on (the one serving HTTP)."""
+        self._loop = loop
+
+    def progress(self, process_id: str, slot: int) -> None:
+        """Results of ``process_id`` up to ``slot`` are stored (any thread)."""
+        loop = self._loop
+        if loop is not None and process_id in self._waiting and not loop.is_closed():
+            loop.call_soon_threadsafe(self._wake, process_id, slot)
+
+    def _wake(self, process_id: str, slot: int) -> None:
+        entries = self._waiting.get(process_id)
+        if not entries:
+            return
+        keep = []
+        for wanted, future in entries:
+            if wanted <= slot:
+                if not future.done():
+                    future.set_result(None)
+            else:
+                keep.append((wanted, future))
+        if keep:
+            self._waiting[process_id] = keep
+        else:
+            del self._waiting[process_id]
+
+    def enter(self) -> None:
+        """Count one more waiting reader, or raise Overloaded at ``capacity``."""
+        if self._count >= self.capacity:
+            raise Overloaded(f"too many clients are waiting for results (limit "
+                             f"{self.capacity}); retry later")
+        self._count += 1
+        self._observer.result_waiters(1)
+
+    def leave(self) -> None:
+        """One reader stopped waiting."""
+        self._count -= 1
+        self._observer.result_waiters(-1)
+
+    def future(self, process_id: str, slot: int) -> asyncio.Future[None]:
+        """A future set once ``process_id`` has a result at ``slot`` (or stops evaluating)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(process_id, []).append((slot, future))
+        return future
+
+    def forget(self, process_id: str, future: asyncio.Future[None]) -> None:
+        """Drop ``future`` (its reader gave up)."""
+        entries = self._waiting.get(process_id)
+        if entries is None:
+            return
+        entries[:] = [(s, f) for s, f in entries if f is not future]
+        if not entries:
+            del self._waiting[process_id]
