@@ -39,6 +39,19 @@ class HttpObserver:
         """The number of result reads waiting for an evaluation changed by ``delta``."""
 
 
+LINGER_SECONDS = 2.0
+"""After a refusal, how long the node reads (and drops) what the client still sends before it
+closes: closing with unread input makes the kernel send a reset, which can destroy the answer."""
+
+
+def _refuse(transport: asyncio.Transport, answer: bytes) -> None:
+    """Send ``answer``, end the write side, and close after :data:`LINGER_SECONDS`."""
+    transport.write(answer)
+    if transport.can_write_eof():
+        transport.write_eof()
+    asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.close)
+
+
 def _answer(status: int, reason: str, error: str) -> bytes:
     body = json.dumps({"error": error}).encode()
     return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json; charset=utf-8\r\n"
@@ -63,10 +76,9 @@ class _Guarded(asyncio.Protocol):
         guard = self._guard
         if guard.open >= guard.max_connections:
             self._closed_for = "cap"
-            transport.write(_answer(503, "Service Unavailable",
-                                    f"too many open connections (limit {guard.max_connections}); "
-                                    "retry later"))
-            transport.close()
+            _refuse(transport, _answer(
+                503, "Service Unavailable",
+                f"too many open connections (limit {guard.max_connections}); retry later"))
             guard.observer.connection_closed("cap")
             return
         guard.admit(transport, self)
@@ -83,8 +95,8 @@ class _Guarded(asyncio.Protocol):
         inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._inner is None or self._closed_for is not None:
-            return
+        if self._inner is None or self._closed_for == "header_timeout":
+            return  # refused: what the client still sends is dropped until the close
         if not self._in_request and self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(
                 self._guard.header_timeout, self._head_timed_out)
@@ -125,10 +137,9 @@ class _Guarded(asyncio.Protocol):
         if self._in_request or self._transport is None or self._transport.is_closing():
             return
         self._closed_for = "header_timeout"
-        self._transport.write(_answer(
+        _refuse(self._transport, _answer(
             408, "Request Timeout",
             f"the request head did not arrive within {self._guard.header_timeout:g} s"))
-        self._transport.close()
 
 
 class ConnectionGuard:

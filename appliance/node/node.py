@@ -241,10 +241,11 @@ class Node:
             except Exception:  # the TEE failed: counted by _attest; keep the current one
                 log.exception("scheduled attestation refresh failed")
 
-    def attest(self, nonce: bytes) -> items.Item:
-        """A fresh Attestation item binding this node's key for ``nonce``, answered and not
-        stored (results name only the standing attestation; a caller keeps its own)."""
-        return self._attest(nonce, "fresh", keep=False)
+    def attest(self, nonce: bytes, *, keep: bool = True) -> items.Item:
+        """A fresh Attestation item binding this node's key for ``nonce``; stored only with
+        ``keep`` (anonymous HTTP callers get it unstored: results name only the standing
+        attestation, and a caller keeps the item it asked for)."""
+        return self._attest(nonce, "fresh", keep=keep)
 
     def _attest(self, nonce: bytes, kind: str, keep: bool = True) -> items.Item:
         try:
