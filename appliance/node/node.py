@@ -959,8 +959,7 @@ class Node:
         actor's lock is held only to snapshot its memory between batches, never while a guest
         runs in the dry-run worker."""
         pid = actor.process_id
-        name = hashlib.sha256(pid.encode()).hexdigest()[:16]
-        path = self.settings.data_dir / "dry-run" / f"{name}.img"
+        path = self._dry_image(pid)
         with actor.lock:
             if actor.broken is not None:
                 raise EvaluationError(f"process {pid} cannot evaluate: {actor.broken}")
@@ -991,6 +990,13 @@ class Node:
                 if copy.loaded is not None:
                     with contextlib.suppress(ApplianceError):
                         pool.close(pid)
+                with contextlib.suppress(FileNotFoundError):
+                    self._dry_image(pid).unlink()
+
+    def _dry_image(self, process_id: str) -> Path:
+        """Where the memory image a dry-run copy of ``process_id`` restores from is written."""
+        name = hashlib.sha256(process_id.encode()).hexdigest()[:16]
+        return self.settings.data_dir / "dry-run" / f"{name}.img"
 
     def scheduled(self, process_id: str, message_id: str) -> tuple[items.Item, items.Item]:
         """(message item, assignment item) for a message scheduled on ``process_id``."""

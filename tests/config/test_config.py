@@ -45,6 +45,14 @@ def test_a_full_file_becomes_frozen_settings() -> None:
         config.tee = "tdx"  # type: ignore[misc]
 
 
+def test_http_limits_section() -> None:
+    config = parse_config("http:\n  max_connections: 10\n  attestation_rate: 0.5\n"
+                          "node:\n  dry_run_wall_clock_seconds: 2.5\n", "http.yaml")
+    assert config.http.max_connections == 10 and config.http.attestation_rate == 0.5
+    assert config.http.header_timeout_seconds == 10.0
+    assert config.node.dry_run_wall_clock_seconds == 2.5
+
+
 def test_an_empty_file_means_every_default() -> None:
     assert parse_config("", "empty.yaml") == AppConfig()
 
@@ -55,6 +63,10 @@ def test_an_empty_file_means_every_default() -> None:
     ("tls:\n  plaintext_loopback: yes\n", ":2:23", "YAML 1.1"),
     ("node:\n  batch_size: 010\n", ":2:15", "ambiguous"),
     ("node:\n  workers: 0\n", ":2:12", "workers"),
+    ("node:\n  dry_run_concurrency: 0\n", ":2:24", "dry_run_concurrency"),
+    ("http:\n  max_connections: 0\n", ":2:20", "http.max_connections"),
+    ("http:\n  header_timeout_seconds: fast\n", ":2:27", "must be a number"),
+    ("http:\n  max_conections: 5\n", ":2:3", "max_conections"),
     ("node:\n  max_item_bytes: lots\n", ":2:19", "not a size"),
     ("limits:\n  memory: 1-tb-ish\n", ":2:11", "not a size"),
     ("tee: sgx\n", ":1:6", "must be one of"),
