@@ -919,6 +919,15 @@ class Node:
             raise NotFound(f"no result item for {message_id}")
         return bytes(row[0])
 
+    def schedule_items(self, process_id: str, first: int,
+                       last: int) -> list[tuple[int, bytes, bytes]]:
+        """(slot, raw message item, raw assignment item) of the slots ``first..last``."""
+        rows = self.store.all("SELECT s.slot, m.raw, a.raw FROM schedule s JOIN items m ON "
+                              "m.id = s.message_id JOIN items a ON a.id = s.assignment_id "
+                              "WHERE s.process_id = ? AND s.slot BETWEEN ? AND ? ORDER BY s.slot",
+                              process_id, first, last)
+        return [(int(slot), bytes(m), bytes(a)) for slot, m, a in rows]
+
     def result_items(self, process_id: str, first: int, last: int) -> list[tuple[int, bytes]]:
         """(slot, raw signed Result item) of the stored results in slots ``first..last``."""
         rows = self.store.all("SELECT r.slot, i.raw FROM results r JOIN items i ON "

@@ -23,13 +23,12 @@ def _b64(blob: bytes) -> bytes:
     return b'"' + base64.b64encode(blob) + b'"'
 
 
-def _pages(node: Node, process_id: str, last: int
-           ) -> Iterator[list[tuple[items.Item, items.Item]]]:
-    """(message, assignment) of slots 0..``last``, a page at a time; a gap is NotFound."""
+def _pages(node: Node, process_id: str, last: int) -> Iterator[list[tuple[bytes, bytes]]]:
+    """Raw (message, assignment) of slots 0..``last``, a page at a time; a gap is NotFound."""
     done = 0
     while done <= last:
-        page, _ = node.schedule_page(process_id, from_slot=done, to_slot=last, limit=PAGE)
-        if not page or page[0][0].slot != done:
+        page = node.schedule_items(process_id, done, min(last, done + PAGE - 1))
+        if not page or page[0][0] != done or page[-1][0] != done + len(page) - 1:
             raise NotFound(f"schedule of {process_id} has a gap at slot {done}")
         yield [(message, assignment) for _slot, message, assignment in page]
         done += len(page)
@@ -50,7 +49,7 @@ def proof_chunks(node: Node, process_id: str, message_id: str, *,
     head = {"format": PROOF_FORMAT, "process": process_id, "message": message_id}
     yield json.dumps(head, separators=(",", ":")).encode()[:-1] + b',"assignments":['
     for n, page in enumerate(_pages(node, process_id, last)):
-        yield (b"," if n else b"") + b",".join(_b64(a.raw) for _, a in page)
+        yield (b"," if n else b"") + b",".join(_b64(a) for _, a in page)
     yield b'],"results":['
     attestations: dict[str, bytes] = {}
     first = 0
@@ -75,8 +74,9 @@ def proof_chunks(node: Node, process_id: str, message_id: str, *,
     if replay:
         for n, page in enumerate(_pages(node, process_id, last)):
             if module is None:
-                module = node.item_raw(items.first_tag(page[0][0], "Module") or "")
-            yield (b"," if n else b"") + b",".join(_b64(m.raw) for m, _ in page)
+                process = items.parse_trusted(page[0][0])
+                module = node.item_raw(items.first_tag(process, "Module") or "")
+            yield (b"," if n else b"") + b",".join(_b64(m) for m, _ in page)
     yield b'],"module":' + (b"null" if module is None else _b64(module))
     yield b',"crons":[' + b",".join(_b64(c) for c in crons) + b"]}"
 
