@@ -25,9 +25,9 @@ from appliance.api.connections import ConnectionGuard, GuardedSite, HttpObserver
 from appliance.api.graphql import GraphQLEndpoint
 from appliance.api.http_errors import error_text, http_status, reason, retry_after
 from appliance.api.http_runner import JsonErrorRunner
-from appliance.api.waiters import ResultWaiters
+from appliance.api.waiters import ResultWaiters, await_result
 from appliance.config import HttpLimits
-from appliance.errors import ApplianceError, BadRequest, NotFound, RequestTimeout
+from appliance.errors import ApplianceError, BadRequest, RequestTimeout
 from appliance.logfmt import fields
 from appliance.node.admission import TokenBucket
 from appliance.node.identity import b64url_decode
@@ -264,37 +264,7 @@ class Routes:
             raise BadRequest(f"{refusal} (nested too deeply)") from None
 
     async def _await_result(self, process_id: str, message_id: str) -> dict[str, Any]:
-        """The result of ``message_id``, waiting up to ``result_wait_seconds`` on the event
-        loop (a future the node's progress wakes), holding no thread while it waits."""
-        def now() -> Awaitable[tuple[int, dict[str, Any] | None]]:
-            return asyncio.to_thread(self.node.result_now, process_id, message_id)
-        _, value = await now()
-        if value is not None:
-            return value
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.node.settings.result_wait_seconds
-        if self.node.settings.result_wait_seconds > 0:
-            self.waiters.enter()
-            try:
-                while (remaining := deadline - loop.time()) > 0:
-                    slot, value = await now()
-                    if value is not None:
-                        return value
-                    woken = self.waiters.future(process_id, slot)
-                    try:
-                        # check again now that the future is registered: a result stored
-                        # between the read above and the registration would wake nobody
-                        _, value = await now()
-                        if value is not None:
-                            return value
-                        await asyncio.wait_for(woken, remaining)
-                    except TimeoutError:
-                        break
-                    finally:
-                        self.waiters.forget(process_id, woken)
-            finally:
-                self.waiters.leave()
-        raise NotFound(f"result for {message_id} is not computed yet")
+        return await await_result(self.node, self.waiters, process_id, message_id)
 
     @staticmethod
     async def _run(fn: Callable[..., Any], *args: Any) -> Any:

@@ -9,9 +9,12 @@ readers wait at once; one more is refused with :class:`~appliance.errors.Overloa
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
+from typing import Any
 
 from appliance.api.connections import HttpObserver
-from appliance.errors import Overloaded
+from appliance.errors import NotFound, Overloaded
+from appliance.node.node import Node
 
 
 class ResultWaiters:
@@ -70,7 +73,10 @@ class ResultWaiters:
 
     def future(self, process_id: str, slot: int) -> asyncio.Future[None]:
         """A future set once ``process_id`` has a result at ``slot`` (or stops evaluating)."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        future: asyncio.Future[None] = loop.create_future()
         self._waiting.setdefault(process_id, []).append((slot, future))
         return future
 
@@ -82,3 +88,44 @@ class ResultWaiters:
         entries[:] = [(s, f) for s, f in entries if f is not future]
         if not entries:
             del self._waiting[process_id]
+
+
+async def await_result(node: Node, waiters: ResultWaiters, process_id: str,
+                       message_id: str) -> dict[str, Any]:
+    """The result of ``message_id``, waiting up to the node's ``result_wait_seconds`` on the
+    event loop (a future the node's progress wakes), holding no thread while it waits.
+
+    ``waiters`` must be a progress listener of ``node``. NotFound when the result is still not
+    computed at the deadline; Overloaded when ``waiters`` is full.
+    """
+    def now() -> Awaitable[tuple[int, dict[str, Any] | None]]:
+        return asyncio.to_thread(node.result_now, process_id, message_id)
+
+    _, value = await now()
+    if value is not None:
+        return value
+    loop = asyncio.get_running_loop()
+    wait = node.settings.result_wait_seconds
+    deadline = loop.time() + wait
+    if wait > 0:
+        waiters.enter()
+        try:
+            while (remaining := deadline - loop.time()) > 0:
+                slot, value = await now()
+                if value is not None:
+                    return value
+                woken = waiters.future(process_id, slot)
+                try:
+                    # read again now that the future is registered: a result stored between
+                    # the read above and the registration would wake nobody
+                    _, value = await now()
+                    if value is not None:
+                        return value
+                    await asyncio.wait_for(woken, remaining)
+                except TimeoutError:
+                    break
+                finally:
+                    waiters.forget(process_id, woken)
+        finally:
+            waiters.leave()
+    raise NotFound(f"result for {message_id} is not computed yet")

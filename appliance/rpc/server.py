@@ -164,7 +164,7 @@ async def start_grpc(node: Node, config: AppConfig, *,
         interceptors=[OperatorInterceptor(metrics, AccessPolicy(frozenset(tls.allowed_clients)))],
         options=[("grpc.max_receive_message_length", limit),
                  ("grpc.max_send_message_length", -1)])
-    service = OperatorService(node)
+    service = OperatorService(node, max_result_waiters=config.http.max_result_waiters)
     health_service = health.aio.HealthServicer()
     pb_grpc.add_OperatorServicer_to_server(service, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_service, server)

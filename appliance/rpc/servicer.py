@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 
 from appliance import __version__
+from appliance.api.waiters import ResultWaiters, await_result
 from appliance.errors import BadRequest
 from appliance.node import items
 from appliance.node.node import Node, Receipt
@@ -64,10 +65,13 @@ class OperatorService(pb_grpc.OperatorServicer):
     (resume from the last slot received + 1 on another connection).
     """
 
-    def __init__(self, node: Node, poll_seconds: float = POLL_SECONDS) -> None:
+    def __init__(self, node: Node, poll_seconds: float = POLL_SECONDS,
+                 max_result_waiters: int = 256) -> None:
         self.node = node
         self.poll_seconds = poll_seconds
         self.closing = asyncio.Event()
+        self.waiters = ResultWaiters(max_result_waiters)
+        node.add_progress_listener(self.waiters.progress)
 
     # --- status and attestation --------------------------------------------------------------
 
@@ -143,14 +147,13 @@ class OperatorService(pb_grpc.OperatorServicer):
 
     # --- results -----------------------------------------------------------------------------
 
-    def _result(self, process_id: str, message_id: str) -> queries.ResultRow:
-        self.node.result(process_id, message_id)
-        return queries.result_of(self.node.store, process_id, message_id)
-
     async def GetResult(self, request: pb.GetResultRequest, context: Any
                         ) -> pb.GetResultResponse:
-        """The result JSON and signed Result item of one message."""
-        row = await asyncio.to_thread(self._result, request.process_id, request.message_id)
+        """The result JSON and signed Result item of one message (waiting for it holds no
+        thread: see :func:`appliance.api.waiters.await_result`)."""
+        await await_result(self.node, self.waiters, request.process_id, request.message_id)
+        row = await asyncio.to_thread(queries.result_of, self.node.store, request.process_id,
+                                      request.message_id)
         return pb.GetResultResponse(process_id=row.process_id, message_id=row.message_id,
                                     slot=row.slot, result_id=row.result_id,
                                     result_json=row.data.decode("utf-8"), result_item=row.raw)

@@ -23,6 +23,7 @@ class Server:
     url: str
     address: str
     data_dir: Path
+    metrics_url: str | None = None
 
     def get(self, path: str) -> bytes:
         with urllib.request.urlopen(self.url + path, timeout=60) as resp:
@@ -68,6 +69,7 @@ def start_server(data_dir: Path, command: tuple[str, ...] = SERVE) -> Server:
     for line in proc.stdout:
         if line.startswith("{") and '"listening"' in line:
             event = json.loads(line)
-            return Server(proc, f"http://{event['http']}", event["address"], data_dir)
+            metrics = f"http://{event['metrics']}/metrics" if "metrics" in event else None
+            return Server(proc, f"http://{event['http']}", event["address"], data_dir, metrics)
     proc.wait()
     raise RuntimeError(f"node exited with {proc.returncode} before listening")

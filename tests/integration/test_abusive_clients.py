@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from appliance.node import items
 from tests.integration.clients import client_identity, message, spawn, upload_module
@@ -29,8 +30,8 @@ def _serve(tmp_path: Path, config: str) -> Server:
     path = tmp_path / "config.yaml"
     path.write_text(config)
     return start_server(tmp_path / "node", (
-        "-m", "appliance.cli", "serve", "--http", "127.0.0.1:0", "--tee", "emulated",
-        "--config", str(path), "--data-dir"))
+        "-m", "appliance.cli", "serve", "--http", "127.0.0.1:0", "--metrics", "127.0.0.1:0",
+        "--tee", "emulated", "--config", str(path), "--data-dir"))
 
 
 @pytest.fixture
@@ -48,6 +49,15 @@ def _get(srv: Server, path: str) -> tuple[int, dict[str, str], bytes]:
             return resp.status, dict(resp.headers), bytes(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, dict(exc.headers), bytes(exc.read())
+
+
+def _gauge(srv: Server, name: str) -> float:
+    assert srv.metrics_url is not None
+    with urllib.request.urlopen(srv.metrics_url, timeout=GUARD) as resp:
+        for family in text_string_to_metric_families(resp.read().decode()):
+            if family.name == name:
+                return float(family.samples[0].value)
+    raise AssertionError(f"{name} is not exported")
 
 
 def _dry_run(srv: Server, process: str, owner: str, code: str) -> tuple[int, Any]:
@@ -167,12 +177,13 @@ def test_waiting_clients_hold_no_thread_and_are_bounded(server: Server, tmp_path
     for waiter in waiters:
         waiter.start()
     try:
-        for _ in range(20000):  # until all 16 wait: the 17th is refused
-            status, headers, body = _get(server, f"/result/{queued[0]}?process-id={process}")
-            if status == 503:
+        for _ in range(20000):  # until all 16 wait
+            if _gauge(server, "ao_appliance_http_result_waiters") == 16:
                 break
         else:
             pytest.fail("the waiters never filled the bound")
+        status, headers, body = _get(server, f"/result/{queued[0]}?process-id={process}")
+        assert status == 503
         assert "too many clients are waiting for results (limit 16)" in json.loads(body)["error"]
         assert int(headers["Retry-After"]) >= 1
         assert not done, "a waiter finished before the blocking message did"
