@@ -193,9 +193,12 @@ def _cron_key(value: str) -> dict[str, Any] | None:
 
 def _cron_timestamp(value: Any, name: str) -> int:
     try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise BadRequest(f"{name} must be a cron cursor or a timestamp") from None
+        timestamp = int(value)
+    except (TypeError, ValueError, OverflowError):
+        timestamp = -1
+    if not 0 <= timestamp <= MAX_INT:
+        raise BadRequest(f"{name} must be a cron cursor or a timestamp from 0 to {MAX_INT}")
+    return timestamp
 
 
 def _cron_from(value: str | None) -> tuple[tuple[int, str, str] | None, int | None]:

@@ -151,6 +151,14 @@ def test_out_of_range_results_cursors_are_400(live: Live, cursor: str) -> None:
     assert "not a results cursor" in error
 
 
+@pytest.mark.parametrize("bound", ["from=9223372036854775808", "to=-1", "from=" + "9" * 30,
+                                   "from=" + base64.b64encode(b'{"timestamp":1e999}').decode()])
+def test_out_of_range_cron_bounds_are_400(live: Live, bound: str) -> None:
+    query = urllib.parse.quote(bound, safe="=")
+    error = _json_error(*live.request("GET", f"/cron/{live.process}?{query}"))
+    assert "cron cursor or a timestamp" in error
+
+
 @pytest.mark.parametrize("modulus", [0, 3])
 def test_an_rsa_owner_that_is_no_key_is_400(live: Live, modulus: int) -> None:
     raw = (struct.pack("<H", 1) + b"\1" * 512 + modulus.to_bytes(512, "big") + b"\0\0"
