@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -29,7 +30,8 @@ from appliance.config import (
 from appliance.errors import ConfigError, UsageError
 from appliance.logfmt import fields
 from appliance.metrics import NodeMetrics
-from appliance.node.identity import NodeIdentity
+from appliance.node.datadir import PRIVATE_UMASK, make_private
+from appliance.node.identity import KEY_FILE, NodeIdentity
 from appliance.node.node import Node
 from appliance.node.settings import NodeSettings
 from appliance.rpc.server import start_grpc
@@ -133,10 +135,13 @@ def serve(args: argparse.Namespace) -> int:
 
 def _serve_bound(args: argparse.Namespace, config: AppConfig, http_socket: socket.socket) -> int:
     data_dir: Path = args.data_dir
+    os.umask(PRIVATE_UMASK)  # every file the node and its workers create: 0600, dirs 0700
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        narrowed = make_private(data_dir, keep=KEY_FILE)
     except OSError as exc:
         raise UsageError(f"cannot create data dir {data_dir}: {exc}") from None
+    if narrowed:
+        log.warning("data dir %s: narrowed %d modes to 0700/0600", data_dir, narrowed)
     settings = NodeSettings(data_dir=data_dir, limits=config.limits,
                             **dataclasses.asdict(config.node))
     identity = NodeIdentity.load_or_create(data_dir)

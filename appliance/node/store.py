@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from appliance.node.datadir import DIR_MODE, create_private_file
+
 T = TypeVar("T")
 DB_FILE = "node.sqlite3"
 MAX_BATCH = 256
@@ -131,8 +133,9 @@ class Store:
     """The node's database: a writer thread for all writes, thread-local readers."""
 
     def __init__(self, data_dir: Path) -> None:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
         self.path = data_dir / DB_FILE
+        create_private_file(self.path)  # SQLite gives -wal and -shm the database file's mode
         self._writer_conn = connect(self.path)
         self._writer_conn.executescript(SCHEMA)
         _migrate_tags(self._writer_conn)
