@@ -48,6 +48,11 @@ class TooLarge(RequestError):
     """The request exceeds a configured size limit."""
 
 
+class AboveMaximum(RequestError):
+    """A module or process asks (``Memory-Limit``, ``Compute-Limit``) for more than the node's
+    configured maximum; the operator's limits are caps, never raised by tags."""
+
+
 class NotHosted(RequestError):
     """The process is scheduled by another node (its ``Scheduler`` tag names someone else)."""
 

@@ -40,12 +40,13 @@ HTTP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 CHECKPOINT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 UNMATCHED_ROUTE = "unmatched"
-OUTCOMES = ("ok", "error", "out_of_gas", "wall_clock", "response_too_large", "trap",
-            "invalid_response")
+OUTCOMES = ("ok", "error", "out_of_gas", "wall_clock", "out_of_memory", "response_too_large",
+            "trap", "invalid_response")
 _ENGINE_ERRORS = (
     ("compute limit exceeded", "out_of_gas"),
     ("Error: out of gas!", "out_of_gas"),
     ("wall-clock limit exceeded", "wall_clock"),
+    ("memory limit exceeded", "out_of_memory"),
     ("response exceeds the limit", "response_too_large"),
     ("wasm trap:", "trap"),
     ("wasm execution failed", "trap"),

@@ -7,6 +7,7 @@ import math
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
 from appliance.errors import (
+    AboveMaximum,
     ApplianceError,
     BadRequest,
     ConfigError,
@@ -26,6 +27,7 @@ _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (Overloaded, 503),
     (RequestTimeout, 408),
     (NotHosted, 421),
+    (AboveMaximum, 422),
     (NotFound, 404),
     (BadRequest, 400),
     (ModuleError, 422),

@@ -84,6 +84,7 @@ class EmscriptenHost:
         self.fmt = fmt
         self.clock = CLOCK_START
         self.memory_limit = memory_limit
+        self.memory_refused = False  # a heap growth past memory_limit was refused (per message)
         self.store: wasmtime.Store | None = None
         self.mem: GuestMemory | None = None
         self._wasm_memory: wasmtime.Memory | None = None
@@ -250,6 +251,7 @@ class EmscriptenHost:
         old = self.mem.size
         cap = min(self.fmt.heap_max, self.memory_limit)
         if requested > cap:
+            self.memory_refused = requested > self.memory_limit
             return 0
         for cut_down in (1, 2, 4):
             overgrown = min(old * (1 + 0.2 / cut_down), requested + 100_663_296)

@@ -483,12 +483,19 @@ class ProcessInstance:
 
     def _evaluate(self, msg_json: bytes, env_json: bytes) -> EvalResult:
         self._arm(self.limits.fuel)
+        self._host.memory_refused = False
         try:
             response = self._call(msg_json, env_json)
             result = _parse_response(response, self._gas_used())
         except EvaluationError as exc:
             result = EvalResult(None, [], [], [], str(exc), 0)
-        return replace(result, fuel_used=self.limits.fuel - self._store.get_fuel())
+        result = replace(result, fuel_used=self.limits.fuel - self._store.get_fuel())
+        if result.error is not None and self._host.memory_refused:
+            # the guest reports a refused allocation in its own words ("not enough memory"):
+            # say which limit it ran into
+            return replace(result, error=(
+                f"memory limit exceeded ({self.limits.memory_bytes} bytes): {result.error}"))
+        return result
 
     def _take_base(self) -> None:
         """Copy memory into the reused base buffer (its pages stay mapped: a plain memcpy)."""
@@ -537,7 +544,7 @@ class ProcessInstance:
             if out_of_gas:
                 raise EvaluationError(OUT_OF_GAS) from None
             if isinstance(exc, wasmtime.Trap):
-                raise EvaluationError(_describe_trap(exc)) from None
+                raise EvaluationError(_describe_trap(exc, self.limits)) from None
             if isinstance(exc, wasmtime.WasmtimeError):
                 raise EvaluationError(f"wasm execution failed: {exc}") from None
             raise EvaluationError(str(exc)) from None
@@ -603,12 +610,12 @@ def _func(exports: Any, name: str, legacy_name: str | None = None) -> wasmtime.F
     return func
 
 
-def _describe_trap(trap: wasmtime.Trap) -> str:
+def _describe_trap(trap: wasmtime.Trap, limits: ComputeLimits) -> str:
     code = trap.trap_code
     if code == wasmtime.TrapCode.OUT_OF_FUEL:
-        return "compute limit exceeded (out of gas)"
+        return f"compute limit exceeded (out of gas: {limits.fuel} fuel)"
     if code == wasmtime.TrapCode.INTERRUPT:
-        return "wall-clock limit exceeded"
+        return f"wall-clock limit exceeded ({limits.wall_clock_seconds:g} s)"
     if code is not None:
         return f"wasm trap: {code.name.lower().replace('_', ' ')}"
     return f"wasm trap: {str(trap.message).splitlines()[0] if trap.message else 'unknown'}"

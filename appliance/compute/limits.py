@@ -56,15 +56,43 @@ def parse_size(text: str) -> int:
     return int(match.group(1)) * _UNITS[unit]
 
 
-def limits_from_tags(tags: list[dict[str, str]], base: ComputeLimits) -> ComputeLimits:
-    """Apply AO ``Memory-Limit`` / ``Compute-Limit`` tags (module or process) to ``base``."""
+def requested_limits(tags: list[dict[str, str]]) -> dict[str, int]:
+    """What AO ``Memory-Limit`` / ``Compute-Limit`` tags (module or process) ask for, as
+    ``ComputeLimits`` field values; a later tag of the same name wins (process after module)."""
     values = {t.get("name"): t.get("value") for t in tags if isinstance(t, dict)}
     memory, compute = values.get("Memory-Limit"), values.get("Compute-Limit")
-    changes: dict[str, int] = {}
+    asked: dict[str, int] = {}
     if isinstance(memory, str):
-        changes["memory_bytes"] = parse_size(memory)
+        asked["memory_bytes"] = parse_size(memory)
     if isinstance(compute, str):
         if not compute.strip().isdigit():
             raise ConfigError(f"Compute-Limit must be a whole number, got {compute!r}")
-        changes["gas"] = int(compute) or ComputeLimits.gas  # the loader's `limit || default`
-    return replace(base, **changes) if changes else base
+        if int(compute):  # 0 asks for nothing: the loader's `limit || default`
+            asked["gas"] = int(compute)
+    return asked
+
+
+def limits_from_tags(tags: list[dict[str, str]], base: ComputeLimits) -> ComputeLimits:
+    """Apply AO ``Memory-Limit`` / ``Compute-Limit`` tags to ``base`` as given (``run`` and proof
+    replay evaluate what the tags say)."""
+    asked = requested_limits(tags)
+    return replace(base, **asked) if asked else base
+
+
+TAG_OF = {"memory_bytes": "Memory-Limit", "gas": "Compute-Limit"}
+
+
+def above_maximum(tags: list[dict[str, str]], maximum: ComputeLimits) -> str | None:
+    """Why the tags ask for more than ``maximum`` (naming the tag, the value and the maximum), or
+    ``None`` when they stay within it."""
+    for field, value in requested_limits(tags).items():
+        cap = getattr(maximum, field)
+        if value > cap:
+            return f"{TAG_OF[field]} {value} exceeds this node's maximum of {cap}"
+    return None
+
+
+def capped_limits(tags: list[dict[str, str]], maximum: ComputeLimits) -> ComputeLimits:
+    """The node's limits for a process: the operator's are caps that tags may only lower."""
+    asked = requested_limits(tags)
+    return replace(maximum, **{f: min(v, getattr(maximum, f)) for f, v in asked.items()})

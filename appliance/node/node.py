@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from appliance.compute import ComputeLimits, jsjson, module_format
-from appliance.compute.limits import limits_from_tags
+from appliance.compute.limits import above_maximum, capped_limits
 from appliance.errors import (
+    AboveMaximum,
     ApplianceError,
     BadRequest,
+    ConfigError,
     EvaluationError,
     ModuleError,
     NotFound,
@@ -343,6 +345,7 @@ class Node:
         if fmt is None:
             raise BadRequest("a Module item needs a Module-Format tag")
         module_format(fmt)
+        self._within_maximum(item)
         if item.id not in self._valid_modules:
             self.pool.validate_module(item.id, item.data)
             with self._actors_lock:
@@ -358,6 +361,8 @@ class Node:
             raise NotHosted(f"process names scheduler {scheduler!r}; this node is "
                             f"{self.identity.address}")
         crons = parse_crons(item.tags)
+        module = load_item(self.store.reader, items.first_tag(item, "Module") or "")
+        self._within_maximum(*([module] if module is not None else []), item)
         ctx = self._ctx()
         self.store.write(lambda conn: create_process(conn, ctx, item))
         if crons:
@@ -367,6 +372,16 @@ class Node:
         if warning is not None:
             log.warning("process %s: %s", item.id, warning)
         return Receipt(item.id, "Process", item.id, 0, warning)
+
+    def _within_maximum(self, *tagged: items.Item) -> None:
+        """Refuse a module or process whose limit tags ask for more than the operator allows."""
+        try:
+            why = above_maximum([t for i in tagged for t in tag_list(i.tags)], self.settings.limits)
+        except ConfigError as exc:
+            raise BadRequest(str(exc)) from None
+        if why is not None:
+            raise AboveMaximum(f"{why} (limits.memory and limits.fuel in its config); tags may "
+                               "lower the node's limits, never raise them")
 
     def _ingest_message(self, item: items.Item) -> Receipt:
         if not item.target:
@@ -432,8 +447,8 @@ class Node:
         path = self.settings.module_dir / f"{module_id}.wasm"
         if not path.exists():
             write_atomically(path, module.data)  # a unique temporary: actors open concurrently
-        limits = limits_from_tags(tag_list(module.tags) + tag_list(process.tags),
-                                  self.settings.limits)
+        limits = capped_limits(tag_list(module.tags) + tag_list(process.tags),
+                               self.settings.limits)
         fmt = items.first_tag(module, "Module-Format") or ""
         rows = self.store.all("SELECT slot, file, sha256, raw_size, clock, crons FROM checkpoints "
                               "WHERE process_id = ? ORDER BY slot DESC", pid)

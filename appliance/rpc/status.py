@@ -9,6 +9,7 @@ from __future__ import annotations
 import grpc
 
 from appliance.errors import (
+    AboveMaximum,
     ApplianceError,
     BadRequest,
     ConfigError,
@@ -27,6 +28,7 @@ _CODES: tuple[tuple[type[ApplianceError], grpc.StatusCode], ...] = (
     (Overloaded, grpc.StatusCode.UNAVAILABLE),
     (RequestTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
     (NotHosted, grpc.StatusCode.FAILED_PRECONDITION),
+    (AboveMaximum, grpc.StatusCode.FAILED_PRECONDITION),
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (BadRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (UsageError, grpc.StatusCode.INVALID_ARGUMENT),

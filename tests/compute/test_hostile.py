@@ -56,7 +56,7 @@ def test_infinite_loop_runs_out_of_gas_and_node_survives(engine: ComputeEngine) 
 def test_wall_clock_limit(engine: ComputeEngine) -> None:
     inst = _instance(engine, wall_clock_seconds=0.2)
     result = _send(inst, "L")
-    assert result.error == "wall-clock limit exceeded"
+    assert result.error == "wall-clock limit exceeded (0.2 s)"
     assert _send(inst, "E").error is None
 
 
@@ -144,3 +144,16 @@ def test_host_import_failure_is_the_messages_error(engine: ComputeEngine) -> Non
     result = _send(inst, "T")
     assert result.error is not None and "host function env._tzset_js failed" in result.error
     assert _send(inst, "E").error is None
+
+
+def test_limit_tags_lower_the_operators_limits_never_raise_them() -> None:
+    from appliance.compute.limits import above_maximum, capped_limits  # noqa: PLC0415
+
+    maximum = ComputeLimits(memory_bytes=512 * 1024**2, gas=1000)
+    tags = [{"name": "Memory-Limit", "value": "1-gb"}, {"name": "Compute-Limit", "value": "10"}]
+    assert capped_limits(tags, maximum) == ComputeLimits(memory_bytes=512 * 1024**2, gas=10)
+    assert above_maximum(tags, maximum) == \
+        "Memory-Limit 1000000000 exceeds this node's maximum of 536870912"
+    assert above_maximum(tags[1:], maximum) is None
+    with pytest.raises(ConfigError):
+        above_maximum([{"name": "Compute-Limit", "value": "x"}], maximum)

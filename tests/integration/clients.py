@@ -15,24 +15,35 @@ def client_identity(directory: Path) -> NodeIdentity:
     return NodeIdentity.load_or_create(directory)
 
 
-def upload_module(server: Server, client: NodeIdentity, name: str = "aos2_0_4_32") -> str:
-    """Post a Module item carrying a real aos build; returns its id."""
-    item = items.sign(client, data=module_path(name).read_bytes(), tags=[
+def module_item(client: NodeIdentity, name: str = "aos2_0_4_32", memory: str = "1-gb",
+                compute: str = "9000000000000") -> items.Item:
+    """A Module item carrying a real aos build, with its ``Memory-Limit`` / ``Compute-Limit``."""
+    return items.sign(client, data=module_path(name).read_bytes(), tags=[
         ("Data-Protocol", "ao"), ("Variant", "ao.TN.1"), ("Type", "Module"),
         ("Module-Format", MODULES[name][1]), ("Input-Encoding", "JSON-1"),
-        ("Output-Encoding", "JSON-1"), ("Memory-Limit", "1-gb"),
-        ("Compute-Limit", "9000000000000")])
+        ("Output-Encoding", "JSON-1"), ("Memory-Limit", memory), ("Compute-Limit", compute)])
+
+
+def upload_module(server: Server, client: NodeIdentity, name: str = "aos2_0_4_32") -> str:
+    """Post a Module item carrying a real aos build; returns its id."""
+    item = module_item(client, name)
     status, body = server.post("/", item.raw)
     assert status == 200, body
     return item.id
 
 
-def spawn(server: Server, client: NodeIdentity, module: str, name: str) -> str:
-    """Post a Process item scheduled on ``server``; returns the process id."""
-    item = items.sign(client, data=b"1984", anchor=name.encode().ljust(32, b"-")[:32], tags=[
+def process_item(server: Server, client: NodeIdentity, module: str, name: str,
+                 tags: tuple[tuple[str, str], ...] = ()) -> items.Item:
+    """A Process item scheduled on ``server`` (``tags`` appended)."""
+    return items.sign(client, data=b"1984", anchor=name.encode().ljust(32, b"-")[:32], tags=[
         ("Data-Protocol", "ao"), ("Variant", "ao.TN.1"), ("Type", "Process"),
         ("Module", module), ("Scheduler", server.address), ("Name", name),
-        ("Authority", server.address)])
+        ("Authority", server.address), *tags])
+
+
+def spawn(server: Server, client: NodeIdentity, module: str, name: str) -> str:
+    """Post a Process item scheduled on ``server``; returns the process id."""
+    item = process_item(server, client, module, name)
     status, body = server.post("/", item.raw)
     assert status == 202, body
     return item.id
