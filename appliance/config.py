@@ -162,12 +162,14 @@ _TLS = {"ca_file", "cert_file", "key_file", "allowed_clients", "plaintext_loopba
 _INT_RANGES = {"max_item_bytes": (1024, 1 << 30), "max_push_depth": (1, 10_000),
                "batch_size": (1, 10_000), "workers": (1, 256),
                "checkpoint_every_messages": (1, 10**9), "block_height": (0, 2**62),
-               "dry_run_fuel": (1, 2**63 - 1), "dry_run_concurrency": (1, 256)}
+               "dry_run_fuel": (1, 2**63 - 1), "dry_run_concurrency": (1, 256),
+               "max_outbox_messages": (1, 100_000), "max_crank_messages": (1, 10**9)}
 _FLOAT_RANGES = {"checkpoint_every_seconds": (1.0, 10**7), "result_wait_seconds": (0.0, 3600.0),
                  "dry_run_wall_clock_seconds": (0.1, 3600.0),
                  "state_checkpoint_seconds": (0.0, 10**7),
                  "attestation_refresh_seconds": (1.0, 10**7),
-                 "cron_tick_seconds": (0.0, 3600.0)}
+                 "cron_tick_seconds": (0.0, 3600.0),
+                 "crank_window_seconds": (0.1, 86_400.0)}
 _HTTP_INTS = {"max_connections": (1, 1_000_000), "max_result_waiters": (1, 1_000_000),
               "attestation_burst": (1, 1_000_000)}
 _HTTP_FLOATS = {"header_timeout_seconds": (0.1, 3600.0), "body_timeout_seconds": (0.1, 3600.0),

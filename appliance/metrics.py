@@ -41,12 +41,13 @@ CHECKPOINT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 1
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 UNMATCHED_ROUTE = "unmatched"
 OUTCOMES = ("ok", "error", "out_of_gas", "wall_clock", "out_of_memory", "response_too_large",
-            "trap", "invalid_response")
+            "trap", "invalid_response", "outbox_limited")
 _ENGINE_ERRORS = (
     ("compute limit exceeded", "out_of_gas"),
     ("Error: out of gas!", "out_of_gas"),
     ("wall-clock limit exceeded", "wall_clock"),
     ("memory limit exceeded", "out_of_memory"),
+    ("outbox limit exceeded", "outbox_limited"),
     ("response exceeds the limit", "response_too_large"),
     ("wasm trap:", "trap"),
     ("wasm execution failed", "trap"),
@@ -253,6 +254,12 @@ class NodeMetrics(NodeObserver, HttpObserver):
             PREFIX + "evaluation_divergences_total",
             "Re-evaluations whose result differed from the recorded one (non-determinism).",
             registry=r)
+        self.outbox_refused_messages = Counter(
+            PREFIX + "outbox_refused_total",
+            "Outgoing messages not sent because of an outbox limit (the sending result's Error "
+            "says so), by reason: per_message or crank_window.", ["reason"], registry=r)
+        for name in ("per_message", "crank_window"):
+            self.outbox_refused_messages.labels(name)
         self.worker_crashes = Counter(
             PREFIX + "worker_crashes_total",
             "Evaluation worker processes that died and were restarted.", registry=r)
@@ -333,6 +340,10 @@ class NodeMetrics(NodeObserver, HttpObserver):
     def divergence(self) -> None:
         """Count a re-evaluation that differed from the record."""
         self.divergences.inc()
+
+    def outbox_refused(self, reason: str, count: int) -> None:
+        """Count outgoing messages an outbox limit refused."""
+        self.outbox_refused_messages.labels(reason).inc(count)
 
     def worker_crashed(self) -> None:
         """Count a worker restart."""

@@ -38,6 +38,7 @@ from appliance.node import items
 from appliance.node.admission import Gate
 from appliance.node.attest import make_attestation
 from appliance.node.chain import report_data
+from appliance.node.crank import CrankWindow, limit_outbox, same_evaluation
 from appliance.node.cron import (
     CRON_INTERVAL,
     Boundary,
@@ -136,6 +137,7 @@ class _Actor:
     module_format: str = ""
     limits: ComputeLimits = field(default_factory=ComputeLimits)
     state_forced_at: float | None = None
+    crank: CrankWindow = field(default_factory=CrankWindow)
 
 
 @dataclass
@@ -788,7 +790,7 @@ class Node:
         for s, out in zip(slots, outputs, strict=True):
             done = stored.get(s.slot)
             if done is not None:
-                if done[1] != result_data(out):
+                if not same_evaluation(done[1], out):
                     self.observer.divergence()
                     log.critical("replay of %s slot %d differs from its stored result", pid,
                                  s.slot)
@@ -797,18 +799,19 @@ class Node:
             unsigned = intents.get(s.slot)
             signed_out = out  # what the signed data says: the outbox is pushed from it
             if unsigned is None:
-                unsigned = unsigned_result(s, out, prev_id, self.attestation_id)
+                signed_out = self._limit_outbox(actor, s, out)
+                unsigned = unsigned_result(s, signed_out, prev_id, self.attestation_id)
                 fresh.append(unsigned)
             else:
                 signed_out = json.loads(unsigned.data)
-                if unsigned.data != result_data(out):
+                if not same_evaluation(unsigned.data, out):
                     self.observer.divergence()
                     log.critical("%s slot %d re-evaluated differently; signing the recorded "
                                  "intent", pid, s.slot)
             item = unsigned.sign(self.identity)
             prev_id = item.id
             signed.append((s, item))
-            committed.append(out)
+            committed.append(signed_out)
             outboxes.append(prepare_outbox(
                 self.identity, PushContext(s, actor.module_id, max_depth), signed_out))
         if not signed:
@@ -830,6 +833,21 @@ class Node:
             if target != pid:
                 self._wake(target)
         self._notify(pid, signed[-1][0].slot)
+
+    def _limit_outbox(self, actor: _Actor, s: ScheduledSlot, out: dict[str, Any]
+                      ) -> dict[str, Any]:
+        now = time.monotonic()
+        opts = self.settings
+        limited = limit_outbox(out, actor.process_id, s.push_depth > 0,
+                               per_message=opts.max_outbox_messages,
+                               room=actor.crank.room(now, opts.crank_window_seconds,
+                                                     opts.max_crank_messages))
+        actor.crank.record(now, limited.counted)
+        if limited.refused:
+            self.observer.outbox_refused(limited.reason, limited.refused)
+            log.warning("process %s slot %d: %d outgoing messages not sent (%s)",
+                        actor.process_id, s.slot, limited.refused, limited.reason)
+        return limited.result
 
     def _checkpoint(self, actor: _Actor, slot: int) -> None:
         pid = actor.process_id

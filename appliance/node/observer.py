@@ -29,6 +29,10 @@ class NodeObserver:
     def results_committed(self, results: Sequence[dict[str, Any]]) -> None:
         """Result items for these result objects were signed and stored."""
 
+    def outbox_refused(self, reason: str, count: int) -> None:
+        """``count`` outgoing messages of one result were not sent (``reason``: ``per_message``
+        or ``crank_window``); the result's Error says so."""
+
     def divergence(self) -> None:
         """A re-evaluation produced a different result than the one recorded for that slot."""
 

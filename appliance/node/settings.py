@@ -44,6 +44,9 @@ class NodeOptions:
     dry_run_wall_clock_seconds: float = 10.0
     dry_run_concurrency: int = 2
     state_checkpoint_seconds: float = 60.0
+    max_outbox_messages: int = 512
+    max_crank_messages: int = 1000
+    crank_window_seconds: float = 10.0
 
     def __post_init__(self) -> None:
         if self.max_item_bytes < 1024:
@@ -61,6 +64,9 @@ class NodeOptions:
             raise ConfigError("dry-run limits must be positive")
         if self.state_checkpoint_seconds < 0:
             raise ConfigError("state_checkpoint_seconds cannot be negative")
+        if self.max_outbox_messages < 1 or self.max_crank_messages < 1 \
+                or self.crank_window_seconds <= 0:
+            raise ConfigError("outbox and crank limits must be positive")
         if self.block_height < 0:
             raise ConfigError("block_height cannot be negative")
 

@@ -9,9 +9,9 @@ from appliance.compute.jsjson import stringify
 from appliance.compute.limits import limits_from_tags
 from appliance.errors import ApplianceError
 from appliance.node import items
+from appliance.node.crank import same_evaluation
 from appliance.node.cron import Boundary, cron_message, parse_crons, ticks_between
 from appliance.node.guest import ScheduledSlot, guest_env, guest_message, tag_list
-from appliance.node.results import result_data
 from appliance.proof.bundle import Proof
 from appliance.proof.check import CheckFailed
 
@@ -71,14 +71,14 @@ def replay_proof(proof: Proof, cache_dir: Path, limits: ComputeLimits) -> str:
                                       f"schedule implies next ({expect})")
                 out = instance.handle_json(stringify(cron_message(
                     tick, proof.process_id, process.owner_address)), env).as_json()
-                if result_data(out) != signed.data:
+                if not same_evaluation(signed.data, out):
                     raise CheckFailed(f"cron {tick.cron} at {tick.timestamp_ms}: replayed "
                                       "result differs from the signed Result")
                 replayed_crons += 1
         origin = origin or here
         left = here
         out = instance.handle_json(stringify(guest_message(message, scheduled)), env).as_json()
-        if result_data(out) != items.parse_trusted(raw_result).data:
+        if not same_evaluation(items.parse_trusted(raw_result).data, out):
             raise CheckFailed(f"slot {slot}: replayed result differs from the signed Result")
     if replayed_crons != len(signed_crons):
         raise CheckFailed(f"the bundle holds {len(signed_crons)} cron Results; the schedule "
