@@ -32,6 +32,11 @@ class LimitExceeded(EvaluationError):
     """A per-message limit (compute, memory, wall clock, output size) was exceeded."""
 
 
+class StorageFull(ApplianceError):
+    """The node's disk (its data dir) is full: the write was not made. Reads go on, and writes
+    resume by themselves once there is space again. Mapped to HTTP 507."""
+
+
 class RequestError(ApplianceError):
     """A client request the node refuses; nothing was stored. Mapped to 4xx / gRPC codes."""
 

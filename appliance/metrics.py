@@ -260,6 +260,10 @@ class NodeMetrics(NodeObserver, HttpObserver):
             "says so), by reason: per_message or crank_window.", ["reason"], registry=r)
         for name in ("per_message", "crank_window"):
             self.outbox_refused_messages.labels(name)
+        self.commits_deferred = Counter(
+            PREFIX + "commits_deferred_total",
+            "Evaluated batches whose results could not be stored because the disk is full; the "
+            "process retries them by itself.", registry=r)
         self.worker_crashes = Counter(
             PREFIX + "worker_crashes_total",
             "Evaluation worker processes that died and were restarted.", registry=r)
@@ -344,6 +348,10 @@ class NodeMetrics(NodeObserver, HttpObserver):
     def outbox_refused(self, reason: str, count: int) -> None:
         """Count outgoing messages an outbox limit refused."""
         self.outbox_refused_messages.labels(reason).inc(count)
+
+    def commit_deferred(self) -> None:
+        """Count a batch whose commit found the disk full."""
+        self.commits_deferred.inc()
 
     def worker_crashed(self) -> None:
         """Count a worker restart."""

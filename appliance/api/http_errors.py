@@ -18,10 +18,12 @@ from appliance.errors import (
     Overloaded,
     RateLimited,
     RequestTimeout,
+    StorageFull,
     TooLarge,
 )
 
 _STATUS: tuple[tuple[type[BaseException], int], ...] = (
+    (StorageFull, 507),
     (TooLarge, 413),
     (RateLimited, 429),
     (Overloaded, 503),

@@ -31,6 +31,7 @@ from appliance.errors import (
     ModuleError,
     NotFound,
     NotHosted,
+    StorageFull,
     TooLarge,
 )
 from appliance.logfmt import fields
@@ -80,7 +81,7 @@ from appliance.node.scheduler import (
 )
 from appliance.node.settings import NodeSettings
 from appliance.node.standing import StandingAttestation, assess, tdx_collateral_in
-from appliance.node.store import Store
+from appliance.node.store import Store, storage_error
 from attestation.atomic import write_atomically
 from attestation.evidence import EvidenceProvider
 
@@ -88,6 +89,7 @@ log = logging.getLogger("appliance.node")
 ScheduledEntry = tuple[ScheduledSlot, items.Item, items.Item]
 ITEM_TYPES = ("Module", "Process", "Message")
 MAX_WORKER_CRASHES = 3
+DISK_FULL_RETRY_SECONDS = 1.0  # an actor whose commit found the disk full tries again
 # Batches one actor step evaluates back to back (each next one overlapping the commit of the
 # previous); the actor's lock is released between steps.
 PIPELINED_BATCHES = 8
@@ -423,9 +425,16 @@ class Node:
                     log.warning("evaluation worker for %s restarted; reopening",
                                 actor.process_id)
                     progressed = True
-            except Exception:
-                log.exception("process %s stopped evaluating", actor.process_id)
-                actor.broken = "internal error; see the node log"
+            except Exception as exc:
+                if isinstance(storage_error(exc), StorageFull):
+                    log.warning("process %s: disk full (%s); retrying in %g s",
+                                actor.process_id, exc, DISK_FULL_RETRY_SECONDS)
+                    actor.generation = None  # the worker ran ahead of what is stored: reopen
+                    self.observer.commit_deferred()
+                    self._retry_later(actor.process_id)
+                else:
+                    log.exception("process %s stopped evaluating", actor.process_id)
+                    actor.broken = "internal error; see the node log"
                 progressed = False
             if actor.broken is not None:
                 self._notify(actor.process_id, ALL_SLOTS)
@@ -436,6 +445,14 @@ class Node:
                         self._progress.notify_all()
                     return
                 actor.pending = False
+
+    def _retry_later(self, process_id: str) -> None:
+        def wake() -> None:
+            with contextlib.suppress(RuntimeError):  # the node closed meanwhile
+                self._wake(process_id)
+        timer = threading.Timer(DISK_FULL_RETRY_SECONDS, wake)
+        timer.daemon = True
+        timer.start()
 
     def _open(self, actor: _Actor) -> None:
         pid = actor.process_id

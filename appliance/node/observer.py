@@ -33,6 +33,9 @@ class NodeObserver:
         """``count`` outgoing messages of one result were not sent (``reason``: ``per_message``
         or ``crank_window``); the result's Error says so."""
 
+    def commit_deferred(self) -> None:
+        """An evaluated batch could not be stored (the disk is full); it is retried."""
+
     def divergence(self) -> None:
         """A re-evaluation produced a different result than the one recorded for that slot."""
 

@@ -8,6 +8,8 @@ is what lets the node acknowledge a message only once it survives ``kill -9``.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import queue
 import sqlite3
 import threading
@@ -18,9 +20,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from appliance.errors import StorageFull
 from appliance.node.datadir import DIR_MODE, create_private_file
 
 T = TypeVar("T")
+SQLITE_FULL = 13
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 DB_FILE = "node.sqlite3"
 MAX_BATCH = 256
 # Group-commit coalescing: once the queue is empty, wait at most this long (and at most
@@ -127,6 +132,18 @@ def _migrate_tags(conn: sqlite3.Connection) -> None:
     except sqlite3.Error:
         conn.execute("ROLLBACK")
         raise
+
+
+def storage_error(exc: BaseException) -> BaseException:
+    """``exc``, or :class:`StorageFull` when it says the disk is full (SQLITE_FULL, ENOSPC)."""
+    full = (isinstance(exc, sqlite3.Error) and getattr(exc, "sqlite_errorcode", 0) & 0xFF
+            == SQLITE_FULL) or (isinstance(exc, OSError) and exc.errno in _NO_SPACE)
+    if not full:
+        return exc
+    error = StorageFull(f"the node's disk is full ({exc}); nothing was stored. Reads still "
+                        "work; writes resume by themselves once there is space")
+    error.__cause__ = exc
+    return error
 
 
 class Store:
@@ -246,7 +263,9 @@ class Store:
                 conn.execute("SAVEPOINT op")
                 try:
                     value = fn(conn)
-                except Exception as exc:  # noqa: BLE001 - handed to the caller's future
+                except Exception as exc:
+                    if not conn.in_transaction:  # SQLite rolled it all back (disk full): fail all
+                        raise
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
                     outcomes.append((future, False, exc))
@@ -256,15 +275,16 @@ class Store:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             for _fn, future, _caller in batch:
-                future.set_exception(exc)
+                future.set_exception(storage_error(exc))
             return
         for future, ok, value in outcomes:
             if ok:
                 future.set_result(value)
             else:
-                future.set_exception(value)
+                future.set_exception(storage_error(value))
 
     def close(self) -> None:
         """Drain pending writes and stop the writer."""

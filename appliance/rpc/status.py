@@ -19,11 +19,13 @@ from appliance.errors import (
     NotHosted,
     Overloaded,
     RequestTimeout,
+    StorageFull,
     TooLarge,
     UsageError,
 )
 
 _CODES: tuple[tuple[type[ApplianceError], grpc.StatusCode], ...] = (
+    (StorageFull, grpc.StatusCode.UNAVAILABLE),
     (TooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Overloaded, grpc.StatusCode.UNAVAILABLE),
     (RequestTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
