@@ -66,7 +66,8 @@ def torture(base: Path, kills: int, *, processes: int = 3, clients_per_process: 
     rng = random.Random(seed)
     report = TortureReport()
     config = base / "config.yaml"
-    config.write_text(f"node:\n  checkpoint_every_messages: {checkpoint_every}\n")
+    # one evaluation worker: a restart spawns one process fewer (start-up is most of a round)
+    config.write_text(f"node:\n  checkpoint_every_messages: {checkpoint_every}\n  workers: 1\n")
     command = (*SERVE[:-1], "--config", str(config), SERVE[-1])
     data = base / "node"
     server = start_server(data, command)
