@@ -59,9 +59,10 @@ class _Client:
 def torture(base: Path, kills: int, *, processes: int = 3, clients_per_process: int = 2,
             checkpoint_every: int = 5, seed: int = 1234,
             log: Callable[[str], None] = lambda _: None,
-            then: Callable[[Server, TortureReport], None] | None = None) -> TortureReport:
-    """Run ``kills`` kill -9 / restart rounds and check the node's state afterwards (``then``
-    runs on the last, still running server)."""
+            then: Callable[[Server, TortureReport], None] | None = None,
+            max_seconds: float | None = None) -> TortureReport:
+    """Run ``kills`` kill -9 / restart rounds (fewer if ``max_seconds`` runs out first) and
+    check the node's state afterwards (``then`` runs on the last, still running server)."""
     started = time.monotonic()
     rng = random.Random(seed)
     report = TortureReport()
@@ -79,6 +80,9 @@ def torture(base: Path, kills: int, *, processes: int = 3, clients_per_process: 
     seen: dict[tuple[str, str], bytes] = {}
     try:
         for round_no in range(kills):
+            if max_seconds is not None and time.monotonic() - started > max_seconds:
+                log(f"crash torture: time budget spent after {report.kills} kills")
+                break
             stop = threading.Event()
             threads = [threading.Thread(target=c.stream, args=(server, stop, round_no))
                        for c in clients]
