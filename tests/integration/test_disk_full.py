@@ -48,7 +48,7 @@ def _fill(path: Path) -> None:
 
 def _metrics(server: Server) -> str:
     assert server.metrics_url is not None
-    with urllib.request.urlopen(server.metrics_url + "/metrics", timeout=30) as resp:
+    with urllib.request.urlopen(server.metrics_url, timeout=30) as resp:
         return str(resp.read().decode())
 
 

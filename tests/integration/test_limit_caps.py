@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.compute.limits import ComputeLimits
 from tests.integration.clients import (
     client_identity,
     message,
@@ -19,7 +20,8 @@ from tests.integration.clients import (
 from tests.integration.server import SERVE, Server, start_server
 
 MAX_MEMORY = 512 * 1024**2
-MAX_FUEL = 9_000_000_000_000
+MAX_FUEL = 10_000_000_000  # the operator's safety limit, for every module
+MAX_GAS = ComputeLimits.gas  # AO gas: what Compute-Limit asks for (it binds metered modules)
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +46,10 @@ def test_a_module_asking_for_more_memory_is_refused(capped: tuple[Server, Path])
     status, body = server.post("/", module_item(client, memory="1-gib").raw)
     assert status == 422, body
     assert "Memory-Limit" in body["error"] and str(MAX_MEMORY) in body["error"]
-    greedy = module_item(client, memory="256-mb", compute=str(MAX_FUEL + 1))
+    greedy = module_item(client, memory="256-mb", compute=str(MAX_GAS + 1))
     status, body = server.post("/", greedy.raw)
     assert status == 422, body
-    assert "Compute-Limit" in body["error"] and str(MAX_FUEL) in body["error"]
+    assert "Compute-Limit" in body["error"] and str(MAX_GAS) in body["error"]
 
 
 def test_a_process_asking_for_more_is_refused(capped: tuple[Server, Path]) -> None:
@@ -70,14 +72,15 @@ def test_tags_lower_the_limits_and_errors_name_them(capped: tuple[Server, Path])
     module = module_item(client, memory="256-mb")
     assert server.post("/", module.raw)[0] == 200
     frugal = process_item(server, client, module.id, "frugal", (("Compute-Limit", "2000000000"),))
+    # a plain-format module: Compute-Limit (AO gas) does not bind it, the operator's fuel does
     small = process_item(server, client, module.id, "small", (("Memory-Limit", "200-mb"),))
     loop = message(client, frugal.id, "while true do end", 0)
     fine = message(client, frugal.id, "return 1 + 1", 1)
-    hog = message(client, small.id, "t = {} for i = 1, 1e4 do t[i] = ('x'):rep(1e6) .. i end", 2)
+    hog = message(client, small.id, "t = {} for i = 1, 1e3 do t[i] = ('x'):rep(1e7) .. i end", 2)
     for sent in (frugal, small, loop, fine, hog):
         assert server.post("/", sent.raw)[0] == 202
     assert _result(server, frugal.id, loop.id)["Error"] == \
-        "compute limit exceeded (out of gas: 2000000000 fuel)"
+        f"compute limit exceeded (out of gas: {MAX_FUEL} fuel)"
     assert not _result(server, frugal.id, fine.id).get("Error")
     error = _result(server, small.id, hog.id)["Error"]
     assert isinstance(error, str) and error.startswith(
