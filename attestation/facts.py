@@ -16,6 +16,7 @@ from datetime import datetime
 
 from cryptography import x509
 
+from attestation.crl import load_crl
 from attestation.errors import MalformedEvidence
 from attestation.evidence import Evidence, Platform
 from attestation.snp import certs, tcb
@@ -73,7 +74,7 @@ def _tdx_facts(evidence: Evidence, collateral: coll.TdxCollateral | None) -> Evi
         for blob, what in ((collateral.pck_crl, "PCK CRL"), (collateral.root_crl, "root CA CRL")):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                nxt = coll.load_crl(blob, what).next_update_utc
+                nxt = load_crl(blob, what).next_update_utc
             if nxt is not None:
                 ends.append((nxt, what))
     when, what = _earliest(ends)

@@ -11,6 +11,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from attestation import crl
 from attestation.errors import MalformedEvidence
 
 ARK_SHA256: dict[str, str] = {
@@ -57,17 +58,8 @@ def load_certificates(blobs: Sequence[bytes]) -> list[x509.Certificate]:
 
 
 def load_crl(blob: bytes) -> x509.CertificateRevocationList:
-    """A CRL in DER or PEM (AMD KDS serves DER), fully decoded up front."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            data = bytes(blob)
-            crl = (x509.load_pem_x509_crl(data) if data.lstrip().startswith(b"-----BEGIN")
-                   else x509.load_der_x509_crl(data))
-            _ = (crl.issuer, crl.last_update_utc, crl.next_update_utc, list(crl))
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise MalformedEvidence(f"CRL cannot be parsed: {exc}") from exc
-    return crl
+    """An AMD KDS CRL (DER, or PEM), fully decoded up front."""
+    return crl.load_crl(blob, "AMD KDS CRL")
 
 
 def is_crl(blob: bytes) -> bool:

@@ -9,13 +9,9 @@ raise only :class:`MalformedEvidence`.
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
 
 from attestation.errors import MalformedEvidence
 
@@ -363,18 +359,3 @@ def qe_identity_response(raw: bytes) -> tuple[SignedJson, QeIdentity]:
     """Parse a QE identity response: its signed part and the validated identity."""
     signed = signed_json(raw, "enclaveIdentity", "QE identity")
     return signed, parse_qe_identity(signed.value)
-
-
-def load_crl(blob: bytes, what: str) -> x509.CertificateRevocationList:
-    """A CRL in DER or PEM, fully decoded up front."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            data = bytes(blob)
-            crl = (x509.load_pem_x509_crl(data) if data.lstrip().startswith(b"-----BEGIN")
-                   else x509.load_der_x509_crl(data))
-            _ = (crl.issuer, crl.last_update_utc, crl.next_update_utc, list(crl),
-                 crl.extensions)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise MalformedEvidence(f"{what}: not a DER or PEM CRL ({exc})") from exc
-    return crl

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from cryptography import x509
 
+from attestation.crl import load_crl
 from attestation.errors import CollateralError, MalformedEvidence
 from attestation.tdx import collateral as coll
 from attestation.tdx import pck
@@ -100,7 +101,7 @@ def _classify(path: Path, data: bytes, found: _Found) -> None:
     elif head.startswith(b"-----BEGIN X509 CRL") or (known and "crl" in path.name.lower()
                                                        and not path.name.endswith(".pem")):
         try:
-            crl = coll.load_crl(data, str(path))
+            crl = load_crl(data, str(path))
         except MalformedEvidence as exc:
             raise CollateralError(str(exc)) from None
         _classify_crl(path, crl, data, found)
@@ -116,7 +117,7 @@ def _classify_der(path: Path, data: bytes, found: _Found, known: bool) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            crl = coll.load_crl(data, str(path))
+            crl = load_crl(data, str(path))
         except MalformedEvidence:
             pass
         else:

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from attestation.crl import load_crl
 from attestation.errors import CollateralError, MalformedEvidence, VerificationFailed
 from attestation.evidence import Platform, VerifiedEvidence
 from attestation.policy import Policy
@@ -124,7 +125,7 @@ def _collateral_certs(blob: bytes, what: str) -> list[x509.Certificate]:
 
 def _collateral_crl(blob: bytes, what: str) -> x509.CertificateRevocationList:
     try:
-        return coll.load_crl(blob, what)
+        return load_crl(blob, what)
     except MalformedEvidence as exc:
         raise CollateralError(f"TDX collateral: {exc}") from exc
 

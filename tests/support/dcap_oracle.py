@@ -16,6 +16,7 @@ from typing import Any
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import load_pem_x509_certificate
 
+from attestation.crl import load_crl
 from attestation.errors import AttestationError
 from attestation.policy import Policy, TdxPolicy
 from attestation.tdx import collateral as coll
@@ -58,7 +59,7 @@ def oracle() -> ModuleType:
 
 
 def _der_crl(blob: bytes) -> bytes:
-    return coll.load_crl(blob, "CRL").public_bytes(Encoding.DER)
+    return load_crl(blob, "CRL").public_bytes(Encoding.DER)
 
 
 def to_dcap(dcap: ModuleType, c: coll.TdxCollateral, fmspc: bytes | None = None) -> Any:
