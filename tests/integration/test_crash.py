@@ -30,7 +30,9 @@ def test_acknowledged_messages_survive_kill_9(tmp_path: Path) -> None:
         checked = check_proof(proof, trust,
                               lambda p: replay_proof(p, tmp_path / "cache", ComputeLimits()))
         assert checked.ok, checked.steps[-1]
-        assert len(proof.attestations) >= KILLS, "each start made its own standing attestation"
+        # the bundle holds the attestations its Results name (the standing one of the start that
+        # signed each): how many depends on which starts this process's messages fell in
+        assert proof.attestations, "the Results name the standing attestations that signed them"
 
     report = torture(tmp_path, KILLS, then=prove)
     assert report.kills == KILLS
