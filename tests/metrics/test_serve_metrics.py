@@ -20,18 +20,23 @@ from tests.metrics.live import promtool_check, samples, scrape, value
 from tests.support.paths import REPO
 
 
-def test_serve_exposes_metrics(tmp_path: Path) -> None:
-    config = tmp_path / "config.yaml"
-    config.write_text("node:\n  workers: 1\n")
+def _serve(tmp_path: Path, config: Path) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    """A real ``serve`` with HTTP and metrics on free loopback ports, and its listening event."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "appliance.cli", "serve", "--data-dir", str(tmp_path / "data"),
          "--config", str(config), "--tee", "emulated", "--http", "127.0.0.1:0",
          "--metrics", "127.0.0.1:0"],
         cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    return proc, next(json.loads(line) for line in proc.stdout if '"listening"' in line)
+
+
+def test_serve_exposes_metrics(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("node:\n  workers: 1\n")
+    proc, event = _serve(tmp_path, config)
     try:
-        assert proc.stdout is not None
-        event = next(json.loads(line) for line in proc.stdout if '"listening"' in line)
         with urllib.request.urlopen(f"http://{event['http']}/", timeout=30) as resp:
             assert resp.status == 200
         content_type, text = scrape(f"http://{event['metrics']}/metrics")
@@ -52,15 +57,8 @@ def test_serve_exposes_metrics(tmp_path: Path) -> None:
 def test_serve_refreshes_and_exports_its_standing_attestation(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text("node:\n  workers: 1\n  attestation_refresh_seconds: 1\n")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "appliance.cli", "serve", "--data-dir", str(tmp_path / "data"),
-         "--config", str(config), "--tee", "emulated", "--http", "127.0.0.1:0",
-         "--metrics", "127.0.0.1:0"],
-        cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL, text=True)
+    proc, event = _serve(tmp_path, config)
     try:
-        assert proc.stdout is not None
-        event = next(json.loads(line) for line in proc.stdout if '"listening"' in line)
         url = f"http://{event['metrics']}/metrics"
         deadline = time.monotonic() + 120  # hang guard only: refreshes come every second
         text = scrape(url)[1]
