@@ -11,9 +11,9 @@ from typing import Any
 
 import wasmtime
 
+from appliance.ao import items
 from appliance.compute import ComputeEngine, ComputeLimits, module_format
 from appliance.compute.jsjson import stringify
-from appliance.node import items
 from appliance.node.identity import NodeIdentity
 from bench.common import pipeline, rate, shaped
 

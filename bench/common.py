@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from appliance.node import items
+from appliance.ao import items
 from appliance.node.guest import ScheduledSlot, guest_env, guest_message
 from appliance.node.identity import NodeIdentity
 from appliance.node.node import Node

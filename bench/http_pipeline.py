@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from appliance.node import items
+from appliance.ao import items
 from bench.aos_throughput import pipeline_rate
 from bench.common import PING_HANDLER, rate
 from tests.integration.clients import client_identity, message, spawn, upload_module

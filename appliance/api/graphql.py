@@ -13,9 +13,9 @@ from typing import Any
 
 import graphql
 
+from appliance.ao import items
+from appliance.ao.encoding import b64url
 from appliance.errors import BadRequest
-from appliance.node import items
-from appliance.node.identity import b64url
 from appliance.node.node import Node
 
 MAX_FIRST = 100
@@ -128,7 +128,7 @@ class GraphQLEndpoint:
     def _one(self, _root: Any, info: Any, id: str) -> dict[str, Any] | None:  # noqa: A002
         self._budget(info, {})
         rows = self.node.find_items(ids=[id], limit=1)
-        return _transaction(items.parse_trusted(rows[0][1])) if rows else None
+        return _transaction(items.parse_unverified(rows[0][1])) if rows else None
 
     def _blocks(self, _root: Any, info: Any, **args: Any) -> dict[str, Any]:
         """The node's blocks (see :meth:`Node.blocks`), timestamps in seconds as Arweave's."""
@@ -168,6 +168,6 @@ class GraphQLEndpoint:
             ids=args.get("ids"), owners=args.get("owners"), recipients=args.get("recipients"),
             tags=tags, after_row=after_row, ascending=str(args.get("sort", "")).endswith("ASC"),
             limit=first + 1)
-        edges = [{"cursor": str(row), "node": _transaction(items.parse_trusted(raw))}
+        edges = [{"cursor": str(row), "node": _transaction(items.parse_unverified(raw))}
                  for row, raw in rows[:first]]
         return {"pageInfo": {"hasNextPage": len(rows) > first}, "edges": edges}

@@ -20,6 +20,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from appliance import __version__
+from appliance.ao.encoding import b64url_decode
 from appliance.api import cu_json, mainnet, su_json
 from appliance.api.connections import ConnectionGuard, GuardedSite, HttpObserver
 from appliance.api.graphql import GraphQLEndpoint
@@ -30,7 +31,6 @@ from appliance.config import HttpLimits
 from appliance.errors import ApplianceError, BadRequest, RequestTimeout
 from appliance.logfmt import fields
 from appliance.node.admission import TokenBucket
-from appliance.node.identity import b64url_decode
 from appliance.node.node import Node
 from appliance.proof.export import proof_chunks
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from appliance.node import items
+from appliance.ao import items
+from appliance.ao.encoding import b64url
 from appliance.node.guest import anchor_text, data_text, tag_list
-from appliance.node.identity import b64url
 
 
 def owner(item: items.Item) -> dict[str, str]:

@@ -20,11 +20,12 @@ import nacl.signing
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from appliance.ao import items
+from appliance.ao.encoding import b64url_decode
 from appliance.cli.urls import DEFAULT_NODE, node_url
 from appliance.compute import module_format
 from appliance.errors import ModuleError, UsageError
-from appliance.node import items
-from appliance.node.identity import NodeIdentity, b64url_decode
+from appliance.node.identity import NodeIdentity
 
 UPLOAD_SECONDS = 300.0
 

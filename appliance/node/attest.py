@@ -5,9 +5,10 @@ from __future__ import annotations
 import base64
 import json
 
-from appliance.node import items
+from appliance.ao import items
+from appliance.ao.encoding import b64url
 from appliance.node.chain import report_data
-from appliance.node.identity import NodeIdentity, b64url
+from appliance.node.identity import NodeIdentity
 from attestation.evidence import EvidenceProvider
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from appliance.ao.encoding import b64url, b64url_decode
+from appliance.ao.items import Item, parse_verified
 from appliance.errors import BadRequest, TooLarge
-from appliance.node.identity import b64url, b64url_decode
-from appliance.node.items import Item, parse_verified
 
 MAX_BUNDLE_ITEMS = 10_000
 

@@ -6,7 +6,7 @@ import hashlib
 import json
 from typing import Any
 
-from appliance.node.identity import b64url, b64url_decode
+from appliance.ao.encoding import b64url, b64url_decode
 
 REPORT_DATA_PREFIX = b"ao-appliance/report-data/v1\0"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from appliance.ao.encoding import b64url
 from appliance.compute import jsjson
-from appliance.node.identity import b64url
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import logging
 import os
@@ -11,24 +10,13 @@ from pathlib import Path
 
 import nacl.signing
 
+from appliance.ao.encoding import b64url
 from appliance.errors import ConfigError
 from appliance.logfmt import fields
 
 log = logging.getLogger("appliance.identity")
 
 KEY_FILE = "node-key.ed25519"
-
-
-def b64url(data: bytes) -> str:
-    """Base64url without padding (Arweave's encoding)."""
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def b64url_decode(text: str) -> bytes:
-    """Inverse of :func:`b64url`; raises ``ValueError`` on malformed input."""
-    if not isinstance(text, str) or any(c in text for c in "+/="):
-        raise ValueError("not base64url")
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 @dataclass(frozen=True)

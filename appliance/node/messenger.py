@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from appliance.ao import items
 from appliance.errors import RequestError
 from appliance.logfmt import fields
-from appliance.node import items
 from appliance.node.guest import ScheduledSlot
 from appliance.node.identity import NodeIdentity
 from appliance.node.scheduler import (

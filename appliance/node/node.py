@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from appliance.ao import items
 from appliance.compute import ComputeLimits, jsjson, module_format
 from appliance.compute.limits import above_maximum, capped_limits
 from appliance.errors import (
@@ -35,7 +36,6 @@ from appliance.errors import (
     TooLarge,
 )
 from appliance.logfmt import fields
-from appliance.node import items
 from appliance.node.admission import Gate
 from appliance.node.attest import make_attestation
 from appliance.node.chain import report_data
@@ -785,7 +785,7 @@ class Node:
         for s, row in zip(slots, rows, strict=True):
             if row[-1] is None:
                 raise EvaluationError(f"scheduled message {s.message_id} is missing")
-            item = items.parse_trusted(bytes(row[-1]))
+            item = items.parse_unverified(bytes(row[-1]))
             batch.append((guest_message_json(item, s), actor.env_json))
         return slots, batch
 
@@ -1118,7 +1118,7 @@ class Node:
     def item_data(self, item_id: str) -> tuple[bytes, str]:
         """(data bytes, content type) of any item the node holds; the type is the item's
         ``Content-Type`` tag, or ``application/octet-stream``."""
-        item = items.parse_trusted(self.item_raw(item_id))
+        item = items.parse_unverified(self.item_raw(item_id))
         return item.data, items.first_tag(item, "Content-Type") or "application/octet-stream"
 
     def find_items(self, *, ids: list[str] | None = None, owners: list[str] | None = None,

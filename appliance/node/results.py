@@ -14,7 +14,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from appliance.node import items
+from appliance.ao import items
 from appliance.node.chain import canonical_json
 from appliance.node.cron import CronTick
 from appliance.node.guest import ScheduledSlot

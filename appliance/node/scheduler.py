@@ -11,8 +11,8 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
+from appliance.ao import items
 from appliance.errors import BadRequest, NotFound
-from appliance.node import items
 from appliance.node.chain import first_hash_chain, next_hash_chain
 from appliance.node.guest import ScheduledSlot
 from appliance.node.identity import NodeIdentity
@@ -56,7 +56,7 @@ def store_item(conn: sqlite3.Connection, item: items.Item, kind: str) -> bool:
 def load_item(conn: sqlite3.Connection, item_id: str) -> items.Item | None:
     """A stored item, parsed (its signature was verified when it was accepted)."""
     row = conn.execute("SELECT raw FROM items WHERE id = ?", (item_id,)).fetchone()
-    return None if row is None else items.parse_trusted(bytes(row[0]))
+    return None if row is None else items.parse_unverified(bytes(row[0]))
 
 
 def existing_slot(conn: sqlite3.Connection, process_id: str, message_id: str) -> int | None:

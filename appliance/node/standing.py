@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from appliance.node import items
+from appliance.ao import items
 from attestation.bundle import decode_evidence
 from attestation.errors import AttestationError, CollateralError, VerificationFailed
 from attestation.evidence import Platform

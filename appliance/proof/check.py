@@ -12,8 +12,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from appliance.ao import items
 from appliance.errors import ApplianceError
-from appliance.node import items
 from appliance.node.chain import first_hash_chain, next_hash_chain, report_data
 from appliance.proof.bundle import Proof
 from attestation.bundle import decode_evidence

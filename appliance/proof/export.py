@@ -11,8 +11,8 @@ import base64
 import json
 from collections.abc import Iterator
 
+from appliance.ao import items
 from appliance.errors import NotFound
-from appliance.node import items
 from appliance.node.node import Node
 from appliance.proof.bundle import PROOF_FORMAT, Proof
 
@@ -58,14 +58,14 @@ def proof_chunks(node: Node, process_id: str, message_id: str, *,
         if not rows or rows[0][0] != first:
             raise NotFound(f"results of {process_id} have a gap at slot {first}")
         for _, raw in rows:
-            name = items.first_tag(items.parse_trusted(raw), "Attestation") or ""
+            name = items.first_tag(items.parse_unverified(raw), "Attestation") or ""
             if name not in attestations:
                 attestations[name] = node.item_raw(name)
         yield (b"," if first else b"") + b",".join(_b64(raw) for _, raw in rows)
         first += len(rows)
     crons = node.cron_results_between(process_id, 0, last - 1) if last > 0 else []
     for raw in crons:
-        name = items.first_tag(items.parse_trusted(raw), "Attestation") or ""
+        name = items.first_tag(items.parse_unverified(raw), "Attestation") or ""
         if name not in attestations:
             attestations[name] = node.item_raw(name)
     yield b'],"attestations":[' + b",".join(_b64(a) for a in attestations.values())
@@ -74,7 +74,7 @@ def proof_chunks(node: Node, process_id: str, message_id: str, *,
     if replay:
         for n, page in enumerate(_pages(node, process_id, last)):
             if module is None:
-                process = items.parse_trusted(page[0][0])
+                process = items.parse_unverified(page[0][0])
                 module = node.item_raw(items.first_tag(process, "Module") or "")
             yield (b"," if n else b"") + b",".join(_b64(m) for m, _ in page)
     yield b'],"module":' + (b"null" if module is None else _b64(module))

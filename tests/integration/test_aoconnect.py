@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from appliance.node import items
+from appliance.ao import items
 from attestation.providers import EmulatedProvider
 from tests.integration.clients import client_identity, upload_module
 from tests.integration.inproc import serve_in_thread

@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from appliance.node import items
+from appliance.ao import items
 from tests.integration.clients import client_identity, message, spawn, upload_module
 from tests.integration.server import start_server
 

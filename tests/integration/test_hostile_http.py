@@ -18,7 +18,7 @@ import wasmtime
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from appliance.node import items
+from appliance.ao import items
 from appliance.node.identity import NodeIdentity
 from tests.integration.clients import client_identity, spawn
 from tests.integration.server import Server, start_server

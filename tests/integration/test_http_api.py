@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from appliance.node import items
+from appliance.ao import items
 from appliance.node.identity import NodeIdentity
 from appliance.node.node import Node
 from attestation.providers import EmulatedProvider

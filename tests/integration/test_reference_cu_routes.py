@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from appliance.node import items
+from appliance.ao import items
 from appliance.node.identity import NodeIdentity
 from attestation.providers import EmulatedProvider
 from tests.integration.clients import client_identity, message, spawn, upload_module

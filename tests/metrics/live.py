@@ -19,10 +19,10 @@ import wasmtime
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from appliance.ao import items
 from appliance.api.http import make_app
 from appliance.compute import jsjson
 from appliance.metrics import NodeMetrics
-from appliance.node import items
 from appliance.node.guest import ScheduledSlot, guest_message
 from appliance.node.identity import NodeIdentity
 from appliance.node.node import Node

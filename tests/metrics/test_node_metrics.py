@@ -13,9 +13,9 @@ import pytest
 from aiohttp.web import AbstractRoute
 
 from appliance import __version__
+from appliance.ao import items
 from appliance.api.http import make_app
 from appliance.compute import ComputeLimits
-from appliance.node import items
 from appliance.node.identity import NodeIdentity
 from tests.metrics.live import (
     FORMAT,

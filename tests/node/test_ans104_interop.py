@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from appliance.ao import items
 from appliance.errors import BadRequest
-from appliance.node import items
 from appliance.node.bundles import encode_bundle, parse_bundle
 from appliance.node.identity import NodeIdentity
 from tests.support.paths import JS_DIR, node_modules
@@ -59,7 +59,7 @@ def test_arbundles_items_of_every_signature_type_verify(theirs: dict[str, Any]) 
 def test_flipping_any_signed_part_of_their_items_fails(theirs: dict[str, Any]) -> None:
     for entry in theirs["items"]:
         raw = _raw(entry)
-        item = items.parse_trusted(raw)
+        item = items.parse_unverified(raw)
         sig_len, owner_len = items.SIGNATURE_TYPES[item.signature_type]
         for offset in (2, 2 + sig_len // 2, 2 + sig_len + owner_len // 2, len(raw) - 1):
             mutated = bytearray(raw)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from appliance.ao import items
 from appliance.errors import BadRequest
-from appliance.node import items
 from appliance.node.cron import Boundary, cron_message, parse_crons, ticks_between
 from appliance.node.identity import NodeIdentity
 from appliance.node.node import Node
@@ -109,7 +109,7 @@ def _wait_for_crons(node: Node, pid: str, count: int) -> list[tuple[dict, dict]]
 
 def _expected_ticks(node: Node, pid: str) -> list[tuple[int, int, str]]:
     """Every cron message the schedule implies, by the pure generator (up to the last one)."""
-    process = items.parse_trusted(node.item_raw(pid))
+    process = items.parse_unverified(node.item_raw(pid))
     crons = parse_crons(process.tags)
     slots = node.store.all("SELECT slot, timestamp_ms, block_height FROM schedule WHERE "
                            "process_id = ? ORDER BY slot", pid)
@@ -146,7 +146,7 @@ def test_aos_cron_ticks_pushes_its_outbox_and_replays_identically(tmp_path: Path
         pushed = node.store.all("SELECT message_id FROM schedule WHERE process_id = ? AND "
                                 "slot > 0", peer.id)
         assert len(pushed) >= 3
-        first = items.parse_trusted(node.item_raw(str(pushed[0][0])))
+        first = items.parse_unverified(node.item_raw(str(pushed[0][0])))
         assert items.first_tag(first, "From-Process") == proc.id
         assert items.first_tag(first, "Action") == "Tick"
         # a message after the ticks: its result comes after every cron before it

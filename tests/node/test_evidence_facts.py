@@ -8,7 +8,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from appliance.node import items
+from appliance.ao import items
 from appliance.node.identity import NodeIdentity
 from appliance.node.standing import assess, tdx_collateral_in
 from attestation.evidence import Evidence, Platform

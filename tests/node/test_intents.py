@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.node import items
+from appliance.ao import items
 from appliance.node.results import UnsignedResult
 from appliance.node.store import DB_FILE
 from tests.node.test_node_core import _eval, _hosting_one, _node
@@ -34,7 +34,7 @@ def test_a_recorded_intent_is_signed_instead_of_a_different_recomputation(
     client, data, node, proc = _hosting_one(tmp_path)
     msg = _eval(client, proc.id, "return 6 * 7", 1)
     slot = node.ingest(msg.raw).slot
-    original = items.parse_trusted(node.result_item(proc.id, msg.id))
+    original = items.parse_unverified(node.result_item(proc.id, msg.id))
     node.close()
     # As if the node died after committing the intent and before storing the signed Result,
     # and the recorded content differs from what evaluating the slot again gives.

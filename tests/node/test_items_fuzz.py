@@ -9,8 +9,8 @@ import nacl.signing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from appliance.ao import items
 from appliance.errors import BadRequest, TooLarge
-from appliance.node import items
 from appliance.node.bundles import encode_bundle, parse_bundle
 from appliance.node.identity import NodeIdentity
 

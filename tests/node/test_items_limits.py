@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from appliance.ao import items
 from appliance.errors import BadRequest, TooLarge
-from appliance.node import items
 from appliance.node.bundles import parse_bundle
 
 HEAD = struct.pack("<H", 2) + b"\1" * 64 + b"\2" * 32 + b"\0\0"
@@ -56,7 +56,7 @@ def tag_bomb(size: int = 16 * 1024 * 1024, claimed: int = 8_000_000) -> bytes:
 
 def test_the_tag_bomb_is_refused_before_any_tag_is_decoded() -> None:
     raw = tag_bomb(4 * 1024 * 1024, 2_000_000)
-    peak, error = _peak(items.parse_trusted, raw, len(raw))
+    peak, error = _peak(items.parse_unverified, raw, len(raw))
     assert isinstance(error, BadRequest) and "declares 1" in str(error)
     assert peak <= len(raw) + 256 * 1024  # one copy of the tag bytes, no tag objects
 
@@ -71,14 +71,14 @@ def test_the_tag_bomb_is_refused_before_any_tag_is_decoded() -> None:
 ])
 def test_block_counts_and_sizes_are_checked_first(count: int, tags: bytes, reason: str) -> None:
     with pytest.raises(BadRequest, match=reason):
-        items.parse_trusted(_item(count, tags))
+        items.parse_unverified(_item(count, tags))
 
 
 def test_negative_block_counts_with_their_byte_size_decode() -> None:
     """Avro lets a writer give a block as -count followed by its size in bytes."""
     body = b"\2a\2b" + b"\2c\2d"
     tags = _zigzag(-2) + _zigzag(len(body)) + body + b"\0"
-    assert items.parse_trusted(_item(2, tags)).tags == [("a", "b"), ("c", "d")]
+    assert items.parse_unverified(_item(2, tags)).tags == [("a", "b"), ("c", "d")]
 
 
 blocks = st.lists(st.tuples(st.one_of(st.integers(1, 200_000), st.integers(-(1 << 62), 1 << 62)),
@@ -94,7 +94,7 @@ def test_memory_stays_proportional_to_the_input(count: int, shape: list[tuple[in
     tags = b"".join(_zigzag(n) + (_zigzag(size) if negative else b"")
                     for n, size, negative in shape) + b"\0" * filler + tail
     raw = _item(count, tags)
-    peak, error = _peak(items.parse_trusted, raw, len(raw))
+    peak, error = _peak(items.parse_unverified, raw, len(raw))
     assert peak <= 2 * len(raw) + 128 * 1024, (peak, len(raw), error)
 
 
@@ -119,4 +119,4 @@ def test_an_rsa_owner_that_is_no_key_is_a_bad_request(modulus: int) -> None:
 @pytest.mark.parametrize("body", [b"hello, node", b'{"Tags": []}', b"<html></html>"])
 def test_text_is_not_an_ans104_item(body: bytes) -> None:
     with pytest.raises(BadRequest, match=r"not an ANS-104 data item.*application/octet-stream"):
-        items.parse_trusted(body)
+        items.parse_unverified(body)

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from appliance.ao import items
 from appliance.errors import BadRequest, NotFound, NotHosted
-from appliance.node import items, scheduler
+from appliance.node import scheduler
 from appliance.node.identity import NodeIdentity
 from appliance.node.node import Node
 from appliance.node.settings import NodeSettings

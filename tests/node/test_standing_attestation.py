@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.node import items
+from appliance.ao import items
 from appliance.proof import check
 from appliance.proof.check import TrustInputs, check_proof
 from appliance.proof.export import build_proof
@@ -24,7 +24,7 @@ ANY = Policy(any_measurement=True)
 
 def _attestation_of(node: object, process: str, message: str) -> str:
     raw = node.result_item(process, message)  # type: ignore[attr-defined]
-    return items.first_tag(items.parse_trusted(raw), "Attestation") or ""
+    return items.first_tag(items.parse_unverified(raw), "Attestation") or ""
 
 
 def test_results_after_a_refresh_name_the_new_attestation(tmp_path: Path) -> None:
@@ -42,7 +42,7 @@ def test_results_after_a_refresh_name_the_new_attestation(tmp_path: Path) -> Non
         assert _attestation_of(node, proc.id, second.id) == refreshed.id
         assert _attestation_of(node, proc.id, first.id) == old  # signed results never change
         for message in (first, second):
-            attestation = items.parse_trusted(node.item_raw(_attestation_of(node, proc.id,
+            attestation = items.parse_unverified(node.item_raw(_attestation_of(node, proc.id,
                                                                             message.id)))
             assert items.first_tag(attestation, "Type") == "Attestation"
             evidence = decode_evidence(attestation.data)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from appliance.node import items
+from appliance.ao import items
 from appliance.node.identity import NodeIdentity
 from appliance.node.node import Node
 from appliance.node.store import DB_FILE
@@ -21,7 +21,7 @@ CREATE INDEX tags_by_name_value ON tags (name, value);
 
 def _ids(node: Node, *tags: tuple[str, str]) -> set[str]:
     found = node.find_items(tags=[(name, [value], False) for name, value in tags], limit=100)
-    return {items.parse_trusted(raw).id for _row, raw in found}
+    return {items.parse_unverified(raw).id for _row, raw in found}
 
 
 def _spawn_and_eval(node: Node, client: NodeIdentity) -> tuple[items.Item, items.Item]:
@@ -43,7 +43,7 @@ def test_client_items_are_found_by_every_tag_node_items_by_type_and_process(
         proc, msg = _spawn_and_eval(node, client)
         assert _ids(node, ("Name", "tagged"), ("Type", "Process")) == {proc.id}
         assert _ids(node, ("Action", "Eval")) == {msg.id}
-        result = items.parse_trusted(node.result_item(proc.id, msg.id))
+        result = items.parse_unverified(node.result_item(proc.id, msg.id))
         results = _ids(node, ("Type", "Result"), ("Process", proc.id))
         assert result.id in results and len(results) == 2
         assert len(_ids(node, ("Type", "Assignment"), ("Process", proc.id))) == 2

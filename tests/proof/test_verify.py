@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.node import items
+from appliance.ao import items
 from appliance.node.attest import make_attestation
 from appliance.node.identity import NodeIdentity
 from appliance.node.node import Node
@@ -127,7 +127,7 @@ def _failed_step(proof: Proof, trust: TrustInputs | None = None) -> tuple[int, s
 
 
 def _resigned(raw: bytes, signer: NodeIdentity, **changes: object) -> bytes:
-    item = items.parse_trusted(raw)
+    item = items.parse_unverified(raw)
     fields = {"tags": item.tags, "data": item.data, "target": item.target} | changes
     return items.sign(signer, **fields).raw  # type: ignore[arg-type]
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from appliance.ao import items
 from appliance.cli import build_parser
-from appliance.node import items
 from tests.rpc.support import Live, message_item, process_item
 from tests.support.paths import REPO
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from appliance.ao import items
 from appliance.errors import (
     BadRequest,
     EvaluationError,
@@ -12,7 +13,6 @@ from appliance.errors import (
     NotHosted,
     TooLarge,
 )
-from appliance.node import items
 from appliance.rpc.gen import operator_pb2 as pb
 from appliance.rpc.status import client_message, grpc_code
 from tests.rpc.conftest import MAX_ITEM

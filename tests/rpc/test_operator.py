@@ -13,8 +13,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from appliance import __version__
+from appliance.ao import items
 from appliance.config import AppConfig, Listeners
-from appliance.node import items
 from appliance.rpc.gen import operator_pb2 as pb
 from appliance.rpc.gen import operator_pb2_grpc as pb_grpc
 from tests.rpc.support import Live, message_item, process_item, serving

@@ -14,6 +14,7 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
+from typing import Protocol
 
 import nacl.exceptions
 import nacl.signing
@@ -23,8 +24,22 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
 
+from appliance.ao.encoding import b64url, b64url_decode
 from appliance.errors import BadRequest, TooLarge
-from appliance.node.identity import NodeIdentity, b64url, b64url_decode
+
+
+class Signer(Protocol):
+    """An ed25519 key that signs items (the node's identity)."""
+
+    @property
+    def public_key(self) -> bytes:
+        """The 32-byte ed25519 public key (the item's owner)."""
+        ...
+
+    def sign(self, message: bytes) -> bytes:
+        """The 64-byte signature of ``message``."""
+        ...
+
 
 # signature type -> (signature length, owner length)
 SIGNATURE_TYPES = {1: (512, 512), 2: (64, 32), 3: (65, 65)}
@@ -206,7 +221,7 @@ NOT_AN_ITEM = ("the body is not an ANS-104 data item: expected binary (Content-T
                "(u16 little-endian), then signature, owner, target, anchor, tags and data")
 
 
-def parse_trusted(raw: bytes, max_bytes: int = 1 << 62) -> Item:
+def parse_unverified(raw: bytes, max_bytes: int = 1 << 62) -> Item:
     """Parse a data item strictly (layout only; see :func:`parse_verified`)."""
     if len(raw) > max_bytes:
         raise TooLarge(f"item of {len(raw)} bytes exceeds the limit of {max_bytes}")
@@ -302,13 +317,13 @@ def _verify_signature(item: Item) -> bool:
 
 def parse_verified(raw: bytes, max_bytes: int) -> Item:
     """Parse and check the signature; any failure is a :class:`BadRequest`."""
-    item = parse_trusted(raw, max_bytes)
+    item = parse_unverified(raw, max_bytes)
     if not _verify_signature(item):
         raise BadRequest(f"data item signature (type {item.signature_type}) does not verify")
     return item
 
 
-def sign(identity: NodeIdentity, *, tags: Sequence[tuple[str, str]], data: bytes = b"",
+def sign(identity: Signer, *, tags: Sequence[tuple[str, str]], data: bytes = b"",
          target: str | None = None, anchor: bytes = b"") -> Item:
     """A data item signed by ``identity`` (ed25519, deterministic)."""
     return sign_with(2, identity.public_key, identity.sign, tags=tags, data=data, target=target,

@@ -1,0 +1,1 @@
+"""AO's wire objects: ANS-104 data items and their tags (no node state, no I/O)."""
