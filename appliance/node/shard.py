@@ -1,0 +1,1196 @@
+"""One shard of the node: ingest → schedule → durable → evaluate → sign → store → push, for the
+processes it owns (its own store, its own evaluation workers).
+
+Front-ends never call a shard: they call :class:`appliance.node.node.Node`, which routes each
+process to the shard that owns it. Everything a shard acknowledges is durable first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from appliance.ao import items
+from appliance.compute import ComputeLimits, jsjson, module_format
+from appliance.compute.limits import above_maximum, capped_limits
+from appliance.errors import (
+    AboveMaximum,
+    ApplianceError,
+    BadRequest,
+    ConfigError,
+    EvaluationError,
+    ModuleError,
+    NotFound,
+    NotHosted,
+    StorageFull,
+    TooLarge,
+)
+from appliance.logfmt import fields
+from appliance.node.admission import Gate
+from appliance.node.attest import make_attestation
+from appliance.node.chain import report_data
+from appliance.node.crank import CrankWindow, limit_outbox, same_evaluation
+from appliance.node.cron import (
+    CRON_INTERVAL,
+    Boundary,
+    Cron,
+    CronTick,
+    cron_message,
+    parse_crons,
+    ticks_between,
+)
+from appliance.node.evaluator import (
+    CheckpointFile,
+    EvaluatorPool,
+    WorkerCrashed,
+    read_checkpoint,
+)
+from appliance.node.guest import ScheduledSlot, guest_env, guest_message_json, tag_list
+from appliance.node.identity import NodeIdentity
+from appliance.node.messenger import Outbox, PushContext, prepare_outbox, push_outbox
+from appliance.node.observer import NodeObserver
+from appliance.node.results import (
+    UnsignedResult,
+    intents_between,
+    record_intents,
+    result_data,
+    store_cron_result,
+    store_result,
+    stored_result,
+    stored_results,
+    unsigned_cron_result,
+    unsigned_result,
+)
+from appliance.node.scheduler import (
+    SchedulerContext,
+    create_process,
+    load_item,
+    schedule_message,
+    slot_row,
+    store_item,
+)
+from appliance.node.settings import NodeSettings
+from appliance.node.standing import StandingAttestation, assess, tdx_collateral_in
+from appliance.node.store import Store, storage_error
+from attestation.atomic import write_atomically
+from attestation.evidence import EvidenceProvider
+
+log = logging.getLogger("appliance.node")
+ScheduledEntry = tuple[ScheduledSlot, items.Item, items.Item]
+ITEM_TYPES = ("Module", "Process", "Message")
+MAX_WORKER_CRASHES = 3
+DISK_FULL_RETRY_SECONDS = 1.0  # an actor whose commit found the disk full tries again
+# Batches one actor step evaluates back to back (each next one overlapping the commit of the
+# previous); the actor's lock is released between steps.
+PIPELINED_BATCHES = 8
+# Checkpoints kept per process (older rows and files are deleted). A restart falls back to the
+# older one, and then to slot 0, when a checkpoint file is missing or damaged.
+CHECKPOINTS_KEPT = 2
+# Dry-run copies kept resident in the dry-run workers (least recently used ones are closed).
+DRY_RUN_RESIDENT = 8
+ProgressListener = Callable[[str, int], None]
+"""``listener(process_id, slot)``: results up to ``slot`` are stored (or, with ``slot`` =
+:data:`ALL_SLOTS`, the process stopped evaluating). Called from actor threads; must not block."""
+ALL_SLOTS = 2**63
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What the node acknowledges for an accepted item (durable by then)."""
+
+    id: str
+    type: str
+    process_id: str | None = None
+    slot: int | None = None
+    warning: str | None = None
+
+
+@dataclass
+class _Actor:
+    process_id: str
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    running: bool = False
+    pending: bool = False
+    generation: int | None = None
+    next_slot: int = 0
+    env_json: bytes = b""
+    module_id: str = ""
+    since_checkpoint: int = 0
+    last_checkpoint: float = field(default_factory=time.monotonic)
+    broken: str | None = None
+    crashes: int = 0
+    crons: tuple[Cron, ...] = ()
+    origin: Boundary = field(default_factory=lambda: Boundary(0, 0, 0))
+    owner: str = ""
+    cron_seq: int = 0
+    cron_after: tuple[int, int, int] | None = None
+    horizon_ms: int = 0
+    module_path: Path = Path()
+    module_format: str = ""
+    limits: ComputeLimits = field(default_factory=ComputeLimits)
+    state_forced_at: float | None = None
+    crank: CrankWindow = field(default_factory=CrankWindow)
+
+
+@dataclass
+class _DryCopy:
+    """The dry-run copy of one process: which slot (and dry worker generation) it holds."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    loaded: tuple[int, int, int] | None = None
+
+
+def authority_warning(process: items.Item, node_address: str) -> str | None:
+    """Why aos will distrust what this node delivers to ``process``, or ``None``.
+
+    aos trusts a message only when its ``From`` or ``Owner`` is listed in the process's
+    ``Authority`` tags (comma-separated values allowed). Messages one process sends another
+    reach it signed by this node, so without this node among the authorities aos drops them.
+    """
+    listed = {part.strip() for name, value in process.tags if name == "Authority"
+              for part in value.split(",")}
+    if node_address in listed:
+        return None
+    return (f"the process lists no Authority this node signs as ({node_address}): aos will "
+            f"not trust the messages this node delivers to it from other processes; spawn it "
+            f"with the tag Authority={node_address}")
+
+
+class Shard:
+    """SU + CU + MU for the processes one shard of the node owns."""
+
+    def __init__(self, settings: NodeSettings, identity: NodeIdentity,
+                 provider: EvidenceProvider, config_digest: bytes, *,
+                 observer: NodeObserver | None = None) -> None:
+        self.observer: NodeObserver = observer or NodeObserver()
+        self.settings = settings
+        self.identity = identity
+        self.provider = provider
+        self.config_digest = config_digest
+        self.store = Store(settings.data_dir)
+        self.pool = EvaluatorPool(settings.workers, settings.cache_dir)
+        self._executor = ThreadPoolExecutor(max_workers=settings.workers * 2,
+                                            thread_name_prefix="actor")
+        self._actors: dict[str, _Actor] = {}
+        self._actors_lock = threading.Lock()
+        self._valid_modules: dict[str, None] = {}  # ids whose wasm validated (insertion order)
+        self._progress = threading.Condition()
+        self._listeners: list[ProgressListener] = []
+        self._dry_gate = Gate(settings.dry_run_concurrency, "dry-runs",
+                              retry_after=settings.dry_run_wall_clock_seconds)
+        self._dry_pool: EvaluatorPool | None = None
+        self._dry_copies: OrderedDict[str, _DryCopy] = OrderedDict()
+        self._dry_lock = threading.Lock()
+        self._standing_lock = threading.Lock()
+        self.standing = self._standing_attestation()
+        self._closing = threading.Event()
+        self._refresher = threading.Thread(target=self._refresh_loop, daemon=True,
+                                           name="attestation-refresh")
+        self._refresher.start()
+        self._cron_processes = {str(r[0]) for r in self.store.all(
+            "SELECT i.id FROM items i JOIN item_tags t ON t.item_row = i.rowid "
+            "WHERE i.kind = 'process' AND t.name = ?", CRON_INTERVAL)}
+        self._blocks: dict[int, int] = {int(h): int(ts) // 1000 * 1000 for h, ts in self.store.all(
+            "SELECT block_height, MIN(timestamp_ms) FROM schedule GROUP BY block_height")}
+        self._monitor: threading.Thread | None = None
+        if settings.cron_tick_seconds > 0:
+            self._monitor = threading.Thread(target=self._monitor_crons, name="cron-monitor",
+                                             daemon=True)
+            self._monitor.start()
+        self._resume_pending()
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def attestation_id(self) -> str:
+        """The standing attestation new Results name (it changes when it is refreshed)."""
+        return self.standing.id
+
+    def _standing_attestation(self) -> StandingAttestation:
+        nonce = os.urandom(32)
+        item = self._attest(nonce, "standing")
+
+        def remember(conn: Any) -> None:
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) "
+                         "VALUES ('standing_attestation', ?)", (item.id,))
+
+        self.store.write(remember)
+        standing = assess(item, datetime.now(UTC),
+                          report_data(self.identity.public_key, self.config_digest, nonce),
+                          tdx_collateral_in(self.settings.data_dir / "collateral"))
+        self.observer.evidence_verified("self", standing.step, standing.ok)
+        return standing
+
+    def refresh_attestation(self) -> StandingAttestation:
+        """Make a new standing attestation; Results signed from now on name it."""
+        with self._standing_lock:
+            self.standing = self._standing_attestation()
+        log.info("standing attestation refreshed: %s (%s, TCB %s)", self.standing.id,
+                 self.standing.step, self.standing.tcb_status)
+        return self.standing
+
+    def _refresh_loop(self) -> None:
+        interval = self.settings.attestation_refresh_seconds
+        while not self._closing.wait(interval):
+            try:
+                self.refresh_attestation()
+            except Exception:  # the TEE failed: counted by _attest; keep the current one
+                log.exception("scheduled attestation refresh failed")
+
+    def attest(self, nonce: bytes, *, keep: bool = True) -> items.Item:
+        """A fresh Attestation item binding this node's key for ``nonce``; stored only with
+        ``keep`` (anonymous HTTP callers get it unstored: results name only the standing
+        attestation, and a caller keeps the item it asked for)."""
+        return self._attest(nonce, "fresh", keep=keep)
+
+    def _attest(self, nonce: bytes, kind: str, keep: bool = True) -> items.Item:
+        try:
+            item = make_attestation(self.identity, self.provider, self.config_digest, nonce)
+            if keep:
+                self.store.write(lambda conn: store_item(conn, item, "attestation"))
+        except Exception:
+            self.observer.attested(kind, ok=False)
+            raise
+        self.observer.attested(kind, ok=True)
+        return item
+
+    def publish_location(self, url: str) -> str:
+        """Sign and store this node's ``Scheduler-Location`` record pointing at ``url``."""
+        tags = [("Data-Protocol", "ao"), ("Variant", "ao.TN.1"), ("Type", "Scheduler-Location"),
+                ("Url", url), ("Time-To-Live", str(7 * 24 * 3600 * 1000))]
+        item = items.sign(self.identity, tags=tags, anchor=hashlib.sha256(url.encode()).digest())
+        self.store.write(lambda conn: store_item(conn, item, "scheduler-location"))
+        return str(item.id)
+
+    def _resume_pending(self) -> None:
+        rows = self.store.all(
+            "SELECT DISTINCT s.process_id FROM schedule s LEFT JOIN results r "
+            "ON r.process_id = s.process_id AND r.slot = s.slot WHERE r.slot IS NULL")
+        for (pid,) in rows:
+            self._wake(str(pid))
+
+    def close(self) -> None:
+        """Finish in-flight batches and stop workers and the store."""
+        self._closing.set()
+        self._refresher.join(timeout=60)
+        if self._monitor is not None:
+            self._monitor.join(timeout=30)
+        self._executor.shutdown(wait=True)
+        self.pool.stop()
+        if self._dry_pool is not None:
+            self._dry_pool.stop()
+        self.store.close()
+
+    def add_progress_listener(self, listener: ProgressListener) -> None:
+        """Call ``listener(process_id, slot)`` whenever results are stored or a process stops
+        evaluating (front-ends wake their waiting readers with it, holding no thread)."""
+        with self._actors_lock:
+            self._listeners.append(listener)
+
+    def remove_progress_listener(self, listener: ProgressListener) -> None:
+        """Stop calling ``listener``."""
+        with self._actors_lock:
+            self._listeners.remove(listener)
+
+    def _notify(self, process_id: str, slot: int) -> None:
+        with self._actors_lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(process_id, slot)
+            except Exception:
+                log.exception("progress listener failed")
+        with self._progress:
+            self._progress.notify_all()
+
+    def _ctx(self) -> SchedulerContext:
+        return SchedulerContext(self.identity, self.attestation_id, self.settings.block_height)
+
+    # --- ingest ------------------------------------------------------------------------------
+
+    def ingest(self, raw: bytes) -> Receipt:
+        """Verify, classify, schedule and durably store one client data item."""
+        try:
+            receipt = self._ingest(raw)
+        except Exception as exc:
+            self.observer.item_rejected(exc)
+            raise
+        self.observer.item_accepted(receipt.type)
+        return receipt
+
+    def _ingest(self, raw: bytes) -> Receipt:
+        if len(raw) > self.settings.max_item_bytes:
+            raise TooLarge(f"item of {len(raw)} bytes exceeds the limit of "
+                           f"{self.settings.max_item_bytes}")
+        item = items.parse_verified(raw, self.settings.max_item_bytes)
+        if items.first_tag(item, "Data-Protocol") != "ao":
+            raise BadRequest("item lacks the tag Data-Protocol: ao")
+        kind = items.first_tag(item, "Type")
+        if kind not in ITEM_TYPES:
+            raise BadRequest(f"Type tag must be one of {', '.join(ITEM_TYPES)}; got {kind!r}")
+        if kind == "Module":
+            return self._ingest_module(item)
+        if kind == "Process":
+            return self._ingest_process(item)
+        return self._ingest_message(item)
+
+    def _ingest_module(self, item: items.Item) -> Receipt:
+        fmt = items.first_tag(item, "Module-Format")
+        if fmt is None:
+            raise BadRequest("a Module item needs a Module-Format tag")
+        module_format(fmt)
+        self._within_maximum(item)
+        if item.id not in self._valid_modules:
+            self.pool.validate_module(item.id, item.data)
+            with self._actors_lock:
+                self._valid_modules[item.id] = None
+                while len(self._valid_modules) > 1024:
+                    del self._valid_modules[next(iter(self._valid_modules))]
+        self.store.write(lambda conn: store_item(conn, item, "module"))
+        return Receipt(item.id, "Module")
+
+    def _ingest_process(self, item: items.Item) -> Receipt:
+        scheduler = items.first_tag(item, "Scheduler")
+        if scheduler != self.identity.address:
+            raise NotHosted(f"process names scheduler {scheduler!r}; this node is "
+                            f"{self.identity.address}")
+        crons = parse_crons(item.tags)
+        module = load_item(self.store.reader, items.first_tag(item, "Module") or "")
+        self._within_maximum(*([module] if module is not None else []), item)
+        ctx = self._ctx()
+        self.store.write(lambda conn: create_process(conn, ctx, item))
+        if crons:
+            self._cron_processes.add(item.id)
+        self._wake(item.id)
+        warning = authority_warning(item, self.identity.address)
+        if warning is not None:
+            log.warning("process %s: %s", item.id, warning)
+        return Receipt(item.id, "Process", item.id, 0, warning)
+
+    def _within_maximum(self, *tagged: items.Item) -> None:
+        """Refuse a module or process whose limit tags ask for more than the operator allows."""
+        try:
+            why = above_maximum([t for i in tagged for t in tag_list(i.tags)], self.settings.limits)
+        except ConfigError as exc:
+            raise BadRequest(str(exc)) from None
+        if why is not None:
+            raise AboveMaximum(f"{why} (limits.memory and limits.fuel in its config); tags may "
+                               "lower the node's limits, never raise them")
+
+    def _ingest_message(self, item: items.Item) -> Receipt:
+        if not item.target:
+            raise BadRequest("a Message item needs a Target (the process id)")
+        ctx = self._ctx()
+        slot = self.store.write(
+            lambda conn: schedule_message(conn, ctx, item, item.target, 0))
+        self._wake(item.target)
+        return Receipt(item.id, "Message", item.target, slot)
+
+    # --- actors ------------------------------------------------------------------------------
+
+    def _wake(self, process_id: str) -> None:
+        with self._actors_lock:
+            actor = self._actors.get(process_id)
+            if actor is None:
+                actor = self._actors[process_id] = _Actor(process_id)
+            if actor.running:
+                actor.pending = True
+                return
+            actor.running = True
+        self._executor.submit(self._drive, actor)
+
+    def _drive(self, actor: _Actor) -> None:
+        while True:
+            try:
+                with actor.lock:
+                    progressed = self._step(actor)
+            except WorkerCrashed:
+                self.observer.worker_crashed()
+                actor.crashes += 1
+                if actor.crashes > MAX_WORKER_CRASHES:
+                    actor.broken = f"its evaluation worker crashed {actor.crashes} times"
+                    log.error("process %s: %s", actor.process_id, actor.broken)
+                    progressed = False
+                else:
+                    log.warning("evaluation worker for %s restarted; reopening",
+                                actor.process_id)
+                    progressed = True
+            except Exception as exc:
+                if isinstance(storage_error(exc), StorageFull):
+                    log.warning("process %s: disk full (%s); retrying in %g s",
+                                actor.process_id, exc, DISK_FULL_RETRY_SECONDS)
+                    actor.generation = None  # the worker ran ahead of what is stored: reopen
+                    self.observer.commit_deferred()
+                    self._retry_later(actor.process_id)
+                else:
+                    log.exception("process %s stopped evaluating", actor.process_id)
+                    actor.broken = "internal error; see the node log"
+                progressed = False
+            if actor.broken is not None:
+                self._notify(actor.process_id, ALL_SLOTS)
+            with self._actors_lock:
+                if not progressed and not actor.pending:
+                    actor.running = False
+                    with self._progress:
+                        self._progress.notify_all()
+                    return
+                actor.pending = False
+
+    def _retry_later(self, process_id: str) -> None:
+        def wake() -> None:
+            with contextlib.suppress(RuntimeError):  # the node closed meanwhile
+                self._wake(process_id)
+        timer = threading.Timer(DISK_FULL_RETRY_SECONDS, wake)
+        timer.daemon = True
+        timer.start()
+
+    def _open(self, actor: _Actor) -> None:
+        pid = actor.process_id
+        process = load_item(self.store.reader, pid)
+        if process is None:
+            raise NotFound(f"process {pid} is not hosted on this node")
+        module_id = items.first_tag(process, "Module") or ""
+        module = load_item(self.store.reader, module_id)
+        if module is None:
+            raise NotFound(f"module {module_id} is missing")
+        path = self.settings.module_dir / f"{module_id}.wasm"
+        if not path.exists():
+            write_atomically(path, module.data)  # a unique temporary: actors open concurrently
+        limits = capped_limits(tag_list(module.tags) + tag_list(process.tags),
+                               self.settings.limits)
+        fmt = items.first_tag(module, "Module-Format") or ""
+        rows = self.store.all("SELECT slot, file, sha256, raw_size, clock, crons FROM checkpoints "
+                              "WHERE process_id = ? ORDER BY slot DESC", pid)
+        actor.generation = self.pool.generation(pid)
+        actor.next_slot = 0
+        actor.crons = parse_crons(process.tags)
+        actor.owner = process.owner_address
+        actor.cron_seq, actor.cron_after = 0, None
+        for row in rows:
+            try:
+                report = self.pool.open(pid, path, fmt, limits, CheckpointFile(
+                    Path(row[1]), str(row[2]), int(row[3]), int(row[4])))
+            except WorkerCrashed:
+                raise
+            except EvaluationError as exc:
+                log.warning("process %s: checkpoint at slot %s is unusable (%s); trying an "
+                            "older one", pid, row[0], exc)
+                continue
+            actor.next_slot = int(row[0]) + 1
+            self._restore_cron_cursor(actor, int(row[5]))
+            break
+        else:
+            report = self.pool.open(pid, path, fmt, limits, None)
+        if actor.crons:
+            self._cron_processes.add(pid)  # spawned by a process: not seen at ingest
+            origin = self._boundary(pid, 0)
+            actor.origin = origin if origin is not None else Boundary(0, 0, 0)
+        if report.compiled:
+            log.info("%s", fields("module compiled", module=module_id, format=fmt,
+                                  ms=report.load_seconds * 1000))
+        log.info("%s", fields(
+            "process restored" if actor.next_slot else "process opened", process=pid,
+            checkpoint_slot=actor.next_slot - 1 if actor.next_slot else None,
+            module=module_id, load_ms=report.load_seconds * 1000,
+            instantiate_ms=report.instantiate_seconds * 1000))
+        actor.env_json = jsjson.stringify(guest_env(process, module))
+        actor.module_id = module_id
+        actor.module_path, actor.module_format, actor.limits = path, fmt, limits
+
+    def _step(self, actor: _Actor) -> bool:
+        if actor.broken is not None:
+            return False
+        pid = actor.process_id
+        if actor.generation != self.pool.generation(pid):
+            try:
+                self._open(actor)
+            except WorkerCrashed:
+                raise
+            except (ModuleError, NotFound, EvaluationError, BadRequest) as exc:
+                actor.broken = str(exc)
+                log.error("process %s cannot be evaluated: %s", pid, exc)
+                return False
+        if actor.crons:
+            return self._cron_step(actor)
+        slots, batch = self._read_batch(actor, actor.next_slot)
+        if not slots:
+            return False
+        started = time.perf_counter()
+        pending = self.pool.begin_evaluate(pid, batch)
+        for round_ in range(PIPELINED_BATCHES):
+            # Read the next batch while the worker runs this one, and start it in the worker
+            # as soon as this one is back, to run while this one is signed and committed. Not
+            # across a checkpoint: that must capture the state right after this batch.
+            following: tuple[list[ScheduledSlot], list[tuple[bytes, bytes]]] | None = None
+            if round_ + 1 < PIPELINED_BATCHES and not self._checkpoint_due(actor, len(slots)):
+                following = self._read_batch(actor, slots[-1].slot + 1)
+                if not following[0]:
+                    following = None
+            outputs = pending.result()
+            self.observer.batch_evaluated(len(batch), time.perf_counter() - started)
+            if following is not None:
+                started = time.perf_counter()
+                pending = self.pool.begin_evaluate(pid, following[1])
+            try:
+                self._commit_results(actor, slots, outputs)
+            except BaseException:
+                if following is not None:
+                    with contextlib.suppress(Exception):
+                        pending.result()  # release the worker; this process stops anyway
+                raise
+            actor.next_slot = slots[-1].slot + 1
+            actor.since_checkpoint += len(slots)
+            if following is None:
+                break
+            slots, batch = following
+        if self._checkpoint_due(actor, 0):
+            self._checkpoint(actor, slots[-1].slot)
+        return True
+
+    # --- cron (see appliance.node.cron and docs/api.md "Cron") ------------------------------
+
+    def _restore_cron_cursor(self, actor: _Actor, crons: int) -> None:
+        """Resume the cron walk after the first ``crons`` cron results (a checkpoint's)."""
+        actor.cron_seq, actor.cron_after = crons, None
+        if crons:
+            row = self.store.one("SELECT after_slot, timestamp_ms, rank FROM cron_results "
+                                 "WHERE process_id = ? AND seq = ?", actor.process_id, crons - 1)
+            if row is not None:
+                actor.cron_after = (int(row[0]), int(row[1]), int(row[2]))
+
+    def _boundary(self, pid: str, slot: int) -> Boundary | None:
+        row = self.store.one("SELECT timestamp_ms, block_height FROM schedule WHERE "
+                             "process_id = ? AND slot = ?", pid, slot)
+        return None if row is None else Boundary(int(row[0]), int(row[1]), slot)
+
+    def _cron_head(self, pid: str, slot: int) -> str | None:
+        """The id of the last cron Result after ``slot``: the chain's head before ``slot + 1``."""
+        row = self.store.one("SELECT result_id FROM cron_results WHERE process_id = ? AND "
+                             "after_slot = ? ORDER BY seq DESC LIMIT 1", pid, slot)
+        return None if row is None else str(row[0])
+
+    def blocks(self) -> list[tuple[int, int]]:
+        """The node's blocks as (height, timestamp ms): one per Block-Height its assignments
+        carry, timed at the first such assignment's second (the node makes no other blocks)."""
+        height = self.settings.block_height
+        if height not in self._blocks:
+            row = self.store.one("SELECT MIN(timestamp_ms) FROM schedule WHERE block_height = ?",
+                                 height)
+            if row is not None and row[0] is not None:
+                self._blocks[height] = int(row[0]) // 1000 * 1000
+        return sorted(self._blocks.items())
+
+    def _cron_step(self, actor: _Actor) -> bool:
+        """Evaluate the cron messages due before the next slot (or up to the horizon), else a
+        batch of slots with no cron message between them."""
+        pid = actor.process_id
+        first = actor.next_slot
+        slots, batch = self._read_batch(actor, first)
+        left = self._boundary(pid, first - 1) if first > 0 else None
+        if left is not None:
+            right = slots[0].timestamp_ms if slots else actor.horizon_ms
+            ticks = ticks_between(actor.crons, actor.origin, left, right, blocks=self.blocks(),
+                                  after=actor.cron_after)
+            if ticks:
+                self._evaluate_crons(actor, ticks)
+                return True
+        if not slots:
+            return False
+        keep = 1
+        while keep < len(slots) and not ticks_between(
+                actor.crons, actor.origin,
+                Boundary(slots[keep - 1].timestamp_ms, slots[keep - 1].block_height,
+                         slots[keep - 1].slot),
+                slots[keep].timestamp_ms, blocks=self.blocks(), limit=1):
+            keep += 1
+        slots, batch = slots[:keep], batch[:keep]
+        started = time.perf_counter()
+        outputs = self.pool.evaluate(pid, batch)
+        self.observer.batch_evaluated(len(batch), time.perf_counter() - started)
+        self._commit_results(actor, slots, outputs)
+        actor.next_slot = slots[-1].slot + 1
+        actor.since_checkpoint += len(slots)
+        if self._checkpoint_due(actor, 0):
+            self._checkpoint(actor, slots[-1].slot)
+        return True
+
+    def _evaluate_crons(self, actor: _Actor, ticks: list[CronTick]) -> None:
+        pid = actor.process_id
+        batch = [(jsjson.stringify(cron_message(t, pid, actor.owner)), actor.env_json)
+                 for t in ticks]
+        started = time.perf_counter()
+        outputs = self.pool.evaluate(pid, batch)
+        self.observer.batch_evaluated(len(batch), time.perf_counter() - started)
+        first_seq = actor.cron_seq
+        stored = {int(r[0]): (str(r[1]), bytes(r[2])) for r in self.store.all(
+            "SELECT seq, result_id, data FROM cron_results WHERE process_id = ? AND seq "
+            "BETWEEN ? AND ?", pid, first_seq, first_seq + len(ticks) - 1)}
+        prev = self.store.one("SELECT after_slot, result_id FROM cron_results WHERE "
+                              "process_id = ? AND seq = ?", pid, first_seq - 1)
+        signed: list[tuple[int, CronTick, items.Item, Outbox]] = []
+        # A cron message in the second of the message it follows is as deep as that message:
+        # the CU re-fires a second's cron after every message landing in it (docs/api.md), so a
+        # cron handler messaging its own process would loop there; the push bound stops it.
+        row = self.store.one("SELECT push_depth, timestamp_ms FROM schedule WHERE "
+                             "process_id = ? AND slot = ?", pid, ticks[0].ordinate)
+        left_depth, left_second = (int(row[0]), int(row[1]) // 1000) if row else (0, -1)
+        prev_id = str(prev[1]) if prev is not None and int(prev[0]) == ticks[0].ordinate else None
+        if prev_id is None:
+            head = stored_result(self.store.reader, pid, ticks[0].ordinate)
+            if head is None:
+                raise EvaluationError(f"slot {ticks[0].ordinate} of {pid} has no result")
+            prev_id = head[0]
+        for seq, (tick, out) in enumerate(zip(ticks, outputs, strict=True), start=first_seq):
+            done = stored.get(seq)
+            if done is not None:
+                if done[1] != result_data(out):
+                    self.observer.divergence()
+                    log.critical("replay of %s cron %d differs from its stored result", pid, seq)
+                prev_id = done[0]
+                continue
+            item = unsigned_cron_result(pid, tick, out, prev_id, self.attestation_id).sign(
+                self.identity)
+            prev_id = item.id
+            origin = ScheduledSlot(pid, tick.ordinate, "", "", "", tick.timestamp_ms,
+                                   tick.block_height, self.attestation_id,
+                                   left_depth if tick.timestamp_ms // 1000 == left_second else 0)
+            outbox = prepare_outbox(self.identity, PushContext(
+                origin, actor.module_id, self.settings.max_push_depth, seq), out)
+            signed.append((seq, tick, item, outbox))
+        ctx = self._ctx()
+
+        def commit(conn: Any) -> set[str]:
+            # Signed and stored in one transaction: nothing signed leaves the node before it
+            # is stored, and a crash before the commit leaves nothing to contradict.
+            woken: set[str] = set()
+            for seq, tick, item, outbox in signed:
+                store_cron_result(conn, seq, tick, item)
+                woken |= push_outbox(conn, ctx, outbox)
+            return woken
+
+        woken = self.store.write(commit) if signed else set()
+        actor.cron_seq += len(ticks)
+        actor.cron_after = ticks[-1].position
+        for target in woken:
+            if target != pid:
+                self._wake(target)
+        with self._progress:
+            self._progress.notify_all()
+
+    def _horizon_now(self) -> int:
+        # Read inside the writer: every assignment committed after this has a later timestamp
+        # (as long as the wall clock does not step back), so no slot can land behind crons
+        # already evaluated up to this instant.
+        now: int = self.store.write(lambda _conn: time.time_ns() // 1_000_000)
+        return now
+
+    def tick_crons(self, process_id: str, wait: bool = True) -> None:
+        """Evaluate ``process_id``'s cron messages up to now (as the CU does on reads)."""
+        actor = self._actor(process_id)
+        if process_id not in self._cron_processes:
+            return
+        actor.horizon_ms = max(actor.horizon_ms, self._horizon_now())
+        self._wake(process_id)
+        if not wait:
+            return
+        deadline = time.monotonic() + self.settings.result_wait_seconds
+        while time.monotonic() < deadline:
+            with self._actors_lock:
+                idle = not actor.running
+            if idle or actor.broken:
+                return
+            with self._progress:
+                self._progress.wait(0.5)
+
+    def _monitor_crons(self) -> None:
+        """Keep every cron process ticking, as AO's MU monitor polls ``/cron`` for it."""
+        while not self._closing.wait(self.settings.cron_tick_seconds):
+            for pid in list(self._cron_processes):
+                try:
+                    self.tick_crons(pid, wait=False)
+                except Exception:  # one process never stops the monitor
+                    log.exception("cron tick of %s failed", pid)
+
+    def cron_page(self, process_id: str, *, after: tuple[int, str, str] | None,
+                  since_ms: int | None, upto: tuple[int, str | None, str | None] | None,
+                  limit: int) -> tuple[list[tuple[dict[str, Any], dict[str, Any]]], bool]:
+        """Cron results (cursor fields, result JSON) in evaluation order, errors left out.
+
+        ``after`` (timestamp, ordinate, cron) is exclusive, ``since_ms`` inclusive, ``upto``
+        inclusive; ordinate and cron compare as text, as the CU's evaluation ids do.
+        """
+        self._actor(process_id)
+        where, params = ["process_id = ?"], [process_id]
+        if after is not None:
+            where.append("(timestamp_ms > ? OR (timestamp_ms = ? AND (CAST(after_slot AS TEXT) "
+                         "> ? OR (CAST(after_slot AS TEXT) = ? AND cron > ?))))")
+            params += [after[0], after[0], after[1], after[1], after[2]]  # type: ignore[list-item]
+        if since_ms is not None:
+            where.append("timestamp_ms >= ?")
+            params.append(since_ms)  # type: ignore[arg-type]
+        if upto is not None:
+            ts, ordinate, cron = upto
+            if ordinate is None:
+                where.append("timestamp_ms <= ?")
+                params.append(ts)  # type: ignore[arg-type]
+            else:
+                where.append("(timestamp_ms < ? OR (timestamp_ms = ? AND (CAST(after_slot AS "
+                             "TEXT) < ? OR (CAST(after_slot AS TEXT) = ? AND cron <= ?))))")
+                params += [ts, ts, ordinate, ordinate, cron or ""]  # type: ignore[list-item]
+        rows = self.store.all(
+            "SELECT timestamp_ms, after_slot, cron, data FROM cron_results WHERE "  # noqa: S608
+            f"{' AND '.join(where)} ORDER BY seq LIMIT ?", *params, limit + 1)
+        out = []
+        for ts, ordinate, cron, data in rows:
+            value: dict[str, Any] = json.loads(data)
+            if value.get("Error") is None:
+                out.append(({"timestamp": int(ts), "ordinate": str(ordinate), "cron": str(cron)},
+                            value))
+        return out[:limit], len(rows) > limit
+
+    def cron_results_between(self, process_id: str, first_slot: int,
+                             last_slot: int) -> list[bytes]:
+        """Raw cron Result items after slots ``first_slot..last_slot``, in chain order."""
+        return [bytes(r[0]) for r in self.store.all(
+            "SELECT i.raw FROM cron_results c JOIN items i ON i.id = c.result_id WHERE "
+            "c.process_id = ? AND c.after_slot BETWEEN ? AND ? ORDER BY c.seq",
+            process_id, first_slot, last_slot)]
+
+    def _checkpoint_due(self, actor: _Actor, more: int) -> bool:
+        return (actor.since_checkpoint + more >= self.settings.checkpoint_every_messages
+                or time.monotonic() - actor.last_checkpoint
+                >= self.settings.checkpoint_every_seconds)
+
+    def _read_batch(self, actor: _Actor,
+                    first: int) -> tuple[list[ScheduledSlot], list[tuple[bytes, bytes]]]:
+        """The next scheduled slots from ``first`` and their (msg, env) JSON for the guest."""
+        rows = self.store.all(
+            "SELECT s.process_id, s.slot, s.message_id, s.assignment_id, s.hash_chain, "
+            "s.timestamp_ms, s.block_height, s.attestation_id, s.push_depth, i.raw "
+            "FROM schedule s LEFT JOIN items i ON i.id = s.message_id "
+            "WHERE s.process_id = ? AND s.slot >= ? ORDER BY s.slot LIMIT ?",
+            actor.process_id, first, self.settings.batch_size)
+        slots = [slot_row(r[:-1]) for r in rows]
+        batch = []
+        for s, row in zip(slots, rows, strict=True):
+            if row[-1] is None:
+                raise EvaluationError(f"scheduled message {s.message_id} is missing")
+            item = items.parse_unverified(bytes(row[-1]))
+            batch.append((guest_message_json(item, s), actor.env_json))
+        return slots, batch
+
+    def _commit_results(self, actor: _Actor, slots: list[ScheduledSlot],
+                        outputs: list[dict[str, Any]]) -> None:
+        pid = actor.process_id
+        reader = self.store.reader
+        stored = stored_results(reader, pid, slots[0].slot - 1, slots[-1].slot)
+        intents = intents_between(reader, pid, slots[0].slot, slots[-1].slot)
+        previous = stored.get(slots[0].slot - 1)
+        prev_id = previous[0] if previous else None
+        if actor.crons:
+            prev_id = self._cron_head(pid, slots[0].slot - 1) or prev_id
+        fresh: list[UnsignedResult] = []
+        signed: list[tuple[ScheduledSlot, items.Item]] = []
+        committed: list[dict[str, Any]] = []
+        outboxes: list[Outbox] = []
+        max_depth = self.settings.max_push_depth
+        for s, out in zip(slots, outputs, strict=True):
+            done = stored.get(s.slot)
+            if done is not None:
+                if not same_evaluation(done[1], out):
+                    self.observer.divergence()
+                    log.critical("replay of %s slot %d differs from its stored result", pid,
+                                 s.slot)
+                prev_id = done[0]
+                continue
+            unsigned = intents.get(s.slot)
+            signed_out = out  # what the signed data says: the outbox is pushed from it
+            if unsigned is None:
+                signed_out = self._limit_outbox(actor, s, out)
+                unsigned = unsigned_result(s, signed_out, prev_id, self.attestation_id)
+                fresh.append(unsigned)
+            else:
+                signed_out = json.loads(unsigned.data)
+                if not same_evaluation(unsigned.data, out):
+                    self.observer.divergence()
+                    log.critical("%s slot %d re-evaluated differently; signing the recorded "
+                                 "intent", pid, s.slot)
+            item = unsigned.sign(self.identity)
+            prev_id = item.id
+            signed.append((s, item))
+            committed.append(signed_out)
+            outboxes.append(prepare_outbox(
+                self.identity, PushContext(s, actor.module_id, max_depth), signed_out))
+        if not signed:
+            return
+        if fresh:
+            self.store.write(lambda conn: record_intents(conn, fresh))
+        ctx = self._ctx()
+
+        def commit(conn: Any) -> set[str]:
+            woken: set[str] = set()
+            for (s, item), outbox in zip(signed, outboxes, strict=True):
+                store_result(conn, s, item)
+                woken |= push_outbox(conn, ctx, outbox)
+            return woken
+
+        woken = self.store.write(commit)
+        self.observer.results_committed(committed)
+        for target in woken:
+            if target != pid:
+                self._wake(target)
+        self._notify(pid, signed[-1][0].slot)
+
+    def _limit_outbox(self, actor: _Actor, s: ScheduledSlot, out: dict[str, Any]
+                      ) -> dict[str, Any]:
+        now = time.monotonic()
+        opts = self.settings
+        limited = limit_outbox(out, actor.process_id, s.push_depth > 0,
+                               per_message=opts.max_outbox_messages,
+                               room=actor.crank.room(now, opts.crank_window_seconds,
+                                                     opts.max_crank_messages))
+        actor.crank.record(now, limited.counted)
+        if limited.refused:
+            self.observer.outbox_refused(limited.reason, limited.refused)
+            log.warning("process %s slot %d: %d outgoing messages not sent (%s)",
+                        actor.process_id, s.slot, limited.refused, limited.reason)
+        return limited.result
+
+    def _checkpoint(self, actor: _Actor, slot: int) -> None:
+        pid = actor.process_id
+        name = hashlib.sha256(pid.encode()).hexdigest()[:16]
+        started = time.perf_counter()
+        try:
+            ref = self.pool.checkpoint(pid, self.settings.checkpoint_dir / name / f"{slot}.ckpt")
+            self.store.write(lambda conn: conn.execute(
+                "INSERT OR REPLACE INTO checkpoints (process_id, slot, file, sha256, raw_size, "
+                "clock, item_id, created_ms, crons) VALUES (?, ?, ?, ?, ?, ?, '', ?, ?)",
+                (pid, slot, str(ref.path), ref.sha256, ref.raw_size, ref.clock,
+                 time.time_ns() // 1_000_000, actor.cron_seq)))
+            file_bytes = ref.path.stat().st_size
+        except Exception:
+            self.observer.checkpoint_failed()
+            raise
+        seconds = time.perf_counter() - started
+        self.observer.checkpointed(ref.raw_size, file_bytes, seconds)
+        log.info("%s", fields("checkpoint", process=pid, slot=slot, memory_bytes=ref.raw_size,
+                              file_bytes=file_bytes, ms=seconds * 1000))
+        actor.since_checkpoint = 0
+        actor.last_checkpoint = time.monotonic()
+        self._prune_checkpoints(pid, slot)
+
+    def _prune_checkpoints(self, pid: str, newest: int) -> None:
+        """Forget all but the newest ``CHECKPOINTS_KEPT`` checkpoints of ``pid`` and delete
+        their files (rows first: a crash in between leaves only unreferenced files)."""
+
+        def forget(conn: Any) -> list[str]:
+            rows = conn.execute(
+                "SELECT slot, file FROM checkpoints WHERE process_id = ? AND slot <= ? "
+                "ORDER BY slot DESC LIMIT -1 OFFSET ?", (pid, newest, CHECKPOINTS_KEPT)
+            ).fetchall()
+            conn.executemany("DELETE FROM checkpoints WHERE process_id = ? AND slot = ?",
+                             [(pid, slot) for slot, _ in rows])
+            return [str(file) for _, file in rows]
+
+        for file in self.store.write(forget):
+            with contextlib.suppress(FileNotFoundError):
+                Path(file).unlink()
+
+    def checkpoint_now(self, process_id: str) -> int:
+        """Checkpoint a process at its latest evaluated slot; returns that slot."""
+        actor = self._actor(process_id)
+        with actor.lock:
+            if actor.next_slot == 0:
+                raise BadRequest(f"process {process_id} has not evaluated anything yet")
+            self._checkpoint(actor, actor.next_slot - 1)
+            return actor.next_slot - 1
+
+    def _actor(self, process_id: str) -> _Actor:
+        if self.store.one("SELECT 1 FROM processes WHERE id = ?", process_id) is None:
+            raise NotFound(f"process {process_id} is not hosted on this node")
+        with self._actors_lock:
+            actor = self._actors.get(process_id)
+            if actor is None:
+                actor = self._actors[process_id] = _Actor(process_id)
+        return actor
+
+    # --- reads -------------------------------------------------------------------------------
+
+    def result_now(self, process_id: str, message_id: str) -> tuple[int, dict[str, Any] | None]:
+        """(slot, result JSON) of ``message_id``, or (slot, None) while it is not computed yet.
+
+        NotFound when the message is not scheduled on the process; EvaluationError when the
+        process stopped evaluating. Never waits: waiting readers use a progress listener.
+        """
+        row = self.store.one("SELECT slot FROM schedule WHERE process_id = ? AND message_id = ?",
+                             process_id, message_id)
+        if row is None:
+            raise NotFound(f"message {message_id} is not scheduled on process {process_id}")
+        slot = int(row[0])
+        done = stored_result(self.store.reader, process_id, slot)
+        if done is not None:
+            value: dict[str, Any] = json.loads(done[1])
+            return slot, value
+        actor = self._actors.get(process_id)
+        if actor is not None and actor.broken:
+            raise EvaluationError(f"process {process_id} cannot evaluate: {actor.broken}")
+        return slot, None
+
+    def result(self, process_id: str, message_id: str, wait: bool = True) -> dict[str, Any]:
+        """The result JSON of ``message_id`` in ``process_id``, waiting (on this thread) for
+        evaluation up to ``result_wait_seconds``."""
+        deadline = time.monotonic() + (self.settings.result_wait_seconds if wait else 0)
+        while True:
+            _, value = self.result_now(process_id, message_id)
+            if value is not None:
+                return value
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise NotFound(f"result for {message_id} is not computed yet")
+            with self._progress:
+                self._progress.wait(min(remaining, 0.5))
+
+    def result_item(self, process_id: str, message_id: str) -> bytes:
+        """The raw signed Result item of ``message_id``."""
+        self.result(process_id, message_id)
+        row = self.store.one("SELECT i.raw FROM results r JOIN items i ON i.id = r.result_id "
+                             "WHERE r.process_id = ? AND r.message_id = ?", process_id, message_id)
+        if row is None:
+            raise NotFound(f"no result item for {message_id}")
+        return bytes(row[0])
+
+    def schedule_items(self, process_id: str, first: int,
+                       last: int) -> list[tuple[int, bytes, bytes]]:
+        """(slot, raw message item, raw assignment item) of the slots ``first..last``."""
+        rows = self.store.all("SELECT s.slot, m.raw, a.raw FROM schedule s JOIN items m ON "
+                              "m.id = s.message_id JOIN items a ON a.id = s.assignment_id "
+                              "WHERE s.process_id = ? AND s.slot BETWEEN ? AND ? ORDER BY s.slot",
+                              process_id, first, last)
+        return [(int(slot), bytes(m), bytes(a)) for slot, m, a in rows]
+
+    def result_items(self, process_id: str, first: int, last: int) -> list[tuple[int, bytes]]:
+        """(slot, raw signed Result item) of the stored results in slots ``first..last``."""
+        rows = self.store.all("SELECT r.slot, i.raw FROM results r JOIN items i ON "
+                              "i.id = r.result_id WHERE r.process_id = ? AND r.slot BETWEEN ? "
+                              "AND ? ORDER BY r.slot", process_id, first, last)
+        return [(int(slot), bytes(raw)) for slot, raw in rows]
+
+    def dry_run(self, process_id: str, message: dict[str, Any]) -> dict[str, Any]:
+        """Evaluate ``message`` against the process's latest state without keeping anything.
+
+        It runs on a copy of the process in a dry-run worker, under the dry-run limits, so it
+        never holds the process's actor or worker while the guest runs; at most
+        ``dry_run_concurrency`` run at once (Overloaded past that).
+        """
+        with self._dry_gate.held_for():
+            actor = self._actor(process_id)
+            self.tick_crons(process_id)  # the CU dry-runs on the state evaluated up to now
+            msg = {"Id": "dry-run", "Owner": message.get("Owner", ""),
+                   "From": message.get("From") or message.get("Owner", ""),
+                   "Target": process_id, "Tags": message.get("Tags", []),
+                   "Data": message.get("Data", ""), "Anchor": message.get("Anchor", "0"),
+                   "Timestamp": int(time.time() * 1000), "Block-Height": self.settings.block_height,
+                   "Cron": False, "Read-Only": True}
+            with self._dry_lock:
+                copy = self._dry_copies.get(process_id) or _DryCopy()
+                self._dry_copies[process_id] = copy
+                self._dry_copies.move_to_end(process_id)
+                pool = self._dry_pool = self._dry_pool or EvaluatorPool(
+                    self.settings.dry_run_concurrency, self.settings.cache_dir)
+            with copy.lock:
+                env_json = self._load_dry_copy(actor, copy, pool)
+                result = pool.dry_run(process_id, jsjson.stringify(msg), env_json)
+            self._evict_dry_copies(pool)
+            return result
+
+    def _load_dry_copy(self, actor: _Actor, copy: _DryCopy, pool: EvaluatorPool) -> bytes:
+        """Bring the dry-run copy of ``actor``'s process to its latest evaluated slot. The
+        actor's lock is held only to snapshot its memory between batches, never while a guest
+        runs in the dry-run worker."""
+        pid = actor.process_id
+        path = self._dry_image(pid)
+        with actor.lock:
+            if actor.broken is not None:
+                raise EvaluationError(f"process {pid} cannot evaluate: {actor.broken}")
+            if actor.generation != self.pool.generation(pid):
+                self._open(actor)
+            slot, env_json = actor.next_slot - 1, actor.env_json
+            wanted = (slot, actor.cron_seq, pool.generation(pid))
+            if copy.loaded == wanted:
+                return env_json
+            snapshot = self.pool.checkpoint(pid, path) if slot >= 0 else None
+            limits = replace(actor.limits,
+                             fuel=min(actor.limits.fuel, self.settings.dry_run_fuel),
+                             wall_clock_seconds=min(actor.limits.wall_clock_seconds,
+                                                    self.settings.dry_run_wall_clock_seconds))
+            module_path, fmt = actor.module_path, actor.module_format
+        copy.loaded = None
+        pool.open(pid, module_path, fmt, limits, snapshot)
+        copy.loaded = wanted
+        return env_json
+
+    def _evict_dry_copies(self, pool: EvaluatorPool) -> None:
+        with self._dry_lock:
+            idle = [(pid, copy) for pid, copy in self._dry_copies.items()
+                    if not copy.lock.locked()]
+            excess = len(self._dry_copies) - DRY_RUN_RESIDENT
+            for pid, copy in idle[:max(0, excess)]:
+                del self._dry_copies[pid]
+                if copy.loaded is not None:
+                    with contextlib.suppress(ApplianceError):
+                        pool.close(pid)
+                with contextlib.suppress(FileNotFoundError):
+                    self._dry_image(pid).unlink()
+
+    def _dry_image(self, process_id: str) -> Path:
+        """Where the memory image a dry-run copy of ``process_id`` restores from is written."""
+        name = hashlib.sha256(process_id.encode()).hexdigest()[:16]
+        return self.settings.data_dir / "dry-run" / f"{name}.img"
+
+    def scheduled(self, process_id: str, message_id: str) -> tuple[items.Item, items.Item]:
+        """(message item, assignment item) for a message scheduled on ``process_id``."""
+        row = self.store.one("SELECT message_id, assignment_id FROM schedule WHERE "
+                             "process_id = ? AND message_id = ?", process_id, message_id)
+        if row is None:
+            raise NotFound(f"message {message_id} is not scheduled on process {process_id}")
+        return self._pair(str(row[0]), str(row[1]))
+
+    def _pair(self, message_id: str, assignment_id: str) -> tuple[items.Item, items.Item]:
+        reader = self.store.reader
+        message, assignment = load_item(reader, message_id), load_item(reader, assignment_id)
+        if message is None or assignment is None:
+            raise NotFound(f"message {message_id} is missing from the store")
+        return message, assignment
+
+    def schedule_page(self, process_id: str, *, from_ms: int | None = None,
+                      to_ms: int | None = None, from_slot: int | None = None,
+                      to_slot: int | None = None,
+                      limit: int = 100) -> tuple[list[ScheduledEntry], bool]:
+        """A page of the schedule, ordered by slot: ``from`` bounds exclusive, ``to`` inclusive."""
+        self._actor(process_id)
+        where, params = ["process_id = ?"], [process_id]
+        for column, op, value in (("timestamp_ms", ">", from_ms), ("timestamp_ms", "<=", to_ms),
+                                  ("slot", ">=", from_slot), ("slot", "<=", to_slot)):
+            if value is not None:
+                where.append(f"{column} {op} ?")
+                params.append(value)  # type: ignore[arg-type]
+        rows = self.store.all(f"SELECT * FROM schedule WHERE {' AND '.join(where)} "  # noqa: S608
+                              "ORDER BY slot LIMIT ?", *params, limit + 1)
+        page = [slot_row(r) for r in rows[:limit]]
+        return [(s, *self._pair(s.message_id, s.assignment_id)) for s in page], len(rows) > limit
+
+    def process_info(self, process_id: str) -> tuple[items.Item, ScheduledSlot, items.Item]:
+        """(process item, its slot 0, slot-0 assignment)."""
+        page, _ = self.schedule_page(process_id, from_slot=0, to_slot=0, limit=1)
+        if not page:
+            raise NotFound(f"process {process_id} is not hosted on this node")
+        slot, process, assignment = page[0]
+        return process, slot, assignment
+
+    def results_page(self, process_id: str, *, after_slot: int | None, before_slot: int | None,
+                     descending: bool, limit: int) -> list[tuple[int, dict[str, Any]]]:
+        """Stored results as (slot, result JSON), ascending or descending by slot."""
+        self._actor(process_id)
+        low = -1 if after_slot is None else after_slot
+        high = 2**62 if before_slot is None else before_slot
+        order = "DESC" if descending else "ASC"
+        sql = f"SELECT slot, data FROM results WHERE process_id = ? AND slot > ? AND slot < ? ORDER BY slot {order} LIMIT ?"  # noqa: E501, S608 - only ASC/DESC is interpolated
+        rows = self.store.all(sql, process_id, low, high, limit)
+        return [(int(slot), json.loads(data)) for slot, data in rows]
+
+    def item_raw(self, item_id: str) -> bytes:
+        """Raw bytes of any item the node holds."""
+        row = self.store.one("SELECT raw FROM items WHERE id = ?", item_id)
+        if row is None:
+            raise NotFound(f"item {item_id} is not stored on this node")
+        return bytes(row[0])
+
+    def item_data(self, item_id: str) -> tuple[bytes, str]:
+        """(data bytes, content type) of any item the node holds; the type is the item's
+        ``Content-Type`` tag, or ``application/octet-stream``."""
+        item = items.parse_unverified(self.item_raw(item_id))
+        return item.data, items.first_tag(item, "Content-Type") or "application/octet-stream"
+
+    def find_items(self, *, ids: list[str] | None = None, owners: list[str] | None = None,
+                   recipients: list[str] | None = None,
+                   tags: list[tuple[str, list[str], bool]] | None = None,
+                   after_row: int | None = None, ascending: bool = False,
+                   limit: int = 10) -> list[tuple[int, bytes]]:
+        """(row cursor, raw item) of stored items matching every given filter."""
+        where: list[str] = []
+        params: list[Any] = []
+        for column, values in (("id", ids), ("owner", owners), ("target", recipients)):
+            if values is not None:
+                where.append(f"{column} IN ({','.join('?' * len(values))})")
+                params += values
+        for name, values, negate in tags or []:
+            marks = ",".join("?" * len(values))
+            clause = f"EXISTS (SELECT 1 FROM item_tags t WHERE t.item_row = items.rowid AND t.name = ? AND t.value IN ({marks}))"  # noqa: E501, S608 - placeholders only
+            where.append(f"NOT {clause}" if negate else clause)
+            params += [name, *values]
+        if after_row is not None:
+            where.append("rowid > ?" if ascending else "rowid < ?")
+            params.append(after_row)
+        sql = ("SELECT rowid, raw FROM items"  # noqa: S608 - clauses hold placeholders only
+               + (f" WHERE {' AND '.join(where)}" if where else "")
+               + f" ORDER BY rowid {'ASC' if ascending else 'DESC'} LIMIT ?")
+        return [(int(r), bytes(raw)) for r, raw in self.store.all(sql, *params, limit)]
+
+    def state(self, process_id: str) -> tuple[int, bytes]:
+        """(slot, raw memory after that slot) from the process's newest checkpoint.
+
+        A new checkpoint is written only when the process evaluated past the newest one and
+        the last one forced here is at least ``state_checkpoint_seconds`` old; otherwise the
+        newest checkpoint is served as it is (its slot says how current it is).
+        """
+        actor = self._actor(process_id)
+        with actor.lock:
+            row = self.store.one("SELECT slot, file, sha256, raw_size, clock FROM checkpoints "
+                                 "WHERE process_id = ? ORDER BY slot DESC LIMIT 1", process_id)
+            now = time.monotonic()
+            latest = actor.next_slot - 1 if actor.generation is not None else -1
+            due = (actor.state_forced_at is None
+                   or now - actor.state_forced_at >= self.settings.state_checkpoint_seconds)
+            if latest >= 0 and (row is None or (int(row[0]) < latest and due)):
+                self._checkpoint(actor, latest)
+                actor.state_forced_at = now
+                row = self.store.one("SELECT slot, file, sha256, raw_size, clock FROM "
+                                     "checkpoints WHERE process_id = ? AND slot = ?",
+                                     process_id, latest)
+            if row is None:
+                raise BadRequest(f"process {process_id} has not evaluated anything yet")
+            slot = int(row[0])
+            ref = CheckpointFile(Path(row[1]), str(row[2]), int(row[3]), int(row[4]))
+        return slot, read_checkpoint(ref).memory
+
+    def broken_count(self) -> int:
+        """How many hosted processes stopped evaluating (see the log for why) since start."""
+        with self._actors_lock:
+            return sum(1 for actor in self._actors.values() if actor.broken is not None)
+
+    def status(self) -> dict[str, Any]:
+        """Counters for health and operator status."""
+        processes = self.store.one("SELECT count(*) FROM processes")
+        pending = self.store.one(
+            "SELECT count(*) FROM schedule s LEFT JOIN results r ON r.process_id = s.process_id "
+            "AND r.slot = s.slot WHERE r.slot IS NULL")
+        outbox = self.store.one("SELECT count(*) FROM outbox WHERE status = 'pending-remote'")
+        return {"address": self.identity.address, "attestation": self.attestation_id,
+                "processes": int(processes[0]) if processes else 0,
+                "schedule_backlog": int(pending[0]) if pending else 0,
+                "outbox_pending": int(outbox[0]) if outbox else 0}
+
+
+__all__ = ["ApplianceError", "ComputeLimits", "NodeSettings", "Receipt", "Shard"]
