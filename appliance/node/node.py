@@ -1,9 +1,359 @@
-"""The node façade every front-end calls (HTTP, gRPC, metrics, proof export)."""
+"""The node façade every front-end calls (HTTP, gRPC, metrics, proof export).
+
+A node is one or more shards, each owning a disjoint set of processes end to end (its own store,
+schedule, workers: see :mod:`appliance.node.shard`). :class:`Node` routes each call about a
+process to the shard that owns it (:mod:`appliance.node.placement`) and fans out the reads that
+span processes; it does no per-message work beyond that routing. Front-ends never reach a shard
+or a store on their own.
+"""
 
 from __future__ import annotations
 
-from appliance.node.shard import ALL_SLOTS, ProgressListener, Receipt, Shard
+import dataclasses
+import heapq
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-Node = Shard
+from appliance.ao import items
+from appliance.errors import ApplianceError, NotFound, TooLarge
+from appliance.node.guest import ScheduledSlot
+from appliance.node.identity import NodeIdentity
+from appliance.node.observer import NodeObserver
+from appliance.node.placement import Placement
+from appliance.node.reads import ProcessRow, ResultRow
+from appliance.node.settings import NodeSettings
+from appliance.node.shard import ALL_SLOTS, ProgressListener, Receipt, ScheduledEntry, Shard
+from appliance.node.standing import StandingAttestation
+from attestation.evidence import EvidenceProvider
 
-__all__ = ["ALL_SLOTS", "Node", "ProgressListener", "Receipt"]
+# Cursors of reads that merge shards carry the shard in their low digits: cursor = row × this +
+# shard index (a node has fewer shards than this).
+MAX_SHARDS = 1024
+
+
+def shard_data_dir(data_dir: Path, index: int) -> Path:
+    """Where shard ``index`` keeps its state: shard 0 in the data dir itself (a node made before
+    shards existed is a one-shard node), the others under ``shards/``."""
+    return data_dir if index == 0 else data_dir / "shards" / str(index)
+
+
+def shard_settings(settings: NodeSettings, index: int, count: int) -> NodeSettings:
+    """``settings`` for shard ``index`` of ``count``: its own data dir, a share of the workers."""
+    return dataclasses.replace(settings, data_dir=shard_data_dir(settings.data_dir, index),
+                               workers=max(1, -(-settings.workers // count)))
+
+
+def local_shards(settings: NodeSettings, identity: NodeIdentity, provider: EvidenceProvider,
+                 config_digest: bytes, count: int, *,
+                 observer: NodeObserver | None = None) -> list[Shard]:
+    """``count`` shards running in this process (tests and embedded use)."""
+    return [Shard(shard_settings(settings, k, count), identity, provider, config_digest,
+                  observer=observer) for k in range(count)]
+
+
+class Node:
+    """One ao-appliance node: SU + CU + MU for the processes it hosts, over its shards.
+
+    Without ``shards`` the node is one shard in this process on ``settings.data_dir``.
+    """
+
+    def __init__(self, settings: NodeSettings, identity: NodeIdentity,
+                 provider: EvidenceProvider, config_digest: bytes, *,
+                 observer: NodeObserver | None = None,
+                 shards: Sequence[Shard] | None = None) -> None:
+        self.settings = settings
+        self.identity = identity
+        self.provider = provider
+        self.config_digest = config_digest
+        self.observer: NodeObserver = observer or NodeObserver()
+        self.shards: tuple[Shard, ...] = tuple(shards) if shards is not None else (
+            Shard(settings, identity, provider, config_digest, observer=self.observer),)
+        if len(self.shards) > MAX_SHARDS:
+            raise ValueError(f"a node runs at most {MAX_SHARDS} shards")
+        self.placement = Placement(len(self.shards))
+        for index, shard in enumerate(self.shards):
+            self.placement.learn(index, shard.process_ids())
+        self._progress = threading.Condition()
+        for shard in self.shards:
+            shard.add_progress_listener(self._progressed)
+
+    # --- routing ---------------------------------------------------------------------------
+
+    def owner(self, process_id: str) -> Shard:
+        """The shard that owns ``process_id`` (or would, for a new process)."""
+        return self.shards[self.placement.owner(process_id)]
+
+    @property
+    def home(self) -> Shard:
+        """The shard that answers for the node as a whole (attestation, location record)."""
+        return self.shards[0]
+
+    # --- lifecycle and attestation ----------------------------------------------------------
+
+    @property
+    def standing(self) -> StandingAttestation:
+        """The home shard's standing attestation."""
+        return self.home.standing
+
+    @property
+    def attestation_id(self) -> str:
+        """The standing attestation new Results of the home shard name."""
+        return self.home.attestation_id
+
+    def refresh_attestation(self) -> StandingAttestation:
+        """Make a new standing attestation on every shard; returns the home shard's."""
+        for shard in self.shards[1:]:
+            shard.refresh_attestation()
+        return self.home.refresh_attestation()
+
+    def attest(self, nonce: bytes, *, keep: bool = True) -> items.Item:
+        """A fresh Attestation item binding the node's key for ``nonce``."""
+        return self.home.attest(nonce, keep=keep)
+
+    def publish_location(self, url: str) -> str:
+        """Sign and store the node's ``Scheduler-Location`` record pointing at ``url``."""
+        return self.home.publish_location(url)
+
+    def close(self) -> None:
+        """Finish in-flight work and stop every shard."""
+        for shard in self.shards:
+            shard.close()
+
+    def add_progress_listener(self, listener: ProgressListener) -> None:
+        """Call ``listener(process_id, slot)`` when results are stored (see Shard)."""
+        for shard in self.shards:
+            shard.add_progress_listener(listener)
+
+    def remove_progress_listener(self, listener: ProgressListener) -> None:
+        """Stop calling ``listener``."""
+        for shard in self.shards:
+            shard.remove_progress_listener(listener)
+
+    def _progressed(self, _process_id: str, _slot: int) -> None:
+        with self._progress:
+            self._progress.notify_all()
+
+    # --- ingest ------------------------------------------------------------------------------
+
+    def ingest(self, raw: bytes) -> Receipt:
+        """Route one client data item to the shard that owns its process; a Module goes to
+        every shard (any of them may host a process of it). The shard verifies it."""
+        if len(self.shards) == 1:
+            return self.home.ingest(raw)
+        try:
+            if len(raw) > self.settings.max_item_bytes:
+                raise TooLarge(f"item of {len(raw)} bytes exceeds the limit of "
+                               f"{self.settings.max_item_bytes}")
+            item = items.parse_unverified(raw, self.settings.max_item_bytes)
+        except ApplianceError as exc:
+            self.observer.item_rejected(exc)
+            raise
+        kind = items.first_tag(item, "Type")
+        if kind == "Module":
+            receipt = self.home.ingest(raw)
+            for shard in self.shards[1:]:
+                shard.ingest(raw)
+            return receipt
+        if kind == "Process":
+            index = self.placement.owner(item.id)
+            receipt = self.shards[index].ingest(raw)
+            self.placement.learn(index, [item.id])
+            return receipt
+        return self.owner(item.target).ingest(raw) if item.target else self.home.ingest(raw)
+
+    # --- reads about one process -------------------------------------------------------------
+
+    def result_now(self, process_id: str, message_id: str) -> tuple[int, dict[str, Any] | None]:
+        """(slot, result JSON or None while not computed); never waits."""
+        return self.owner(process_id).result_now(process_id, message_id)
+
+    def result(self, process_id: str, message_id: str, wait: bool = True) -> dict[str, Any]:
+        """The result JSON of ``message_id``, waiting up to ``result_wait_seconds``."""
+        deadline = time.monotonic() + (self.settings.result_wait_seconds if wait else 0)
+        while True:
+            _, value = self.result_now(process_id, message_id)
+            if value is not None:
+                return value
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise NotFound(f"result for {message_id} is not computed yet")
+            with self._progress:
+                self._progress.wait(min(remaining, 0.5))
+
+    def result_item(self, process_id: str, message_id: str) -> bytes:
+        """The raw signed Result item of ``message_id`` (waits like :meth:`result`)."""
+        self.result(process_id, message_id)
+        return self.owner(process_id).result_row(process_id, message_id).raw
+
+    def result_row(self, process_id: str, message_id: str) -> ResultRow:
+        """The stored result of ``message_id`` with its signed item (NotFound before it is)."""
+        return self.owner(process_id).result_row(process_id, message_id)
+
+    def results_from(self, process_id: str, from_slot: int, limit: int) -> list[ResultRow]:
+        """Up to ``limit`` stored results of a process from ``from_slot`` on."""
+        return self.owner(process_id).results_from(process_id, from_slot, limit)
+
+    def schedule_items(self, process_id: str, first: int,
+                       last: int) -> list[tuple[int, bytes, bytes]]:
+        """(slot, raw message, raw assignment) of the slots ``first..last``."""
+        return self.owner(process_id).schedule_items(process_id, first, last)
+
+    def result_items(self, process_id: str, first: int, last: int) -> list[tuple[int, bytes]]:
+        """(slot, raw signed Result) of the stored results in slots ``first..last``."""
+        return self.owner(process_id).result_items(process_id, first, last)
+
+    def cron_results_between(self, process_id: str, first_slot: int,
+                             last_slot: int) -> list[bytes]:
+        """Raw cron Result items after slots ``first_slot..last_slot``, in chain order."""
+        return self.owner(process_id).cron_results_between(process_id, first_slot, last_slot)
+
+    def dry_run(self, process_id: str, message: dict[str, Any]) -> dict[str, Any]:
+        """Evaluate ``message`` on the process's latest state, keeping nothing."""
+        return self.owner(process_id).dry_run(process_id, message)
+
+    def scheduled(self, process_id: str, message_id: str) -> tuple[items.Item, items.Item]:
+        """(message item, assignment item) of a scheduled message."""
+        return self.owner(process_id).scheduled(process_id, message_id)
+
+    def schedule_page(self, process_id: str, *, from_ms: int | None = None,
+                      to_ms: int | None = None, from_slot: int | None = None,
+                      to_slot: int | None = None,
+                      limit: int = 100) -> tuple[list[ScheduledEntry], bool]:
+        """A page of the schedule by slot (``from`` exclusive, ``to`` inclusive)."""
+        return self.owner(process_id).schedule_page(
+            process_id, from_ms=from_ms, to_ms=to_ms, from_slot=from_slot, to_slot=to_slot,
+            limit=limit)
+
+    def process_info(self, process_id: str) -> tuple[items.Item, ScheduledSlot, items.Item]:
+        """(process item, its slot 0, slot-0 assignment)."""
+        return self.owner(process_id).process_info(process_id)
+
+    def results_page(self, process_id: str, *, after_slot: int | None, before_slot: int | None,
+                     descending: bool, limit: int) -> list[tuple[int, dict[str, Any]]]:
+        """Stored results as (slot, result JSON) by slot."""
+        return self.owner(process_id).results_page(
+            process_id, after_slot=after_slot, before_slot=before_slot, descending=descending,
+            limit=limit)
+
+    def cron_page(self, process_id: str, *, after: tuple[int, str, str] | None,
+                  since_ms: int | None, upto: tuple[int, str | None, str | None] | None,
+                  limit: int) -> tuple[list[tuple[dict[str, Any], dict[str, Any]]], bool]:
+        """Cron results in evaluation order (see :meth:`Shard.cron_page`)."""
+        return self.owner(process_id).cron_page(process_id, after=after, since_ms=since_ms,
+                                                upto=upto, limit=limit)
+
+    def tick_crons(self, process_id: str, wait: bool = True) -> None:
+        """Evaluate ``process_id``'s cron messages up to now."""
+        self.owner(process_id).tick_crons(process_id, wait)
+
+    def state(self, process_id: str) -> tuple[int, bytes]:
+        """(slot, raw memory) from the process's newest checkpoint."""
+        return self.owner(process_id).state(process_id)
+
+    def checkpoint_now(self, process_id: str) -> int:
+        """Checkpoint a process at its latest evaluated slot; returns that slot."""
+        return self.owner(process_id).checkpoint_now(process_id)
+
+    def checkpoint_digest(self, process_id: str, slot: int) -> tuple[str, int]:
+        """(memory SHA-256 hex, memory size) of a process's checkpoint at ``slot``."""
+        return self.owner(process_id).checkpoint_digest(process_id, slot)
+
+    # --- reads across processes --------------------------------------------------------------
+
+    def item_raw(self, item_id: str) -> bytes:
+        """Raw bytes of any item the node holds (the owner of ``item_id`` as a process first)."""
+        first = self.owner(item_id)
+        for shard in (first, *(s for s in self.shards if s is not first)):
+            try:
+                return shard.item_raw(item_id)
+            except NotFound:
+                continue
+        raise NotFound(f"item {item_id} is not stored on this node")
+
+    def item_data(self, item_id: str) -> tuple[bytes, str]:
+        """(data bytes, content type) of any item the node holds."""
+        item = items.parse_unverified(self.item_raw(item_id))
+        return item.data, items.first_tag(item, "Content-Type") or "application/octet-stream"
+
+    def item_created_ms(self, item_id: str) -> int | None:
+        """When the node stored ``item_id`` (ms since the epoch; the first shard holding it)."""
+        for shard in self.shards:
+            created = shard.item_created_ms(item_id)
+            if created is not None:
+                return created
+        return None
+
+    def find_items(self, *, ids: list[str] | None = None, owners: list[str] | None = None,
+                   recipients: list[str] | None = None,
+                   tags: list[tuple[str, list[str], bool]] | None = None,
+                   after_row: int | None = None, ascending: bool = False,
+                   limit: int = 10) -> list[tuple[int, bytes]]:
+        """(cursor, raw item) of stored items matching every filter, merged over the shards."""
+        if len(self.shards) == 1:
+            return self.home.find_items(ids=ids, owners=owners, recipients=recipients, tags=tags,
+                                        after_row=after_row, ascending=ascending, limit=limit)
+        pages = []
+        for index, shard in enumerate(self.shards):
+            page = shard.find_items(ids=ids, owners=owners, recipients=recipients, tags=tags,
+                                    after_row=_shard_after(after_row, index, ascending),
+                                    ascending=ascending, limit=limit)
+            pages.append([(row * MAX_SHARDS + index, raw) for row, raw in page])
+        merged = heapq.merge(*pages, key=lambda r: r[0], reverse=not ascending)
+        return list(merged)[:limit]
+
+    def process_page(self, after: int, limit: int) -> list[ProcessRow]:
+        """Hosted processes, oldest first per shard, after cursor ``after`` (0: the first)."""
+        if len(self.shards) == 1:
+            return self.home.process_page(after, limit)
+        pages = []
+        for index, shard in enumerate(self.shards):
+            start = _shard_after(after or None, index, True)
+            page = shard.process_page(start or 0, limit)
+            pages.append([dataclasses.replace(r, cursor=r.cursor * MAX_SHARDS + index)
+                          for r in page])
+        return list(heapq.merge(*pages, key=lambda r: r.cursor))[:limit]
+
+    def blocks(self) -> list[tuple[int, int]]:
+        """The node's blocks as (height, timestamp ms), merged over the shards."""
+        first: dict[int, int] = {}
+        for shard in self.shards:
+            for height, ts in shard.blocks():
+                first[height] = min(ts, first.get(height, ts))
+        return sorted(first.items())
+
+    def broken_count(self) -> int:
+        """Hosted processes that stopped evaluating since start, over all shards."""
+        return sum(shard.broken_count() for shard in self.shards)
+
+    def outbox_by_status(self) -> dict[str, int]:
+        """Outbox entry counts keyed by status, over all shards."""
+        total: dict[str, int] = {}
+        for shard in self.shards:
+            for status, count in shard.outbox_by_status().items():
+                total[status] = total.get(status, 0) + count
+        return total
+
+    def status(self) -> dict[str, Any]:
+        """Counters for health and operator status, summed over the shards."""
+        counters = [shard.status() for shard in self.shards]
+        merged = dict(counters[0])
+        for key in ("processes", "schedule_backlog", "outbox_pending"):
+            merged[key] = sum(int(c[key]) for c in counters)
+        merged["shards"] = len(self.shards)
+        return merged
+
+
+def _shard_after(cursor: int | None, index: int, ascending: bool) -> int | None:
+    """The per-shard row bound equivalent to a merged ``cursor`` (exclusive) for shard ``index``:
+    rows of that shard whose merged cursor ``row × MAX_SHARDS + index`` lies beyond it."""
+    if cursor is None:
+        return None
+    if ascending:  # row * M + index > cursor  <=>  row > (cursor - index) // M
+        return (cursor - index) // MAX_SHARDS
+    return -(-(cursor - index) // MAX_SHARDS)  # row * M + index < cursor  <=>  row < ceil(...)
+
+
+__all__ = ["ALL_SLOTS", "Node", "ProgressListener", "Receipt", "local_shards", "shard_settings"]

@@ -38,6 +38,7 @@ from appliance.errors import (
     TooLarge,
 )
 from appliance.logfmt import fields
+from appliance.node import reads
 from appliance.node.admission import Gate
 from appliance.node.attest import make_attestation
 from appliance.node.chain import report_data
@@ -1174,6 +1175,35 @@ class Shard:
             slot = int(row[0])
             ref = CheckpointFile(Path(row[1]), str(row[2]), int(row[3]), int(row[4]))
         return slot, read_checkpoint(ref).memory
+
+    def result_row(self, process_id: str, message_id: str) -> reads.ResultRow:
+        """The stored result of ``message_id`` with its signed item (NotFound before it is)."""
+        return reads.result_of(self.store, process_id, message_id)
+
+    def results_from(self, process_id: str, from_slot: int, limit: int) -> list[reads.ResultRow]:
+        """Up to ``limit`` stored results of a hosted process from ``from_slot`` on, by slot."""
+        reads.require_process(self.store, process_id)
+        return reads.results_from(self.store, process_id, from_slot, limit)
+
+    def process_page(self, after: int, limit: int) -> list[reads.ProcessRow]:
+        """Hosted processes in creation order after cursor ``after`` (0: from the first)."""
+        return reads.process_page(self.store, after, limit)
+
+    def process_ids(self) -> list[str]:
+        """Every process this shard holds."""
+        return [str(r[0]) for r in self.store.all("SELECT id FROM processes")]
+
+    def item_created_ms(self, item_id: str) -> int | None:
+        """When this shard stored ``item_id`` (ms since the epoch); None if it holds none."""
+        return reads.item_created_ms(self.store, item_id)
+
+    def outbox_by_status(self) -> dict[str, int]:
+        """Outbox entry counts keyed by status."""
+        return reads.outbox_by_status(self.store)
+
+    def checkpoint_digest(self, process_id: str, slot: int) -> tuple[str, int]:
+        """(memory SHA-256 hex, memory size) of the checkpoint of ``process_id`` at ``slot``."""
+        return reads.checkpoint_at(self.store, process_id, slot)
 
     def broken_count(self) -> int:
         """How many hosted processes stopped evaluating (see the log for why) since start."""

@@ -21,7 +21,7 @@ from appliance.ao import items
 from appliance.api.waiters import ResultWaiters, await_result
 from appliance.errors import BadRequest
 from appliance.node.node import Node, Receipt
-from appliance.rpc import queries
+from appliance.node.reads import ResultRow
 from appliance.rpc.gen import operator_pb2 as pb
 from appliance.rpc.gen import operator_pb2_grpc as pb_grpc
 
@@ -52,7 +52,7 @@ def _page_cursor(token: str) -> int:
     return cursor
 
 
-def _entry(row: queries.ResultRow) -> pb.ResultEntry:
+def _entry(row: ResultRow) -> pb.ResultEntry:
     return pb.ResultEntry(process_id=row.process_id, slot=row.slot, message_id=row.message_id,
                           result_id=row.result_id, result_json=row.data.decode("utf-8"),
                           result_item=row.raw)
@@ -78,7 +78,7 @@ class OperatorService(pb_grpc.OperatorServicer):
     def _status(self) -> pb.GetStatusResponse:
         node = self.node
         counters = node.status()
-        created_ms = queries.item_created_ms(node.store, node.attestation_id)
+        created_ms = node.item_created_ms(node.attestation_id)
         now_ms = time.time_ns() // 1_000_000
         age = 0.0 if created_ms is None else max(0.0, (now_ms - created_ms) / 1000)
         return pb.GetStatusResponse(
@@ -87,7 +87,7 @@ class OperatorService(pb_grpc.OperatorServicer):
             attestation_age_seconds=age, processes=counters["processes"],
             schedule_backlog=counters["schedule_backlog"],
             outbox_pending=counters["outbox_pending"],
-            outbox_by_status=queries.outbox_by_status(node.store),
+            outbox_by_status=node.outbox_by_status(),
             config_digest=node.config_digest.hex(), block_height=node.settings.block_height,
             timestamp_ms=now_ms)
 
@@ -152,7 +152,7 @@ class OperatorService(pb_grpc.OperatorServicer):
         """The result JSON and signed Result item of one message (waiting for it holds no
         thread: see :func:`appliance.api.waiters.await_result`)."""
         await await_result(self.node, self.waiters, request.process_id, request.message_id)
-        row = await asyncio.to_thread(queries.result_of, self.node.store, request.process_id,
+        row = await asyncio.to_thread(self.node.result_row, request.process_id,
                                       request.message_id)
         return pb.GetResultResponse(process_id=row.process_id, message_id=row.message_id,
                                     slot=row.slot, result_id=row.result_id,
@@ -161,16 +161,14 @@ class OperatorService(pb_grpc.OperatorServicer):
     async def StreamResults(self, request: pb.StreamResultsRequest, context: Any
                             ) -> AsyncIterator[pb.ResultEntry]:
         """Results from ``from_slot`` on, then each new one as it is committed."""
-        store, process_id = self.node.store, request.process_id
+        process_id = request.process_id
         if request.from_slot > MAX_SLOT:
             raise BadRequest(f"from_slot must be at most {MAX_SLOT}")
-        await asyncio.to_thread(queries.require_process, store, process_id)
         next_slot = request.from_slot
         remaining = request.limit or None
         while True:
             size = STREAM_BATCH if remaining is None else min(STREAM_BATCH, remaining)
-            batch = await asyncio.to_thread(queries.results_from, store, process_id, next_slot,
-                                            size)
+            batch = await asyncio.to_thread(self.node.results_from, process_id, next_slot, size)
             for row in batch:
                 yield _entry(row)
                 next_slot = row.slot + 1
@@ -208,7 +206,7 @@ class OperatorService(pb_grpc.OperatorServicer):
         if not 1 <= size <= MAX_PAGE:
             raise BadRequest(f"page_size must be between 1 and {MAX_PAGE}")
         after = _page_cursor(request.page_token)
-        rows = await asyncio.to_thread(queries.process_page, self.node.store, after, size + 1)
+        rows = await asyncio.to_thread(self.node.process_page, after, size + 1)
         response = pb.ListProcessesResponse()
         for row in rows[:size]:
             summary = response.processes.add(
@@ -222,7 +220,7 @@ class OperatorService(pb_grpc.OperatorServicer):
 
     def _checkpoint(self, process_id: str) -> pb.ForceCheckpointResponse:
         slot = self.node.checkpoint_now(process_id)
-        sha256, size = queries.checkpoint_at(self.node.store, process_id, slot)
+        sha256, size = self.node.checkpoint_digest(process_id, slot)
         return pb.ForceCheckpointResponse(slot=slot, sha256=sha256, memory_bytes=size)
 
     async def ForceCheckpoint(self, request: pb.ForceCheckpointRequest, context: Any

@@ -34,8 +34,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
 
 
 def _count(node: Node) -> tuple[int, int]:
-    items_n = node.store.one("SELECT count(*) FROM items")
-    sched_n = node.store.one("SELECT count(*) FROM schedule")
+    items_n = node.home.store.one("SELECT count(*) FROM items")
+    sched_n = node.home.store.one("SELECT count(*) FROM schedule")
     assert items_n is not None and sched_n is not None
     return int(items_n[0]), int(sched_n[0])
 

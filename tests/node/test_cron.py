@@ -111,10 +111,11 @@ def _expected_ticks(node: Node, pid: str) -> list[tuple[int, int, str]]:
     """Every cron message the schedule implies, by the pure generator (up to the last one)."""
     process = items.parse_unverified(node.item_raw(pid))
     crons = parse_crons(process.tags)
-    slots = node.store.all("SELECT slot, timestamp_ms, block_height FROM schedule WHERE "
+    slots = node.home.store.all("SELECT slot, timestamp_ms, block_height FROM schedule WHERE "
                            "process_id = ? ORDER BY slot", pid)
     bounds = [Boundary(int(ts), int(h), int(s)) for s, ts, h in slots]
-    last = node.store.one("SELECT MAX(timestamp_ms) FROM cron_results WHERE process_id = ?", pid)
+    last = node.home.store.one("SELECT MAX(timestamp_ms) FROM cron_results WHERE "
+                               "process_id = ?", pid)
     out = []
     for i, left in enumerate(bounds):
         right = bounds[i + 1].timestamp_ms if i + 1 < len(bounds) else int(last[0]) + 1
@@ -143,7 +144,7 @@ def test_aos_cron_ticks_pushes_its_outbox_and_replays_identically(tmp_path: Path
         assert "tick 1" in json.dumps(rows[0][1]["Output"])
         assert rows[0][1]["Messages"][0]["Target"] == peer.id
         # the cron outbox was pushed: the peer's schedule holds the ticks, From-Process = ticker
-        pushed = node.store.all("SELECT message_id FROM schedule WHERE process_id = ? AND "
+        pushed = node.home.store.all("SELECT message_id FROM schedule WHERE process_id = ? AND "
                                 "slot > 0", peer.id)
         assert len(pushed) >= 3
         first = items.parse_unverified(node.item_raw(str(pushed[0][0])))
@@ -153,10 +154,10 @@ def test_aos_cron_ticks_pushes_its_outbox_and_replays_identically(tmp_path: Path
         later = _eval(client, proc.id, "return ticks", 2)
         node.ingest(later.raw)
         result = node.result(proc.id, later.id)
-        before = node.store.all("SELECT timestamp_ms FROM cron_results WHERE "
+        before = node.home.store.all("SELECT timestamp_ms FROM cron_results WHERE "
                                 "process_id = ? AND after_slot < 2", proc.id)
         assert str(len(before)) in json.dumps(result["Output"])
-        assert [tuple(r) for r in node.store.all(
+        assert [tuple(r) for r in node.home.store.all(
             "SELECT after_slot, timestamp_ms, cron FROM cron_results WHERE process_id = ? "
             "ORDER BY seq", proc.id)] == _expected_ticks(node, proc.id)
         # verify: the chain (slots and crons) walks without gap, replay reproduces it
@@ -166,7 +167,7 @@ def test_aos_cron_ticks_pushes_its_outbox_and_replays_identically(tmp_path: Path
             p, tmp_path / "cache", node.settings.limits))
         assert report.ok, [s for s in report.steps if not s.ok]
         assert "cron" in report.steps[-1].detail
-        stored = node.store.all("SELECT seq, result_id FROM cron_results WHERE process_id = ?",
+        stored = node.home.store.all("SELECT seq, result_id FROM cron_results WHERE process_id = ?",
                                 proc.id)
     finally:
         node.close()
@@ -184,7 +185,7 @@ def test_aos_cron_ticks_pushes_its_outbox_and_replays_identically(tmp_path: Path
             once = _eval(client, proc.id, "return ticks", 3)
             again.ingest(once.raw)
             again.result(proc.id, once.id)
-            assert again.store.all("SELECT seq, result_id FROM cron_results WHERE "
+            assert again.home.store.all("SELECT seq, result_id FROM cron_results WHERE "
                                    "process_id = ? AND seq < ?", proc.id, len(stored)) == stored
         finally:
             again.close()
@@ -220,13 +221,13 @@ def test_a_cron_handler_messaging_its_own_process_is_bounded_but_keeps_ticking(
         seconds: set[int] = set()
         while len(seconds) < 3 and time.monotonic() < deadline:
             node.tick_crons(proc.id)
-            seconds = {int(ts) // 1000 for (ts,) in node.store.all(
+            seconds = {int(ts) // 1000 for (ts,) in node.home.store.all(
                 "SELECT timestamp_ms FROM schedule WHERE process_id = ? AND push_depth > 0",
                 proc.id)}
             time.sleep(0.3)
         # the Tocks of several seconds got through; none deeper than the bound
         assert len(seconds) >= 3
-        deepest = node.store.one("SELECT MAX(push_depth) FROM schedule WHERE process_id = ?",
+        deepest = node.home.store.one("SELECT MAX(push_depth) FROM schedule WHERE process_id = ?",
                                  proc.id)
         assert deepest is not None and int(deepest[0]) <= 4
     finally:

@@ -53,6 +53,6 @@ def test_a_recorded_intent_is_signed_instead_of_a_different_recomputation(
         signed = items.parse_verified(node.result_item(proc.id, msg.id), 1 << 24)
         assert signed.data == recorded.data, "the intent, not the recomputation, is signed"
         assert signed.id != original.id
-        assert node.store.one("SELECT count(*) FROM result_intents")[0] == 0
+        assert node.home.store.one("SELECT count(*) FROM result_intents")[0] == 0
     finally:
         node.close()

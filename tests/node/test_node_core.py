@@ -110,7 +110,7 @@ def test_ping_pong_between_two_processes(node: Node, tmp_path: Path) -> None:
             break
         time.sleep(0.2)
     assert "Pong" in inbox
-    outbox = node.store.all("SELECT status FROM outbox")
+    outbox = node.home.store.all("SELECT status FROM outbox")
     assert ("scheduled",) in outbox
 
 
@@ -118,7 +118,7 @@ def test_bad_input_changes_nothing(node: Node, tmp_path: Path) -> None:
     client = NodeIdentity.load_or_create(tmp_path / "client")
     module = _module(client)
     node.ingest(module.raw)
-    before = node.store.all("SELECT count(*) FROM items")
+    before = node.home.store.all("SELECT count(*) FROM items")
     forged = bytearray(module.raw)
     forged[-1] ^= 1
     with pytest.raises(BadRequest, match="signature"):
@@ -131,7 +131,7 @@ def test_bad_input_changes_nothing(node: Node, tmp_path: Path) -> None:
         node.ingest(_eval(client, "A" * 43, "return 1", 1).raw)
     with pytest.raises(BadRequest, match="Type"):
         node.ingest(items.sign(client, tags=[("Data-Protocol", "ao"), ("Type", "Nope")]).raw)
-    assert node.store.all("SELECT count(*) FROM items") == before
+    assert node.home.store.all("SELECT count(*) FROM items") == before
 
 
 def test_restart_resumes_from_checkpoint_and_keeps_the_chain(tmp_path: Path) -> None:
@@ -142,7 +142,7 @@ def test_restart_resumes_from_checkpoint_and_keeps_the_chain(tmp_path: Path) -> 
         node.ingest(m.raw)
     last = node.result(proc.id, msgs[-1].id)
     node.close()  # finishes the in-flight batch, including its checkpoint
-    assert node.store.all("SELECT slot FROM checkpoints"), "a checkpoint was taken"
+    assert node.home.store.all("SELECT slot FROM checkpoints"), "a checkpoint was taken"
     node = _node(data, checkpoint_every_messages=3)
     try:
         more = _eval(client, proc.id, "counter = (counter or 0) + 1; return counter", 100)
@@ -159,7 +159,7 @@ def test_only_the_newest_checkpoints_are_kept_and_a_lost_one_falls_back(tmp_path
     for i in range(1, 10):
         node.result(proc.id, node.ingest(_eval(client, proc.id, code, i).raw).id)
     node.close()
-    rows = node.store.all("SELECT slot, file FROM checkpoints ORDER BY slot DESC")
+    rows = node.home.store.all("SELECT slot, file FROM checkpoints ORDER BY slot DESC")
     assert len(rows) == 2, rows
     files = sorted(p for p in (data / "checkpoints").rglob("*") if p.is_file())
     assert files == sorted(Path(f) for _slot, f in rows), "older files are deleted"
@@ -185,7 +185,7 @@ def test_assignment_timestamps_strictly_increase_on_a_stopped_clock(
             node.ingest(_eval(client, proc.id, "return 1", n).raw)
         monkeypatch.setattr(scheduler, "_now_ms", lambda: frozen - 10**8)  # stepped back
         node.ingest(_eval(client, proc.id, "return 1", 9).raw)
-        stamps = [int(r[0]) for r in node.store.all(
+        stamps = [int(r[0]) for r in node.home.store.all(
             "SELECT timestamp_ms FROM schedule WHERE process_id = ? ORDER BY slot", proc.id)]
         assert len(stamps) == 6
         assert all(a < b for a, b in itertools.pairwise(stamps)), stamps

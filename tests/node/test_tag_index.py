@@ -72,6 +72,6 @@ def test_a_database_with_the_old_tags_table_is_migrated(tmp_path: Path) -> None:
     try:
         assert _ids(node, ("Name", "tagged")) == {proc.id}
         assert _ids(node, ("Action", "Eval")) == {msg.id}
-        assert node.store.one("SELECT 1 FROM sqlite_master WHERE name = 'tags'") is None
+        assert node.home.store.one("SELECT 1 FROM sqlite_master WHERE name = 'tags'") is None
     finally:
         node.close()

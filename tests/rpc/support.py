@@ -165,7 +165,7 @@ class Live:
 
     def counts(self) -> tuple[int, int, int]:
         """(items, schedule rows, processes) in the store."""
-        row = self.node.store.one("SELECT (SELECT count(*) FROM items), "
+        row = self.node.home.store.one("SELECT (SELECT count(*) FROM items), "
                                   "(SELECT count(*) FROM schedule), "
                                   "(SELECT count(*) FROM processes)")
         assert row is not None

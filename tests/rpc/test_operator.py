@@ -106,7 +106,7 @@ def test_stream_results_resumes_from_a_slot(live: Live) -> None:
 
 def test_stream_results_follows_new_results_until_cancelled(live: Live) -> None:
     stub = live.operator()
-    row = live.node.store.one("SELECT max(slot) + 1 FROM schedule WHERE process_id = ?",
+    row = live.node.home.store.one("SELECT max(slot) + 1 FROM schedule WHERE process_id = ?",
                               live.process_id)
     assert row is not None
     start = int(row[0])

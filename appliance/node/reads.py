@@ -1,8 +1,6 @@
-"""Read-only store queries the operator API needs beyond :class:`~appliance.node.node.Node`.
-
-All of them run on the caller's thread against the node's store (thread-local readers), so the
-servicer calls them through ``asyncio.to_thread`` like every blocking node call.
-"""
+"""Operator reads of one shard's store (results with their items, process listing, checkpoint
+digests) as typed rows; :class:`~appliance.node.shard.Shard` serves them and the
+:class:`~appliance.node.node.Node` façade routes or fans them out."""
 
 from __future__ import annotations
 
@@ -57,7 +55,7 @@ def require_process(store: Store, process_id: str) -> None:
 
 
 def result_of(store: Store, process_id: str, message_id: str) -> ResultRow:
-    """The stored result of ``message_id`` (call after ``Node.result`` has waited for it)."""
+    """The stored result of ``message_id`` (call after ``result`` has waited for it)."""
     row = store.one(_RESULTS + "WHERE r.process_id = ? AND r.message_id = ?",
                     process_id, message_id)
     if row is None:

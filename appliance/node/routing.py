@@ -1,0 +1,45 @@
+"""What a shard asks the rest of the node: who owns a process, and delivery to the owner.
+
+A shard owns its processes end to end; an outbox item (Message, Spawn, Assignment) whose target
+another shard owns is pushed there through its :class:`ShardRouter`. The :class:`~appliance.node
+.node.Node` façade gives each shard one (in-process shards call each other directly; a shard in
+its own process reaches the others through the front).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class ShardRouter(Protocol):
+    """The node as one shard sees it."""
+
+    def owns(self, process_id: str) -> bool:
+        """True when this shard owns ``process_id`` (or a new process with that id lands here)."""
+        ...
+
+    def push(self, target: str, raw: bytes, kind: str, push_depth: int) -> None:
+        """Deliver a node-signed item (``kind``: ``message``, ``spawn`` or ``assignment``) to
+        the shard owning ``target``; returns once that shard stored it durably (idempotent by the
+        item's id), raises an ``ApplianceError`` when it refused it."""
+        ...
+
+    def module(self, module_id: str) -> bytes | None:
+        """The raw Module item ``module_id`` from any shard holding it, or None."""
+        ...
+
+
+class SoleShard:
+    """The router of a node with one shard: it owns everything, there is nowhere to push."""
+
+    def owns(self, process_id: str) -> bool:
+        """Every process belongs to the only shard."""
+        return True
+
+    def push(self, target: str, raw: bytes, kind: str, push_depth: int) -> None:
+        """Never called: nothing is owned elsewhere."""
+        raise AssertionError(f"no other shard to push {kind} for {target} to")
+
+    def module(self, module_id: str) -> bytes | None:
+        """No other shard holds anything."""
+        return None

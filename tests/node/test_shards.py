@@ -1,0 +1,69 @@
+"""The Node façade over several shards in one process: placement, routing, merged reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from appliance.ao import items
+from appliance.node.identity import NodeIdentity
+from appliance.node.node import Node, local_shards
+from appliance.node.placement import Placement, hashed_owner
+from appliance.node.settings import NodeSettings
+from attestation.providers import EmulatedProvider
+from tests.node.test_node_core import _eval, _module, _process
+
+
+def _sharded(data: Path, count: int) -> Node:
+    settings = NodeSettings(data_dir=data, workers=count)
+    identity = NodeIdentity.load_or_create(data)
+    provider = EmulatedProvider(data / "tee")
+    shards = local_shards(settings, identity, provider, b"\0" * 32, count)
+    return Node(settings, identity, provider, b"\0" * 32, shards=shards)
+
+
+def test_placement_keeps_known_processes_and_hashes_new_ones() -> None:
+    placement = Placement(4)
+    assert placement.owner("a" * 43) == hashed_owner("a" * 43, 4)
+    placement.learn(3, ["b" * 43])
+    assert placement.owner("b" * 43) == 3
+
+
+def test_processes_spread_over_shards_answer_and_survive_a_restart(tmp_path: Path) -> None:
+    client = NodeIdentity.load_or_create(tmp_path / "client")
+    data = tmp_path / "node"
+    node = _sharded(data, 2)
+    try:
+        module = _module(client)
+        node.ingest(module.raw)
+        procs = [_process(client, module.id, node.identity.address, f"p{i}") for i in range(6)]
+        for proc in procs:
+            node.ingest(proc.raw)
+        owners = {node.placement.owner(p.id) for p in procs}
+        assert owners == {0, 1}, "six processes land on both shards"
+        sent = [_eval(client, p.id, f"return {i} * 7", i) for i, p in enumerate(procs)]
+        for message in sent:
+            node.ingest(message.raw)
+        for i, (proc, message) in enumerate(zip(procs, sent, strict=True)):
+            assert node.result(proc.id, message.id)["Output"]["data"] == str(i * 7)
+        assert node.status()["processes"] == 6
+        listed = node.process_page(0, 100)
+        assert sorted(r.id for r in listed) == sorted(p.id for p in procs)
+        first = node.process_page(0, 4)
+        rest = node.process_page(first[-1].cursor, 100)
+        assert sorted(r.id for r in first + rest) == sorted(p.id for p in procs)
+        found = node.find_items(tags=[("Type", ["Process"], False)], limit=100)
+        assert {items.parse_unverified(raw).id for _, raw in found} == {p.id for p in procs}
+        page = node.find_items(tags=[("Type", ["Process"], False)], limit=4)
+        more = node.find_items(tags=[("Type", ["Process"], False)], after_row=page[-1][0],
+                               limit=100)
+        assert len({r for r, _ in page + more}) == 6
+        placed = {p.id: node.placement.owner(p.id) for p in procs}
+    finally:
+        node.close()
+    again = _sharded(data, 3)  # one more shard: processes stay where they are
+    try:
+        assert {p.id: again.placement.owner(p.id) for p in procs} == placed
+        for proc, message in zip(procs, sent, strict=True):
+            assert again.result_now(proc.id, message.id)[1] is not None
+    finally:
+        again.close()
