@@ -163,7 +163,8 @@ _INT_RANGES = {"max_item_bytes": (1024, 1 << 30), "max_push_depth": (1, 10_000),
                "batch_size": (1, 10_000), "workers": (1, 256),
                "checkpoint_every_messages": (1, 10**9), "block_height": (0, 2**62),
                "dry_run_fuel": (1, 2**63 - 1), "dry_run_concurrency": (1, 256),
-               "max_outbox_messages": (1, 100_000), "max_crank_messages": (1, 10**9)}
+               "max_outbox_messages": (1, 100_000), "max_crank_messages": (1, 10**9),
+               "memory_budget_bytes": (1 << 20, 1 << 50)}
 _FLOAT_RANGES = {"checkpoint_every_seconds": (1.0, 10**7), "result_wait_seconds": (0.0, 3600.0),
                  "dry_run_wall_clock_seconds": (0.1, 3600.0),
                  "state_checkpoint_seconds": (0.0, 10**7),
@@ -209,7 +210,7 @@ def _node_options(node: Node) -> NodeOptions:
     keys = mapping(node, set(_INT_RANGES) | set(_FLOAT_RANGES), "node")
     values: dict[str, Any] = {}
     for name, child in keys.items():
-        if name == "max_item_bytes":
+        if name in ("max_item_bytes", "memory_budget_bytes"):
             values[name] = _size(child, f"node.{name}", *_INT_RANGES[name])
         elif name in _INT_RANGES:
             values[name] = integer(child, f"node.{name}", *_INT_RANGES[name])

@@ -30,6 +30,7 @@ from appliance.api.connections import HttpObserver
 from appliance.api.http_errors import reason
 from appliance.node.node import Node
 from appliance.node.observer import NodeObserver
+from appliance.node.residency import Tally
 
 log = logging.getLogger("appliance.metrics")
 PREFIX = "ao_appliance_"
@@ -280,6 +281,36 @@ class NodeMetrics(NodeObserver, HttpObserver):
             PREFIX + "checkpoint_duration_seconds",
             "Wall time of writing and recording one checkpoint.",
             buckets=CHECKPOINT_BUCKETS, registry=r)
+        self.memory_budget = Gauge(
+            PREFIX + "memory_budget_bytes",
+            "RAM resident instances may hold before idle ones are evicted (node.memory_budget_"
+            "bytes).", registry=r)
+        self.resident = Gauge(
+            PREFIX + "processes_resident",
+            "Processes with an instance resident in an evaluation worker.", registry=r)
+        self.resident_bytes = Gauge(
+            PREFIX + "processes_resident_bytes",
+            "RAM the resident process instances hold (memory plus rollback base), as last "
+            "reported by their workers.", registry=r)
+        self.evicted = Gauge(
+            PREFIX + "processes_evicted",
+            "Processes evicted to their checkpoint and not reopened since.", registry=r)
+        self.evicted_bytes = Gauge(
+            PREFIX + "processes_evicted_bytes",
+            "RAM the evicted processes held when they were evicted.", registry=r)
+        self.dry_run_bytes = Gauge(
+            PREFIX + "dry_run_resident_bytes",
+            "RAM the resident dry-run copies hold (counted in the memory budget).", registry=r)
+        self.evictions = Counter(
+            PREFIX + "evictions_total",
+            "Idle process instances closed to stay within the memory budget.", registry=r)
+        self.restores = Counter(
+            PREFIX + "restores_total",
+            "Evicted processes reopened from their checkpoint.", registry=r)
+        self.restore_seconds = Histogram(
+            PREFIX + "restore_duration_seconds",
+            "Wall time of reopening one evicted process from its checkpoint (load and restore).",
+            buckets=CHECKPOINT_BUCKETS, registry=r)
         self.attestations = Counter(
             PREFIX + "attestations_total",
             "Attestations made, by kind (standing, fresh) and outcome (ok, error).",
@@ -367,6 +398,24 @@ class NodeMetrics(NodeObserver, HttpObserver):
     def checkpoint_failed(self) -> None:
         """Count a failed checkpoint."""
         self.checkpoints.labels("error").inc()
+
+    def residency(self, tally: Tally, budget_bytes: int) -> None:
+        """Set the resident and evicted gauges."""
+        self.memory_budget.set(budget_bytes)
+        self.resident.set(tally.resident)
+        self.resident_bytes.set(tally.resident_bytes)
+        self.evicted.set(tally.evicted)
+        self.evicted_bytes.set(tally.evicted_bytes)
+        self.dry_run_bytes.set(tally.dry_run_bytes)
+
+    def instance_evicted(self, nbytes: int, checkpointed: bool) -> None:
+        """Count an eviction."""
+        self.evictions.inc()
+
+    def instance_restored(self, nbytes: int, seconds: float) -> None:
+        """Count a restore and its time."""
+        self.restores.inc()
+        self.restore_seconds.observe(seconds)
 
     def attested(self, kind: str, ok: bool) -> None:
         """Count an attestation; a good one resets the attestation age."""

@@ -426,6 +426,13 @@ class ProcessInstance:
         assert self._host.mem is not None
         return write_image(self._host.mem.view(), self._host.clock, path)
 
+    def resident_bytes(self) -> int:
+        """RAM this instance holds: its linear memory plus the rollback base when that is a
+        copy in memory (a base still read from its image file costs page cache, not RAM)."""
+        assert self._host.mem is not None
+        base = len(self._base) if isinstance(self._base, bytes | bytearray) else 0
+        return self._host.mem.size + base
+
     def close(self) -> None:
         """Free the instance's memory and files; it must not be used afterwards."""
         self._drop_image()

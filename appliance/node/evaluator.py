@@ -140,6 +140,8 @@ class OpenReport:
     load_seconds: float
     instantiate_seconds: float
     """Instantiating, or restoring the checkpoint."""
+    resident_bytes: int = 0
+    """RAM the instance holds once open (see :meth:`ProcessInstance.resident_bytes`)."""
 
 
 class _Worker:
@@ -159,7 +161,10 @@ class _Worker:
         self.close(process_id)
         self.instances[process_id] = instance
         return OpenReport(self.engine.compiled > compiled, loaded_at - started,
-                          time.perf_counter() - loaded_at)
+                          time.perf_counter() - loaded_at, instance.resident_bytes())
+
+    def resident_bytes(self, process_id: str) -> int:
+        return self.instances[process_id].resident_bytes()
 
     def evaluate(self, process_id: str, batch: list[tuple[bytes, bytes]]) -> list[dict[str, Any]]:
         inst = self.instances[process_id]
@@ -338,6 +343,11 @@ class EvaluatorPool:
         """Write the process's current state to ``path``."""
         ref: CheckpointFile = self._for(process_id).call("checkpoint", process_id, str(path))
         return ref
+
+    def resident_bytes(self, process_id: str) -> int:
+        """RAM the process's resident instance holds now (memory plus rollback base)."""
+        size: int = self._for(process_id).call("resident_bytes", process_id)
+        return size
 
     def validate_module(self, module_id: str, wasm: bytes) -> None:
         """Check ``wasm`` is a module this engine accepts (wasmtime's validator, no compile) in a

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from appliance.node.residency import Tally
+
 
 class NodeObserver:
     """Events the node reports; ids never cross this interface, only kinds and sizes.
@@ -47,6 +49,16 @@ class NodeObserver:
 
     def checkpoint_failed(self) -> None:
         """Writing or recording a checkpoint raised."""
+
+    def residency(self, tally: Tally, budget_bytes: int) -> None:
+        """Resident and evicted instances changed (see :class:`appliance.node.residency.Tally`)."""
+
+    def instance_evicted(self, nbytes: int, checkpointed: bool) -> None:
+        """An idle instance of ``nbytes`` was closed to stay within the memory budget
+        (``checkpointed``: it had evaluated past its newest checkpoint, so one was written)."""
+
+    def instance_restored(self, nbytes: int, seconds: float) -> None:
+        """An evicted process was reopened from its checkpoint in ``seconds`` (load and restore)."""
 
     def attested(self, kind: str, ok: bool) -> None:
         """An attestation of ``kind`` (standing or fresh) was made (``ok``) or failed."""

@@ -10,6 +10,16 @@ from appliance.compute import ComputeLimits
 from appliance.errors import ConfigError
 
 
+def default_memory_budget() -> int:
+    """Half the machine's RAM: the other half is left to the node and worker processes
+    themselves, SQLite and the page cache that checkpoint restores read from, and to the
+    instances running while over budget (only idle ones can be evicted)."""
+    try:
+        return max(1 << 30, os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2)
+    except (ValueError, OSError):
+        return 4 << 30
+
+
 @dataclass(frozen=True)
 class NodeOptions:
     """The node tunables a configuration file may set (section ``node``).
@@ -28,6 +38,10 @@ class NodeOptions:
     process's own), at most ``dry_run_concurrency`` at once (503 past it).
     ``state_checkpoint_seconds``: ``GET /state`` serves the newest checkpoint and writes a new one
     only when the process advanced and the last one it forced is older than this.
+    ``memory_budget_bytes``: RAM the resident instances (memory plus rollback base, dry-run
+    copies included) may hold; past it, idle ones are checkpointed and closed, least recently
+    used first, and restored from their checkpoint when next needed (default: half the
+    machine's RAM, see :func:`default_memory_budget`).
     """
 
     max_item_bytes: int = 16 * 1024 * 1024
@@ -47,6 +61,7 @@ class NodeOptions:
     max_outbox_messages: int = 512
     max_crank_messages: int = 1000
     crank_window_seconds: float = 10.0
+    memory_budget_bytes: int = field(default_factory=default_memory_budget)
 
     def __post_init__(self) -> None:
         if self.max_item_bytes < 1024:
@@ -69,6 +84,9 @@ class NodeOptions:
             raise ConfigError("outbox and crank limits must be positive")
         if self.block_height < 0:
             raise ConfigError("block_height cannot be negative")
+        if self.memory_budget_bytes < 1:
+            raise ConfigError("memory_budget_bytes must be positive")
+
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -62,6 +62,7 @@ from appliance.node.guest import ScheduledSlot, guest_env, guest_message_json, t
 from appliance.node.identity import NodeIdentity
 from appliance.node.messenger import Outbox, PushContext, prepare_outbox, push_outbox
 from appliance.node.observer import NodeObserver
+from appliance.node.residency import Kind, Residency
 from appliance.node.results import (
     UnsignedResult,
     intents_between,
@@ -120,6 +121,32 @@ class Receipt:
 
 @dataclass
 class _Actor:
+    """One hosted process as its shard drives it: serial evaluation, its instance's state.
+
+    At most one thread *drives* an actor at a time (``running`` says one does; it evaluates
+    under ``lock``, which it drops between steps). Which lock guards which field:
+
+    ============================================  =========================================
+    field                                         rule
+    ============================================  =========================================
+    ``process_id``, ``lock``                      immutable
+    ``running``, ``pending``                      ``Shard._actors_lock``
+    ``broken``, ``crashes``                       written by the driving thread only (held
+                                                  lock or not); read by any thread unlocked
+                                                  (a reference swap: a stale read only
+                                                  delays an error by one poll)
+    ``horizon_ms``                                raised by any thread, unlocked (only ever
+                                                  raised; a lost raise is redone by the next
+                                                  cron tick)
+    everything else: the instance (``generation``,  ``lock`` (the driving thread, dry-runs,
+    ``evicted``, ``checkpoint_at``), the cursor   ``state``, ``checkpoint_now`` and eviction
+    (``next_slot``, ``cron_seq``, ``cron_after``,  hold it)
+    ``since_checkpoint``, ``last_checkpoint``),
+    what ``_open`` reads from the process and
+    module items, ``state_forced_at``, ``crank``
+    ============================================  =========================================
+    """
+
     process_id: str
     lock: threading.Lock = field(default_factory=threading.Lock)
     running: bool = False
@@ -143,6 +170,42 @@ class _Actor:
     limits: ComputeLimits = field(default_factory=ComputeLimits)
     state_forced_at: float | None = None
     crank: CrankWindow = field(default_factory=CrankWindow)
+    checkpoint_at: tuple[int, int] = (-1, 0)
+    """(slot, cron results) of the newest checkpoint the instance was restored from or wrote."""
+    evicted: bool = False
+    """Closed to stay within the memory budget; the next step restores it from its checkpoint."""
+
+    def mark_broken(self, why: str) -> None:
+        """Stop evaluating this process for good (until restart): ``why`` is what readers see."""
+        self.broken = why
+
+    def worker_crashed(self) -> bool:
+        """Count a crash of the actor's worker; True when that was one too many (now broken)."""
+        self.crashes += 1
+        if self.crashes > MAX_WORKER_CRASHES:
+            self.mark_broken(f"its evaluation worker crashed {self.crashes} times")
+            return True
+        return False
+
+    def advanced(self, last_slot: int, messages: int) -> None:
+        """Results up to ``last_slot`` are stored (``messages`` of them evaluated just now)."""
+        self.next_slot = last_slot + 1
+        self.since_checkpoint += messages
+
+    def checkpointed(self, slot: int) -> None:
+        """A checkpoint of the instance's current state at ``slot`` is stored."""
+        self.since_checkpoint = 0
+        self.last_checkpoint = time.monotonic()
+        self.checkpoint_at = (slot, self.cron_seq)
+
+    def ahead_of_checkpoint(self) -> bool:
+        """The instance evaluated past its newest checkpoint (closing it would lose work)."""
+        return self.next_slot > 0 and (self.next_slot - 1, self.cron_seq) != self.checkpoint_at
+
+    def mark_evicted(self) -> None:
+        """Its instance was closed; the next step reopens it from its newest checkpoint."""
+        self.generation = None
+        self.evicted = True
 
 
 @dataclass
@@ -194,6 +257,9 @@ class Shard:
         self._dry_pool: EvaluatorPool | None = None
         self._dry_copies: OrderedDict[str, _DryCopy] = OrderedDict()
         self._dry_lock = threading.Lock()
+        self.residency = Residency(settings.memory_budget_bytes)
+        self._budget_lock = threading.Lock()
+        self.observer.residency(self.residency.tally(), settings.memory_budget_bytes)
         self._standing_lock = threading.Lock()
         self.standing = self._standing_attestation()
         self._closing = threading.Event()
@@ -413,15 +479,15 @@ class Shard:
         self._executor.submit(self._drive, actor)
 
     def _drive(self, actor: _Actor) -> None:
+        evaluated = False
         while True:
             try:
                 with actor.lock:
                     progressed = self._step(actor)
+                evaluated |= progressed
             except WorkerCrashed:
                 self.observer.worker_crashed()
-                actor.crashes += 1
-                if actor.crashes > MAX_WORKER_CRASHES:
-                    actor.broken = f"its evaluation worker crashed {actor.crashes} times"
+                if actor.worker_crashed():
                     log.error("process %s: %s", actor.process_id, actor.broken)
                     progressed = False
                 else:
@@ -432,12 +498,13 @@ class Shard:
                 if isinstance(storage_error(exc), StorageFull):
                     log.warning("process %s: disk full (%s); retrying in %g s",
                                 actor.process_id, exc, DISK_FULL_RETRY_SECONDS)
-                    actor.generation = None  # the worker ran ahead of what is stored: reopen
+                    with actor.lock:  # the worker ran ahead of what is stored: reopen
+                        actor.generation = None
                     self.observer.commit_deferred()
                     self._retry_later(actor.process_id)
                 else:
                     log.exception("process %s stopped evaluating", actor.process_id)
-                    actor.broken = "internal error; see the node log"
+                    actor.mark_broken("internal error; see the node log")
                 progressed = False
             if actor.broken is not None:
                 self._notify(actor.process_id, ALL_SLOTS)
@@ -446,8 +513,10 @@ class Shard:
                     actor.running = False
                     with self._progress:
                         self._progress.notify_all()
-                    return
+                    break
                 actor.pending = False
+        if evaluated:
+            self._went_idle(actor)
 
     def _retry_later(self, process_id: str) -> None:
         def wake() -> None:
@@ -475,7 +544,7 @@ class Shard:
         rows = self.store.all("SELECT slot, file, sha256, raw_size, clock, crons FROM checkpoints "
                               "WHERE process_id = ? ORDER BY slot DESC", pid)
         actor.generation = self.pool.generation(pid)
-        actor.next_slot = 0
+        actor.next_slot, actor.checkpoint_at = 0, (-1, 0)
         actor.crons = parse_crons(process.tags)
         actor.owner = process.owner_address
         actor.cron_seq, actor.cron_after = 0, None
@@ -490,6 +559,7 @@ class Shard:
                             "older one", pid, row[0], exc)
                 continue
             actor.next_slot = int(row[0]) + 1
+            actor.checkpoint_at = (int(row[0]), int(row[5]))
             self._restore_cron_cursor(actor, int(row[5]))
             break
         else:
@@ -509,6 +579,12 @@ class Shard:
         actor.env_json = jsjson.stringify(guest_env(process, module))
         actor.module_id = module_id
         actor.module_path, actor.module_format, actor.limits = path, fmt, limits
+        self.residency.used(Kind.PROCESS, pid, report.resident_bytes)
+        if actor.evicted:
+            actor.evicted = False
+            self.observer.instance_restored(report.resident_bytes,
+                                            report.load_seconds + report.instantiate_seconds)
+        self.observer.residency(self.residency.tally(), self.residency.budget_bytes)
 
     def _step(self, actor: _Actor) -> bool:
         if actor.broken is not None:
@@ -520,7 +596,7 @@ class Shard:
             except WorkerCrashed:
                 raise
             except (ModuleError, NotFound, EvaluationError, BadRequest) as exc:
-                actor.broken = str(exc)
+                actor.mark_broken(str(exc))
                 log.error("process %s cannot be evaluated: %s", pid, exc)
                 return False
         if actor.crons:
@@ -551,8 +627,7 @@ class Shard:
                     with contextlib.suppress(Exception):
                         pending.result()  # release the worker; this process stops anyway
                 raise
-            actor.next_slot = slots[-1].slot + 1
-            actor.since_checkpoint += len(slots)
+            actor.advanced(slots[-1].slot, len(slots))
             if following is None:
                 break
             slots, batch = following
@@ -621,8 +696,7 @@ class Shard:
         outputs = self.pool.evaluate(pid, batch)
         self.observer.batch_evaluated(len(batch), time.perf_counter() - started)
         self._commit_results(actor, slots, outputs)
-        actor.next_slot = slots[-1].slot + 1
-        actor.since_checkpoint += len(slots)
+        actor.advanced(slots[-1].slot, len(slots))
         if self._checkpoint_due(actor, 0):
             self._checkpoint(actor, slots[-1].slot)
         return True
@@ -888,8 +962,7 @@ class Shard:
         self.observer.checkpointed(ref.raw_size, file_bytes, seconds)
         log.info("%s", fields("checkpoint", process=pid, slot=slot, memory_bytes=ref.raw_size,
                               file_bytes=file_bytes, ms=seconds * 1000))
-        actor.since_checkpoint = 0
-        actor.last_checkpoint = time.monotonic()
+        actor.checkpointed(slot)
         self._prune_checkpoints(pid, slot)
 
     def _prune_checkpoints(self, pid: str, newest: int) -> None:
@@ -915,8 +988,67 @@ class Shard:
         with actor.lock:
             if actor.next_slot == 0:
                 raise BadRequest(f"process {process_id} has not evaluated anything yet")
+            if actor.evicted:  # it was checkpointed at its latest slot when it was evicted
+                return actor.checkpoint_at[0]
             self._checkpoint(actor, actor.next_slot - 1)
             return actor.next_slot - 1
+
+    # --- memory budget (see appliance.node.residency) ------------------------------------------
+
+    def _went_idle(self, actor: _Actor) -> None:
+        """Book what ``actor``'s instance holds now that it stopped evaluating, then evict idle
+        instances while the resident ones hold more than the budget."""
+        if not actor.lock.acquire(blocking=False):
+            return  # woken again: its new driver books it when it stops
+        try:
+            pid = actor.process_id
+            if actor.broken is None and actor.generation == self.pool.generation(pid):
+                with contextlib.suppress(EvaluationError):
+                    self.residency.used(Kind.PROCESS, pid, self.pool.resident_bytes(pid))
+        finally:
+            actor.lock.release()
+        self._keep_budget()
+
+    def _keep_budget(self) -> None:
+        if self.residency.over_budget():
+            with self._budget_lock:
+                for kind, pid in self.residency.victims():
+                    if not self.residency.over_budget():
+                        break
+                    if kind is Kind.DRY_RUN:
+                        self._evict_dry_copy(pid)
+                    else:
+                        self._evict(pid)
+        self.observer.residency(self.residency.tally(), self.residency.budget_bytes)
+
+    def _evict(self, process_id: str) -> None:
+        """Close ``process_id``'s instance if it is idle, checkpointing it first when it
+        evaluated past its newest checkpoint; a busy one is left for later."""
+        with self._actors_lock:
+            actor = self._actors.get(process_id)
+        if actor is None or not actor.lock.acquire(blocking=False):
+            return
+        try:
+            with self._actors_lock:
+                if actor.running:
+                    return
+            if actor.generation != self.pool.generation(process_id):
+                self.residency.gone(Kind.PROCESS, process_id, evicted=False)  # already gone
+                return
+            wrote = actor.broken is None and actor.ahead_of_checkpoint()
+            if wrote:  # a broken actor is never reopened: its state is not worth keeping
+                self._checkpoint(actor, actor.next_slot - 1)
+            self.pool.close(process_id)
+            nbytes = self.residency.gone(Kind.PROCESS, process_id,
+                                         evicted=actor.broken is None)
+            actor.mark_evicted()
+            self.observer.instance_evicted(nbytes, wrote)
+            log.info("%s", fields("process evicted", process=process_id, bytes=nbytes,
+                                  checkpointed=wrote))
+        except Exception as exc:  # noqa: BLE001 - stays resident; the next idle retries
+            log.warning("process %s: cannot evict (%s); it stays resident", process_id, exc)
+        finally:
+            actor.lock.release()
 
     def _actor(self, process_id: str) -> _Actor:
         if self.store.one("SELECT 1 FROM processes WHERE id = ?", process_id) is None:
@@ -1014,6 +1146,7 @@ class Shard:
                 env_json = self._load_dry_copy(actor, copy, pool)
                 result = pool.dry_run(process_id, jsjson.stringify(msg), env_json)
             self._evict_dry_copies(pool)
+            self._keep_budget()
             return result
 
     def _load_dry_copy(self, actor: _Actor, copy: _DryCopy, pool: EvaluatorPool) -> bytes:
@@ -1038,8 +1171,9 @@ class Shard:
                                                     self.settings.dry_run_wall_clock_seconds))
             module_path, fmt = actor.module_path, actor.module_format
         copy.loaded = None
-        pool.open(pid, module_path, fmt, limits, snapshot)
+        report = pool.open(pid, module_path, fmt, limits, snapshot)
         copy.loaded = wanted
+        self.residency.used(Kind.DRY_RUN, pid, report.resident_bytes)
         return env_json
 
     def _evict_dry_copies(self, pool: EvaluatorPool) -> None:
@@ -1048,12 +1182,27 @@ class Shard:
                     if not copy.lock.locked()]
             excess = len(self._dry_copies) - DRY_RUN_RESIDENT
             for pid, copy in idle[:max(0, excess)]:
-                del self._dry_copies[pid]
-                if copy.loaded is not None:
-                    with contextlib.suppress(ApplianceError):
-                        pool.close(pid)
-                with contextlib.suppress(FileNotFoundError):
-                    self._dry_image(pid).unlink()
+                self._drop_dry_copy(pid, copy, pool)
+
+    def _evict_dry_copy(self, process_id: str) -> None:
+        """Close the dry-run copy of ``process_id`` to stay within the memory budget, unless a
+        dry-run is using it (it is rebuilt from a fresh image by the next dry-run)."""
+        with self._dry_lock:
+            copy = self._dry_copies.get(process_id)
+            if copy is None or self._dry_pool is None:
+                self.residency.gone(Kind.DRY_RUN, process_id, evicted=False)
+            elif not copy.lock.locked():
+                self._drop_dry_copy(process_id, copy, self._dry_pool)
+
+    def _drop_dry_copy(self, pid: str, copy: _DryCopy, pool: EvaluatorPool) -> None:
+        """Forget a dry-run copy and close it (``_dry_lock`` held)."""
+        del self._dry_copies[pid]
+        if copy.loaded is not None:
+            with contextlib.suppress(ApplianceError):
+                pool.close(pid)
+        self.residency.gone(Kind.DRY_RUN, pid, evicted=False)
+        with contextlib.suppress(FileNotFoundError):
+            self._dry_image(pid).unlink()
 
     def _dry_image(self, process_id: str) -> Path:
         """Where the memory image a dry-run copy of ``process_id`` restores from is written."""
