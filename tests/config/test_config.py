@@ -26,6 +26,7 @@ node:
   max_item_bytes: 8 MiB
   checkpoint_every_messages: 500
   checkpoint_every_seconds: 600
+  memory_budget_bytes: 8 GiB
 limits:
   memory: 1-gb
   fuel: 100000000000
@@ -39,6 +40,7 @@ def test_a_full_file_becomes_frozen_settings() -> None:
     assert config.tee == "emulated"
     assert config.listen.metrics == ("127.0.0.1", 9464)
     assert config.node.max_item_bytes == 8 << 20
+    assert config.node.memory_budget_bytes == 8 << 30
     assert config.limits.memory_bytes == 10**9  # AO sizes: gb is decimal, GiB binary
     assert config.log_level == "warning"
     with pytest.raises(AttributeError):
@@ -68,6 +70,7 @@ def test_an_empty_file_means_every_default() -> None:
     ("http:\n  header_timeout_seconds: fast\n", ":2:27", "must be a number"),
     ("http:\n  max_conections: 5\n", ":2:3", "max_conections"),
     ("node:\n  max_item_bytes: lots\n", ":2:19", "not a size"),
+    ("node:\n  memory_budget_bytes: 1 KiB\n", ":2:24", "memory_budget_bytes"),
     ("limits:\n  memory: 1-tb-ish\n", ":2:11", "not a size"),
     ("tee: sgx\n", ":1:6", "must be one of"),
     ("listen:\n  http: nowhere\n", ":2:9", "HOST:PORT"),
