@@ -126,25 +126,23 @@ class _Actor:
     At most one thread *drives* an actor at a time (``running`` says one does; it evaluates
     under ``lock``, which it drops between steps). Which lock guards which field:
 
-    ============================================  =========================================
-    field                                         rule
-    ============================================  =========================================
-    ``process_id``, ``lock``                      immutable
-    ``running``, ``pending``                      ``Shard._actors_lock``
-    ``broken``, ``crashes``                       written by the driving thread only (held
-                                                  lock or not); read by any thread unlocked
-                                                  (a reference swap: a stale read only
-                                                  delays an error by one poll)
-    ``horizon_ms``                                raised by any thread, unlocked (only ever
-                                                  raised; a lost raise is redone by the next
-                                                  cron tick)
-    everything else: the instance (``generation``,  ``lock`` (the driving thread, dry-runs,
-    ``evicted``, ``checkpoint_at``), the cursor   ``state``, ``checkpoint_now`` and eviction
-    (``next_slot``, ``cron_seq``, ``cron_after``,  hold it)
-    ``since_checkpoint``, ``last_checkpoint``),
-    what ``_open`` reads from the process and
-    module items, ``state_forced_at``, ``crank``
-    ============================================  =========================================
+    ===========================  =============================================================
+    fields                       rule
+    ===========================  =============================================================
+    ``process_id``, ``lock``     immutable
+    ``running``, ``pending``     ``Shard._actors_lock``
+    ``broken``, ``crashes``      written by the driving thread only (holding ``lock`` or not);
+                                 read by any thread without a lock (a reference swap: a stale
+                                 read delays an error by one poll at most)
+    ``horizon_ms``               raised by any thread without a lock (only ever raised; a lost
+                                 raise is redone by the next cron tick)
+    every other field            ``lock``: the instance (``generation``, ``evicted``,
+                                 ``checkpoint_at``), the cursor (``next_slot``, ``cron_seq``,
+                                 ``cron_after``, ``since_checkpoint``, ``last_checkpoint``),
+                                 what ``_open`` reads from the items, ``state_forced_at``,
+                                 ``crank``; held by the driving thread, dry-runs, ``state``,
+                                 ``checkpoint_now`` and eviction
+    ===========================  =============================================================
     """
 
     process_id: str
