@@ -30,7 +30,6 @@ from appliance.api.connections import HttpObserver
 from appliance.api.http_errors import reason
 from appliance.node.node import Node
 from appliance.node.observer import NodeObserver
-from appliance.node.residency import Tally
 
 log = logging.getLogger("appliance.metrics")
 PREFIX = "ao_appliance_"
@@ -123,12 +122,32 @@ class _NodeState:
             PREFIX + "processes_broken",
             "Processes that stopped evaluating since the node started (see the log).",
             value=self._node.broken_count())
+        yield from _memory_gauges(self._node)
         yield from _standing_gauges(self._node)
         age = self._metrics.attestation_age()
         if age is not None:
             yield GaugeMetricFamily(
                 PREFIX + "attestation_age_seconds",
                 "Seconds since the last attestation the node made successfully.", value=age)
+
+
+def _memory_gauges(node: Node) -> Iterable[Metric]:
+    """Resident and evicted process instances, their bytes, and the budget."""
+    tally, budget = node.memory()
+    for name, text, value in (
+            ("memory_budget_bytes", "RAM resident instances may hold before idle ones are "
+             "evicted (node.memory_budget_bytes).", budget),
+            ("processes_resident", "Processes with an instance resident in an evaluation "
+             "worker.", tally.resident),
+            ("processes_resident_bytes", "RAM the resident process instances hold (memory plus "
+             "rollback base), as last reported by their workers.", tally.resident_bytes),
+            ("processes_evicted", "Processes evicted to their checkpoint and not reopened "
+             "since.", tally.evicted),
+            ("processes_evicted_bytes", "RAM the evicted processes held when they were "
+             "evicted.", tally.evicted_bytes),
+            ("dry_run_resident_bytes", "RAM the resident dry-run copies hold (counted in the "
+             "memory budget).", tally.dry_run_bytes)):
+        yield GaugeMetricFamily(PREFIX + name, text, value=value)
 
 
 def _standing_gauges(node: Node) -> Iterable[Metric]:
@@ -281,26 +300,6 @@ class NodeMetrics(NodeObserver, HttpObserver):
             PREFIX + "checkpoint_duration_seconds",
             "Wall time of writing and recording one checkpoint.",
             buckets=CHECKPOINT_BUCKETS, registry=r)
-        self.memory_budget = Gauge(
-            PREFIX + "memory_budget_bytes",
-            "RAM resident instances may hold before idle ones are evicted (node.memory_budget_"
-            "bytes).", registry=r)
-        self.resident = Gauge(
-            PREFIX + "processes_resident",
-            "Processes with an instance resident in an evaluation worker.", registry=r)
-        self.resident_bytes = Gauge(
-            PREFIX + "processes_resident_bytes",
-            "RAM the resident process instances hold (memory plus rollback base), as last "
-            "reported by their workers.", registry=r)
-        self.evicted = Gauge(
-            PREFIX + "processes_evicted",
-            "Processes evicted to their checkpoint and not reopened since.", registry=r)
-        self.evicted_bytes = Gauge(
-            PREFIX + "processes_evicted_bytes",
-            "RAM the evicted processes held when they were evicted.", registry=r)
-        self.dry_run_bytes = Gauge(
-            PREFIX + "dry_run_resident_bytes",
-            "RAM the resident dry-run copies hold (counted in the memory budget).", registry=r)
         self.evictions = Counter(
             PREFIX + "evictions_total",
             "Idle process instances closed to stay within the memory budget.", registry=r)
@@ -398,15 +397,6 @@ class NodeMetrics(NodeObserver, HttpObserver):
     def checkpoint_failed(self) -> None:
         """Count a failed checkpoint."""
         self.checkpoints.labels("error").inc()
-
-    def residency(self, tally: Tally, budget_bytes: int) -> None:
-        """Set the resident and evicted gauges."""
-        self.memory_budget.set(budget_bytes)
-        self.resident.set(tally.resident)
-        self.resident_bytes.set(tally.resident_bytes)
-        self.evicted.set(tally.evicted)
-        self.evicted_bytes.set(tally.evicted_bytes)
-        self.dry_run_bytes.set(tally.dry_run_bytes)
 
     def instance_evicted(self, nbytes: int, checkpointed: bool) -> None:
         """Count an eviction."""

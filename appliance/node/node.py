@@ -24,6 +24,7 @@ from appliance.node.identity import NodeIdentity
 from appliance.node.observer import NodeObserver
 from appliance.node.placement import Placement
 from appliance.node.reads import ProcessRow, ResultRow
+from appliance.node.residency import Tally
 from appliance.node.settings import NodeSettings
 from appliance.node.shard import ALL_SLOTS, ProgressListener, Receipt, ScheduledEntry, Shard
 from appliance.node.standing import StandingAttestation
@@ -41,9 +42,11 @@ def shard_data_dir(data_dir: Path, index: int) -> Path:
 
 
 def shard_settings(settings: NodeSettings, index: int, count: int) -> NodeSettings:
-    """``settings`` for shard ``index`` of ``count``: its own data dir, a share of the workers."""
+    """``settings`` for shard ``index`` of ``count``: its own data dir, a share of the workers
+    and of the memory budget."""
     return dataclasses.replace(settings, data_dir=shard_data_dir(settings.data_dir, index),
-                               workers=max(1, -(-settings.workers // count)))
+                               workers=max(1, -(-settings.workers // count)),
+                               memory_budget_bytes=max(1, settings.memory_budget_bytes // count))
 
 
 def local_shards(settings: NodeSettings, identity: NodeIdentity, provider: EvidenceProvider,
@@ -327,6 +330,14 @@ class Node:
     def broken_count(self) -> int:
         """Hosted processes that stopped evaluating since start, over all shards."""
         return sum(shard.broken_count() for shard in self.shards)
+
+    def memory(self) -> tuple[Tally, int]:
+        """Resident and evicted instances and their bytes, and the memory budget, over all
+        shards (each shard keeps its share of ``memory_budget_bytes``)."""
+        tallies = [shard.residency.tally() for shard in self.shards]
+        total = Tally(*(sum(column) for column in zip(*(dataclasses.astuple(t) for t in tallies),
+                                                       strict=True)))
+        return total, sum(shard.residency.budget_bytes for shard in self.shards)
 
     def outbox_by_status(self) -> dict[str, int]:
         """Outbox entry counts keyed by status, over all shards."""

@@ -9,8 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from appliance.node.residency import Tally
-
 
 class NodeObserver:
     """Events the node reports; ids never cross this interface, only kinds and sizes.
@@ -49,9 +47,6 @@ class NodeObserver:
 
     def checkpoint_failed(self) -> None:
         """Writing or recording a checkpoint raised."""
-
-    def residency(self, tally: Tally, budget_bytes: int) -> None:
-        """Resident and evicted instances changed (see :class:`appliance.node.residency.Tally`)."""
 
     def instance_evicted(self, nbytes: int, checkpointed: bool) -> None:
         """An idle instance of ``nbytes`` was closed to stay within the memory budget

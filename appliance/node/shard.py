@@ -257,7 +257,6 @@ class Shard:
         self._dry_lock = threading.Lock()
         self.residency = Residency(settings.memory_budget_bytes)
         self._budget_lock = threading.Lock()
-        self.observer.residency(self.residency.tally(), settings.memory_budget_bytes)
         self._standing_lock = threading.Lock()
         self.standing = self._standing_attestation()
         self._closing = threading.Event()
@@ -582,7 +581,6 @@ class Shard:
             actor.evicted = False
             self.observer.instance_restored(report.resident_bytes,
                                             report.load_seconds + report.instantiate_seconds)
-        self.observer.residency(self.residency.tally(), self.residency.budget_bytes)
 
     def _step(self, actor: _Actor) -> bool:
         if actor.broken is not None:
@@ -1017,7 +1015,6 @@ class Shard:
                         self._evict_dry_copy(pid)
                     else:
                         self._evict(pid)
-        self.observer.residency(self.residency.tally(), self.residency.budget_bytes)
 
     def _evict(self, process_id: str) -> None:
         """Close ``process_id``'s instance if it is idle, checkpointing it first when it
