@@ -133,3 +133,36 @@ def test_residency_evicts_dry_run_copies_first_then_least_recently_used() -> Non
     book.used(Kind.PROCESS, "b", 50)  # restored, and grown
     assert book.tally() == Tally(3, 130, 0, 0, 10)
     assert book.gone(Kind.PROCESS, "zz", evicted=True) == 0
+
+
+def test_an_evicted_process_serves_state_checkpoints_and_dry_runs(tmp_path: Path) -> None:
+    client = NodeIdentity.load_or_create(tmp_path / "client")
+    node = _node(tmp_path / "node", NodeObserver(), 1 << 20)
+    try:
+        module = items.sign(client, data=module_path(NAME).read_bytes(), tags=[
+            ("Data-Protocol", "ao"), ("Type", "Module"), ("Module-Format", MODULES[NAME][1])])
+        node.ingest(module.raw)
+        pids = []
+        for i in range(2):
+            proc = items.sign(client, anchor=f"q{i}".encode().ljust(32, b"."), tags=[
+                ("Data-Protocol", "ao"), ("Type", "Process"), ("Module", module.id),
+                ("Scheduler", node.identity.address), ("Name", f"q{i}")])
+            node.ingest(proc.raw)
+            msg = items.sign(client, target=proc.id, data=GROW.encode(),
+                             anchor=f"{i:032d}".encode(), tags=[
+                                 ("Data-Protocol", "ao"), ("Type", "Message"),
+                                 ("Action", "Eval")])
+            node.ingest(msg.raw)
+            node.result(proc.id, msg.id)
+            _quiet(node)
+            pids.append(proc.id)
+        shard = node.shards[0]
+        assert shard._actors[pids[0]].evicted
+        assert node.checkpoint_now(pids[0]) == 1
+        slot, memory = node.state(pids[0])
+        assert slot == 1 and len(memory) > 1 << 20
+        dry = node.dry_run(pids[0], {"Owner": client.address, "Tags": [
+            {"name": "Action", "value": "Eval"}], "Data": "return #T"})
+        assert "4" in json.dumps(dry["Output"])
+    finally:
+        node.close()
