@@ -12,13 +12,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import sqlite3
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from appliance.ao import items
 from appliance.errors import RequestError
 from appliance.logfmt import fields
+from appliance.node.db import queries
+from appliance.node.db.kinds import ItemKind, OutboxStatus
 from appliance.node.guest import ScheduledSlot
 from appliance.node.identity import NodeIdentity
 from appliance.node.scheduler import (
@@ -119,23 +120,20 @@ def _build(identity: NodeIdentity, push: PushContext, entry: dict[str, Any], ind
 
 
 def _record(conn: sqlite3.Connection, push: PushContext, item: items.Item, target: str,
-            kind: str, status: str, detail: str, depth: int) -> None:
-    conn.execute(
-        "INSERT OR IGNORE INTO outbox (item_id, from_process, from_slot, target, kind, status, "
-        "detail, push_depth, created_ms) VALUES (?,?,?,?,?,?,?,?,?)",
-        (item.id, push.slot.process_id, push.slot.slot, target, kind, status, detail, depth,
-         time.time_ns() // 1_000_000))
+            kind: str, status: OutboxStatus, detail: str, depth: int) -> None:
+    queries.record_outbox(conn, item.id, push.slot.process_id, push.slot.slot, target, kind,
+                          status, detail, depth)
 
 
 def _deliver(conn: sqlite3.Connection, ctx: SchedulerContext, push: PushContext,
              item: items.Item, target: str, depth: int, kind: str) -> set[str]:
     if depth > push.max_depth:
-        store_item(conn, item, kind)
-        _record(conn, push, item, target, kind, "dropped-depth",
+        store_item(conn, item, ItemKind(kind))
+        _record(conn, push, item, target, kind, OutboxStatus.DROPPED_DEPTH,
                 f"push depth {depth} exceeds {push.max_depth}", depth)
         log.warning("%s", fields("outbox delivery failed", process=push.slot.process_id,
                                  slot=push.slot.slot, item=item.id, kind=kind,
-                                 target=target or None, status="dropped-depth",
+                                 target=target or None, status=OutboxStatus.DROPPED_DEPTH,
                                  reason=f"push depth {depth} exceeds {push.max_depth}"))
         return set()
     try:
@@ -145,13 +143,14 @@ def _deliver(conn: sqlite3.Connection, ctx: SchedulerContext, push: PushContext,
         else:
             schedule_message(conn, ctx, item, target, depth)
     except RequestError as exc:
-        store_item(conn, item, kind)
-        _record(conn, push, item, target, kind, "pending-remote", str(exc), depth)
+        store_item(conn, item, ItemKind(kind))
+        _record(conn, push, item, target, kind, OutboxStatus.PENDING_REMOTE, str(exc), depth)
         log.warning("%s", fields("outbox delivery failed", process=push.slot.process_id,
                                  slot=push.slot.slot, item=item.id, kind=kind,
-                                 target=target or None, status="pending-remote", reason=str(exc)))
+                                 target=target or None, status=OutboxStatus.PENDING_REMOTE,
+                                 reason=str(exc)))
         return set()
-    _record(conn, push, item, target, kind, "scheduled", "", depth)
+    _record(conn, push, item, target, kind, OutboxStatus.SCHEDULED, "", depth)
     return {target}
 
 
@@ -162,10 +161,9 @@ def _assign_existing(conn: sqlite3.Connection, ctx: SchedulerContext, push: Push
     woken: set[str] = set()
     if not message_id or not isinstance(processes, list):
         return woken
-    known = conn.execute("SELECT 1 FROM items WHERE id = ?", (message_id,)).fetchone()
+    known = queries.item_stored(conn, message_id)
     for target in map(str, processes):
-        hosted = conn.execute("SELECT 1 FROM processes WHERE id = ?", (target,)).fetchone()
-        if known is None or hosted is None or depth > push.max_depth:
+        if not known or not queries.process_hosted(conn, target) or depth > push.max_depth:
             continue
         if existing_slot(conn, target, message_id) is None:
             assign(conn, ctx, target, message_id, depth)

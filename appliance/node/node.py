@@ -19,11 +19,11 @@ from typing import Any
 
 from appliance.ao import items
 from appliance.errors import ApplianceError, NotFound, TooLarge
+from appliance.node.db.queries import ProcessRow, ResultRow
 from appliance.node.guest import ScheduledSlot
 from appliance.node.identity import NodeIdentity
 from appliance.node.observer import NodeObserver
 from appliance.node.placement import Placement
-from appliance.node.reads import ProcessRow, ResultRow
 from appliance.node.residency import Tally
 from appliance.node.settings import NodeSettings
 from appliance.node.shard import ALL_SLOTS, ProgressListener, Receipt, ScheduledEntry, Shard

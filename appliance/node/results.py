@@ -17,9 +17,11 @@ from typing import Any
 from appliance.ao import items
 from appliance.node.chain import canonical_json
 from appliance.node.cron import CronTick
+from appliance.node.db import queries
+from appliance.node.db.kinds import ItemKind
+from appliance.node.db.queries import store_item, stored_results
 from appliance.node.guest import ScheduledSlot
 from appliance.node.identity import NodeIdentity
-from appliance.node.scheduler import RESULT_KIND, store_item
 
 RESULT_KEYS = ("Output", "Messages", "Spawns", "Assignments", "Error", "GasUsed")
 
@@ -100,37 +102,27 @@ def unsigned_cron_result(process_id: str, tick: CronTick, result: dict[str, Any]
 def store_cron_result(conn: sqlite3.Connection, seq: int, tick: CronTick,
                       signed: items.Item) -> None:
     """Store a cron message's signed Result as the process's ``seq``-th cron result."""
-    store_item(conn, signed, RESULT_KIND)
-    conn.execute("INSERT INTO cron_results (process_id, seq, after_slot, timestamp_ms, cron, "
-                 "rank, block_height, result_id, data) VALUES (?,?,?,?,?,?,?,?,?)",
-                 (signed.target, seq, tick.ordinate, tick.timestamp_ms, tick.cron, tick.rank,
-                  tick.block_height, signed.id, signed.data))
+    store_item(conn, signed, ItemKind.RESULT)
+    queries.insert_cron_result(conn, seq, tick.ordinate, tick.timestamp_ms, tick.cron, tick.rank,
+                               tick.block_height, signed)
 
 
 def intents_between(conn: sqlite3.Connection, process_id: str, first: int,
                     last: int) -> dict[int, UnsignedResult]:
     """The recorded intents of the slots ``first..last``, keyed by slot."""
-    rows = conn.execute("SELECT slot, unsigned FROM result_intents WHERE process_id = ? AND "
-                        "slot BETWEEN ? AND ?", (process_id, first, last)).fetchall()
-    return {int(slot): UnsignedResult.decode(process_id, int(slot), bytes(blob))
-            for slot, blob in rows}
+    return {slot: UnsignedResult.decode(process_id, slot, blob)
+            for slot, blob in queries.intent_blobs(conn, process_id, first, last).items()}
 
 
 def record_intents(conn: sqlite3.Connection, intents: list[UnsignedResult]) -> None:
     """Durably record what is about to be signed."""
-    conn.executemany(
-        "INSERT OR IGNORE INTO result_intents (process_id, slot, unsigned) VALUES (?, ?, ?)",
-        [(i.process_id, i.slot, i.encode()) for i in intents])
+    queries.insert_intents(conn, [(i.process_id, i.slot, i.encode()) for i in intents])
 
 
 def store_result(conn: sqlite3.Connection, slot: ScheduledSlot, signed: items.Item) -> None:
     """Store a signed Result item and retire its intent."""
-    store_item(conn, signed, RESULT_KIND)
-    conn.execute("INSERT INTO results (process_id, slot, message_id, result_id, data) "
-                 "VALUES (?, ?, ?, ?, ?)",
-                 (slot.process_id, slot.slot, slot.message_id, signed.id, signed.data))
-    conn.execute("DELETE FROM result_intents WHERE process_id = ? AND slot = ?",
-                 (slot.process_id, slot.slot))
+    store_item(conn, signed, ItemKind.RESULT)
+    queries.insert_result(conn, slot, signed)
 
 
 def stored_result(conn: sqlite3.Connection, process_id: str,
@@ -139,9 +131,6 @@ def stored_result(conn: sqlite3.Connection, process_id: str,
     return stored_results(conn, process_id, slot, slot).get(slot)
 
 
-def stored_results(conn: sqlite3.Connection, process_id: str, first: int,
-                   last: int) -> dict[int, tuple[str, bytes]]:
-    """The stored (result id, data) of the slots ``first..last``, keyed by slot."""
-    rows = conn.execute("SELECT slot, result_id, data FROM results WHERE process_id = ? AND "
-                        "slot BETWEEN ? AND ?", (process_id, first, last)).fetchall()
-    return {int(slot): (str(rid), bytes(data)) for slot, rid, data in rows}
+__all__ = ["UnsignedResult", "intents_between", "record_intents", "result_data",
+           "store_cron_result", "store_result", "stored_result", "stored_results",
+           "unsigned_cron_result", "unsigned_result"]

@@ -38,7 +38,6 @@ from appliance.errors import (
     TooLarge,
 )
 from appliance.logfmt import fields
-from appliance.node import reads
 from appliance.node.admission import Gate
 from appliance.node.attest import make_attestation
 from appliance.node.chain import report_data
@@ -52,10 +51,14 @@ from appliance.node.cron import (
     parse_crons,
     ticks_between,
 )
+from appliance.node.db import queries
+from appliance.node.db.kinds import ItemKind
+from appliance.node.db.store import Store, storage_error
 from appliance.node.evaluator import (
     CheckpointFile,
     EvaluatorPool,
     WorkerCrashed,
+    checkpoint_sha256,
     read_checkpoint,
 )
 from appliance.node.guest import ScheduledSlot, guest_env, guest_message_json, tag_list
@@ -80,12 +83,10 @@ from appliance.node.scheduler import (
     create_process,
     load_item,
     schedule_message,
-    slot_row,
     store_item,
 )
 from appliance.node.settings import NodeSettings
 from appliance.node.standing import StandingAttestation, assess, tdx_collateral_in
-from appliance.node.store import Store, storage_error
 from attestation.atomic import write_atomically
 from attestation.evidence import EvidenceProvider
 
@@ -263,11 +264,9 @@ class Shard:
         self._refresher = threading.Thread(target=self._refresh_loop, daemon=True,
                                            name="attestation-refresh")
         self._refresher.start()
-        self._cron_processes = {str(r[0]) for r in self.store.all(
-            "SELECT i.id FROM items i JOIN item_tags t ON t.item_row = i.rowid "
-            "WHERE i.kind = 'process' AND t.name = ?", CRON_INTERVAL)}
-        self._blocks: dict[int, int] = {int(h): int(ts) // 1000 * 1000 for h, ts in self.store.all(
-            "SELECT block_height, MIN(timestamp_ms) FROM schedule GROUP BY block_height")}
+        self._cron_processes = queries.processes_tagged(self.store.reader, CRON_INTERVAL)
+        self._blocks: dict[int, int] = {h: ts // 1000 * 1000 for h, ts in
+                                        queries.block_starts(self.store.reader).items()}
         self._monitor: threading.Thread | None = None
         if settings.cron_tick_seconds > 0:
             self._monitor = threading.Thread(target=self._monitor_crons, name="cron-monitor",
@@ -286,11 +285,7 @@ class Shard:
         nonce = os.urandom(32)
         item = self._attest(nonce, "standing")
 
-        def remember(conn: Any) -> None:
-            conn.execute("INSERT OR REPLACE INTO meta (key, value) "
-                         "VALUES ('standing_attestation', ?)", (item.id,))
-
-        self.store.write(remember)
+        self.store.write(lambda conn: queries.set_meta(conn, "standing_attestation", item.id))
         standing = assess(item, datetime.now(UTC),
                           report_data(self.identity.public_key, self.config_digest, nonce),
                           tdx_collateral_in(self.settings.data_dir / "collateral"))
@@ -323,7 +318,7 @@ class Shard:
         try:
             item = make_attestation(self.identity, self.provider, self.config_digest, nonce)
             if keep:
-                self.store.write(lambda conn: store_item(conn, item, "attestation"))
+                self.store.write(lambda conn: store_item(conn, item, ItemKind.ATTESTATION))
         except Exception:
             self.observer.attested(kind, ok=False)
             raise
@@ -335,15 +330,12 @@ class Shard:
         tags = [("Data-Protocol", "ao"), ("Variant", "ao.TN.1"), ("Type", "Scheduler-Location"),
                 ("Url", url), ("Time-To-Live", str(7 * 24 * 3600 * 1000))]
         item = items.sign(self.identity, tags=tags, anchor=hashlib.sha256(url.encode()).digest())
-        self.store.write(lambda conn: store_item(conn, item, "scheduler-location"))
+        self.store.write(lambda conn: store_item(conn, item, ItemKind.SCHEDULER_LOCATION))
         return str(item.id)
 
     def _resume_pending(self) -> None:
-        rows = self.store.all(
-            "SELECT DISTINCT s.process_id FROM schedule s LEFT JOIN results r "
-            "ON r.process_id = s.process_id AND r.slot = s.slot WHERE r.slot IS NULL")
-        for (pid,) in rows:
-            self._wake(str(pid))
+        for pid in queries.processes_behind(self.store.reader):
+            self._wake(pid)
 
     def close(self) -> None:
         """Finish in-flight batches and stop workers and the store."""
@@ -422,7 +414,7 @@ class Shard:
                 self._valid_modules[item.id] = None
                 while len(self._valid_modules) > 1024:
                     del self._valid_modules[next(iter(self._valid_modules))]
-        self.store.write(lambda conn: store_item(conn, item, "module"))
+        self.store.write(lambda conn: store_item(conn, item, ItemKind.MODULE))
         return Receipt(item.id, "Module")
 
     def _ingest_process(self, item: items.Item) -> Receipt:
@@ -538,8 +530,7 @@ class Shard:
         limits = capped_limits(tag_list(module.tags) + tag_list(process.tags),
                                self.settings.limits)
         fmt = items.first_tag(module, "Module-Format") or ""
-        rows = self.store.all("SELECT slot, file, sha256, raw_size, clock, crons FROM checkpoints "
-                              "WHERE process_id = ? ORDER BY slot DESC", pid)
+        rows = queries.checkpoints(self.store.reader, pid)
         actor.generation = self.pool.generation(pid)
         actor.next_slot, actor.checkpoint_at = 0, (-1, 0)
         actor.crons = parse_crons(process.tags)
@@ -548,16 +539,16 @@ class Shard:
         for row in rows:
             try:
                 report = self.pool.open(pid, path, fmt, limits, CheckpointFile(
-                    Path(row[1]), str(row[2]), int(row[3]), int(row[4])))
+                    row.file, row.sha256, row.raw_size, row.clock))
             except WorkerCrashed:
                 raise
             except EvaluationError as exc:
                 log.warning("process %s: checkpoint at slot %s is unusable (%s); trying an "
-                            "older one", pid, row[0], exc)
+                            "older one", pid, row.slot, exc)
                 continue
-            actor.next_slot = int(row[0]) + 1
-            actor.checkpoint_at = (int(row[0]), int(row[5]))
-            self._restore_cron_cursor(actor, int(row[5]))
+            actor.next_slot = row.slot + 1
+            actor.checkpoint_at = (row.slot, row.crons)
+            self._restore_cron_cursor(actor, row.crons)
             break
         else:
             report = self.pool.open(pid, path, fmt, limits, None)
@@ -637,31 +628,25 @@ class Shard:
         """Resume the cron walk after the first ``crons`` cron results (a checkpoint's)."""
         actor.cron_seq, actor.cron_after = crons, None
         if crons:
-            row = self.store.one("SELECT after_slot, timestamp_ms, rank FROM cron_results "
-                                 "WHERE process_id = ? AND seq = ?", actor.process_id, crons - 1)
-            if row is not None:
-                actor.cron_after = (int(row[0]), int(row[1]), int(row[2]))
+            actor.cron_after = queries.cron_position(self.store.reader, actor.process_id,
+                                                     crons - 1)
 
     def _boundary(self, pid: str, slot: int) -> Boundary | None:
-        row = self.store.one("SELECT timestamp_ms, block_height FROM schedule WHERE "
-                             "process_id = ? AND slot = ?", pid, slot)
-        return None if row is None else Boundary(int(row[0]), int(row[1]), slot)
+        row = queries.slot_at(self.store.reader, pid, slot)
+        return None if row is None else Boundary(row.timestamp_ms, row.block_height, slot)
 
     def _cron_head(self, pid: str, slot: int) -> str | None:
         """The id of the last cron Result after ``slot``: the chain's head before ``slot + 1``."""
-        row = self.store.one("SELECT result_id FROM cron_results WHERE process_id = ? AND "
-                             "after_slot = ? ORDER BY seq DESC LIMIT 1", pid, slot)
-        return None if row is None else str(row[0])
+        return queries.cron_head(self.store.reader, pid, slot)
 
     def blocks(self) -> list[tuple[int, int]]:
         """The node's blocks as (height, timestamp ms): one per Block-Height its assignments
         carry, timed at the first such assignment's second (the node makes no other blocks)."""
         height = self.settings.block_height
         if height not in self._blocks:
-            row = self.store.one("SELECT MIN(timestamp_ms) FROM schedule WHERE block_height = ?",
-                                 height)
-            if row is not None and row[0] is not None:
-                self._blocks[height] = int(row[0]) // 1000 * 1000
+            start = queries.block_start(self.store.reader, height)
+            if start is not None:
+                self._blocks[height] = start // 1000 * 1000
         return sorted(self._blocks.items())
 
     def _cron_step(self, actor: _Actor) -> bool:
@@ -705,19 +690,16 @@ class Shard:
         outputs = self.pool.evaluate(pid, batch)
         self.observer.batch_evaluated(len(batch), time.perf_counter() - started)
         first_seq = actor.cron_seq
-        stored = {int(r[0]): (str(r[1]), bytes(r[2])) for r in self.store.all(
-            "SELECT seq, result_id, data FROM cron_results WHERE process_id = ? AND seq "
-            "BETWEEN ? AND ?", pid, first_seq, first_seq + len(ticks) - 1)}
-        prev = self.store.one("SELECT after_slot, result_id FROM cron_results WHERE "
-                              "process_id = ? AND seq = ?", pid, first_seq - 1)
+        reader = self.store.reader
+        stored = queries.stored_cron_results(reader, pid, first_seq, first_seq + len(ticks) - 1)
+        prev = queries.cron_link(reader, pid, first_seq - 1)
         signed: list[tuple[int, CronTick, items.Item, Outbox]] = []
         # A cron message in the second of the message it follows is as deep as that message:
         # the CU re-fires a second's cron after every message landing in it (docs/api.md), so a
         # cron handler messaging its own process would loop there; the push bound stops it.
-        row = self.store.one("SELECT push_depth, timestamp_ms FROM schedule WHERE "
-                             "process_id = ? AND slot = ?", pid, ticks[0].ordinate)
-        left_depth, left_second = (int(row[0]), int(row[1]) // 1000) if row else (0, -1)
-        prev_id = str(prev[1]) if prev is not None and int(prev[0]) == ticks[0].ordinate else None
+        row = queries.slot_at(reader, pid, ticks[0].ordinate)
+        left_depth, left_second = (row.push_depth, row.timestamp_ms // 1000) if row else (0, -1)
+        prev_id = prev[1] if prev is not None and prev[0] == ticks[0].ordinate else None
         if prev_id is None:
             head = stored_result(self.store.reader, pid, ticks[0].ordinate)
             if head is None:
@@ -803,41 +785,20 @@ class Shard:
         inclusive; ordinate and cron compare as text, as the CU's evaluation ids do.
         """
         self._actor(process_id)
-        where, params = ["process_id = ?"], [process_id]
-        if after is not None:
-            where.append("(timestamp_ms > ? OR (timestamp_ms = ? AND (CAST(after_slot AS TEXT) "
-                         "> ? OR (CAST(after_slot AS TEXT) = ? AND cron > ?))))")
-            params += [after[0], after[0], after[1], after[1], after[2]]  # type: ignore[list-item]
-        if since_ms is not None:
-            where.append("timestamp_ms >= ?")
-            params.append(since_ms)  # type: ignore[arg-type]
-        if upto is not None:
-            ts, ordinate, cron = upto
-            if ordinate is None:
-                where.append("timestamp_ms <= ?")
-                params.append(ts)  # type: ignore[arg-type]
-            else:
-                where.append("(timestamp_ms < ? OR (timestamp_ms = ? AND (CAST(after_slot AS "
-                             "TEXT) < ? OR (CAST(after_slot AS TEXT) = ? AND cron <= ?))))")
-                params += [ts, ts, ordinate, ordinate, cron or ""]  # type: ignore[list-item]
-        rows = self.store.all(
-            "SELECT timestamp_ms, after_slot, cron, data FROM cron_results WHERE "  # noqa: S608
-            f"{' AND '.join(where)} ORDER BY seq LIMIT ?", *params, limit + 1)
+        rows = queries.cron_page(self.store.reader, process_id, after=after, since_ms=since_ms,
+                                 upto=upto, limit=limit + 1)
         out = []
-        for ts, ordinate, cron, data in rows:
-            value: dict[str, Any] = json.loads(data)
+        for row in rows:
+            value: dict[str, Any] = json.loads(row.data)
             if value.get("Error") is None:
-                out.append(({"timestamp": int(ts), "ordinate": str(ordinate), "cron": str(cron)},
-                            value))
+                out.append(({"timestamp": row.timestamp_ms, "ordinate": str(row.after_slot),
+                             "cron": row.cron}, value))
         return out[:limit], len(rows) > limit
 
     def cron_results_between(self, process_id: str, first_slot: int,
                              last_slot: int) -> list[bytes]:
         """Raw cron Result items after slots ``first_slot..last_slot``, in chain order."""
-        return [bytes(r[0]) for r in self.store.all(
-            "SELECT i.raw FROM cron_results c JOIN items i ON i.id = c.result_id WHERE "
-            "c.process_id = ? AND c.after_slot BETWEEN ? AND ? ORDER BY c.seq",
-            process_id, first_slot, last_slot)]
+        return queries.cron_result_items(self.store.reader, process_id, first_slot, last_slot)
 
     def _checkpoint_due(self, actor: _Actor, more: int) -> bool:
         return (actor.since_checkpoint + more >= self.settings.checkpoint_every_messages
@@ -847,18 +808,14 @@ class Shard:
     def _read_batch(self, actor: _Actor,
                     first: int) -> tuple[list[ScheduledSlot], list[tuple[bytes, bytes]]]:
         """The next scheduled slots from ``first`` and their (msg, env) JSON for the guest."""
-        rows = self.store.all(
-            "SELECT s.process_id, s.slot, s.message_id, s.assignment_id, s.hash_chain, "
-            "s.timestamp_ms, s.block_height, s.attestation_id, s.push_depth, i.raw "
-            "FROM schedule s LEFT JOIN items i ON i.id = s.message_id "
-            "WHERE s.process_id = ? AND s.slot >= ? ORDER BY s.slot LIMIT ?",
-            actor.process_id, first, self.settings.batch_size)
-        slots = [slot_row(r[:-1]) for r in rows]
+        rows = queries.schedule_batch(self.store.reader, actor.process_id, first,
+                                      self.settings.batch_size)
+        slots = [s for s, _ in rows]
         batch = []
-        for s, row in zip(slots, rows, strict=True):
-            if row[-1] is None:
+        for s, raw in rows:
+            if raw is None:
                 raise EvaluationError(f"scheduled message {s.message_id} is missing")
-            item = items.parse_unverified(bytes(row[-1]))
+            item = items.parse_unverified(raw)
             batch.append((guest_message_json(item, s), actor.env_json))
         return slots, batch
 
@@ -945,11 +902,9 @@ class Shard:
         started = time.perf_counter()
         try:
             ref = self.pool.checkpoint(pid, self.settings.checkpoint_dir / name / f"{slot}.ckpt")
-            self.store.write(lambda conn: conn.execute(
-                "INSERT OR REPLACE INTO checkpoints (process_id, slot, file, sha256, raw_size, "
-                "clock, item_id, created_ms, crons) VALUES (?, ?, ?, ?, ?, ?, '', ?, ?)",
-                (pid, slot, str(ref.path), ref.sha256, ref.raw_size, ref.clock,
-                 time.time_ns() // 1_000_000, actor.cron_seq)))
+            crons = actor.cron_seq
+            self.store.write(lambda conn: queries.insert_checkpoint(
+                conn, pid, slot, ref.path, ref.sha256, ref.raw_size, ref.clock, crons))
             file_bytes = ref.path.stat().st_size
         except Exception:
             self.observer.checkpoint_failed()
@@ -965,16 +920,8 @@ class Shard:
         """Forget all but the newest ``CHECKPOINTS_KEPT`` checkpoints of ``pid`` and delete
         their files (rows first: a crash in between leaves only unreferenced files)."""
 
-        def forget(conn: Any) -> list[str]:
-            rows = conn.execute(
-                "SELECT slot, file FROM checkpoints WHERE process_id = ? AND slot <= ? "
-                "ORDER BY slot DESC LIMIT -1 OFFSET ?", (pid, newest, CHECKPOINTS_KEPT)
-            ).fetchall()
-            conn.executemany("DELETE FROM checkpoints WHERE process_id = ? AND slot = ?",
-                             [(pid, slot) for slot, _ in rows])
-            return [str(file) for _, file in rows]
-
-        for file in self.store.write(forget):
+        for file in self.store.write(
+                lambda conn: queries.forget_checkpoints(conn, pid, newest, CHECKPOINTS_KEPT)):
             with contextlib.suppress(FileNotFoundError):
                 Path(file).unlink()
 
@@ -1046,7 +993,7 @@ class Shard:
             actor.lock.release()
 
     def _actor(self, process_id: str) -> _Actor:
-        if self.store.one("SELECT 1 FROM processes WHERE id = ?", process_id) is None:
+        if not queries.process_hosted(self.store.reader, process_id):
             raise NotFound(f"process {process_id} is not hosted on this node")
         with self._actors_lock:
             actor = self._actors.get(process_id)
@@ -1062,11 +1009,10 @@ class Shard:
         NotFound when the message is not scheduled on the process; EvaluationError when the
         process stopped evaluating. Never waits: waiting readers use a progress listener.
         """
-        row = self.store.one("SELECT slot FROM schedule WHERE process_id = ? AND message_id = ?",
-                             process_id, message_id)
-        if row is None:
+        found = queries.existing_slot(self.store.reader, process_id, message_id)
+        if found is None:
             raise NotFound(f"message {message_id} is not scheduled on process {process_id}")
-        slot = int(row[0])
+        slot = found
         done = stored_result(self.store.reader, process_id, slot)
         if done is not None:
             value: dict[str, Any] = json.loads(done[1])
@@ -1093,27 +1039,16 @@ class Shard:
     def result_item(self, process_id: str, message_id: str) -> bytes:
         """The raw signed Result item of ``message_id``."""
         self.result(process_id, message_id)
-        row = self.store.one("SELECT i.raw FROM results r JOIN items i ON i.id = r.result_id "
-                             "WHERE r.process_id = ? AND r.message_id = ?", process_id, message_id)
-        if row is None:
-            raise NotFound(f"no result item for {message_id}")
-        return bytes(row[0])
+        return self.result_row(process_id, message_id).raw
 
     def schedule_items(self, process_id: str, first: int,
                        last: int) -> list[tuple[int, bytes, bytes]]:
         """(slot, raw message item, raw assignment item) of the slots ``first..last``."""
-        rows = self.store.all("SELECT s.slot, m.raw, a.raw FROM schedule s JOIN items m ON "
-                              "m.id = s.message_id JOIN items a ON a.id = s.assignment_id "
-                              "WHERE s.process_id = ? AND s.slot BETWEEN ? AND ? ORDER BY s.slot",
-                              process_id, first, last)
-        return [(int(slot), bytes(m), bytes(a)) for slot, m, a in rows]
+        return queries.schedule_items(self.store.reader, process_id, first, last)
 
     def result_items(self, process_id: str, first: int, last: int) -> list[tuple[int, bytes]]:
         """(slot, raw signed Result item) of the stored results in slots ``first..last``."""
-        rows = self.store.all("SELECT r.slot, i.raw FROM results r JOIN items i ON "
-                              "i.id = r.result_id WHERE r.process_id = ? AND r.slot BETWEEN ? "
-                              "AND ? ORDER BY r.slot", process_id, first, last)
-        return [(int(slot), bytes(raw)) for slot, raw in rows]
+        return queries.result_items(self.store.reader, process_id, first, last)
 
     def dry_run(self, process_id: str, message: dict[str, Any]) -> dict[str, Any]:
         """Evaluate ``message`` against the process's latest state without keeping anything.
@@ -1206,11 +1141,10 @@ class Shard:
 
     def scheduled(self, process_id: str, message_id: str) -> tuple[items.Item, items.Item]:
         """(message item, assignment item) for a message scheduled on ``process_id``."""
-        row = self.store.one("SELECT message_id, assignment_id FROM schedule WHERE "
-                             "process_id = ? AND message_id = ?", process_id, message_id)
+        row = queries.slot_of(self.store.reader, process_id, message_id)
         if row is None:
             raise NotFound(f"message {message_id} is not scheduled on process {process_id}")
-        return self._pair(str(row[0]), str(row[1]))
+        return self._pair(row.message_id, row.assignment_id)
 
     def _pair(self, message_id: str, assignment_id: str) -> tuple[items.Item, items.Item]:
         reader = self.store.reader
@@ -1225,15 +1159,9 @@ class Shard:
                       limit: int = 100) -> tuple[list[ScheduledEntry], bool]:
         """A page of the schedule, ordered by slot: ``from`` bounds exclusive, ``to`` inclusive."""
         self._actor(process_id)
-        where, params = ["process_id = ?"], [process_id]
-        for column, op, value in (("timestamp_ms", ">", from_ms), ("timestamp_ms", "<=", to_ms),
-                                  ("slot", ">=", from_slot), ("slot", "<=", to_slot)):
-            if value is not None:
-                where.append(f"{column} {op} ?")
-                params.append(value)  # type: ignore[arg-type]
-        rows = self.store.all(f"SELECT * FROM schedule WHERE {' AND '.join(where)} "  # noqa: S608
-                              "ORDER BY slot LIMIT ?", *params, limit + 1)
-        page = [slot_row(r) for r in rows[:limit]]
+        rows = queries.schedule_page(self.store.reader, process_id, from_ms=from_ms, to_ms=to_ms,
+                                     from_slot=from_slot, to_slot=to_slot, limit=limit + 1)
+        page = rows[:limit]
         return [(s, *self._pair(s.message_id, s.assignment_id)) for s in page], len(rows) > limit
 
     def process_info(self, process_id: str) -> tuple[items.Item, ScheduledSlot, items.Item]:
@@ -1250,17 +1178,15 @@ class Shard:
         self._actor(process_id)
         low = -1 if after_slot is None else after_slot
         high = 2**62 if before_slot is None else before_slot
-        order = "DESC" if descending else "ASC"
-        sql = f"SELECT slot, data FROM results WHERE process_id = ? AND slot > ? AND slot < ? ORDER BY slot {order} LIMIT ?"  # noqa: E501, S608 - only ASC/DESC is interpolated
-        rows = self.store.all(sql, process_id, low, high, limit)
-        return [(int(slot), json.loads(data)) for slot, data in rows]
+        rows = queries.results_page(self.store.reader, process_id, low, high, descending, limit)
+        return [(slot, json.loads(data)) for slot, data in rows]
 
     def item_raw(self, item_id: str) -> bytes:
         """Raw bytes of any item the node holds."""
-        row = self.store.one("SELECT raw FROM items WHERE id = ?", item_id)
-        if row is None:
+        raw = queries.item_raw(self.store.reader, item_id)
+        if raw is None:
             raise NotFound(f"item {item_id} is not stored on this node")
-        return bytes(row[0])
+        return raw
 
     def item_data(self, item_id: str) -> tuple[bytes, str]:
         """(data bytes, content type) of any item the node holds; the type is the item's
@@ -1274,24 +1200,9 @@ class Shard:
                    after_row: int | None = None, ascending: bool = False,
                    limit: int = 10) -> list[tuple[int, bytes]]:
         """(row cursor, raw item) of stored items matching every given filter."""
-        where: list[str] = []
-        params: list[Any] = []
-        for column, values in (("id", ids), ("owner", owners), ("target", recipients)):
-            if values is not None:
-                where.append(f"{column} IN ({','.join('?' * len(values))})")
-                params += values
-        for name, values, negate in tags or []:
-            marks = ",".join("?" * len(values))
-            clause = f"EXISTS (SELECT 1 FROM item_tags t WHERE t.item_row = items.rowid AND t.name = ? AND t.value IN ({marks}))"  # noqa: E501, S608 - placeholders only
-            where.append(f"NOT {clause}" if negate else clause)
-            params += [name, *values]
-        if after_row is not None:
-            where.append("rowid > ?" if ascending else "rowid < ?")
-            params.append(after_row)
-        sql = ("SELECT rowid, raw FROM items"  # noqa: S608 - clauses hold placeholders only
-               + (f" WHERE {' AND '.join(where)}" if where else "")
-               + f" ORDER BY rowid {'ASC' if ascending else 'DESC'} LIMIT ?")
-        return [(int(r), bytes(raw)) for r, raw in self.store.all(sql, *params, limit)]
+        return queries.find_items(self.store.reader, ids=ids, owners=owners,
+                                  recipients=recipients, tags=tags, after_row=after_row,
+                                  ascending=ascending, limit=limit)
 
     def state(self, process_id: str) -> tuple[int, bytes]:
         """(slot, raw memory after that slot) from the process's newest checkpoint.
@@ -1302,52 +1213,63 @@ class Shard:
         """
         actor = self._actor(process_id)
         with actor.lock:
-            row = self.store.one("SELECT slot, file, sha256, raw_size, clock FROM checkpoints "
-                                 "WHERE process_id = ? ORDER BY slot DESC LIMIT 1", process_id)
+            row = queries.latest_checkpoint(self.store.reader, process_id)
             now = time.monotonic()
             latest = actor.next_slot - 1 if actor.generation is not None else -1
             due = (actor.state_forced_at is None
                    or now - actor.state_forced_at >= self.settings.state_checkpoint_seconds)
-            if latest >= 0 and (row is None or (int(row[0]) < latest and due)):
+            if latest >= 0 and (row is None or (row.slot < latest and due)):
                 self._checkpoint(actor, latest)
                 actor.state_forced_at = now
-                row = self.store.one("SELECT slot, file, sha256, raw_size, clock FROM "
-                                     "checkpoints WHERE process_id = ? AND slot = ?",
-                                     process_id, latest)
+                row = queries.checkpoint_at(self.store.reader, process_id, latest)
             if row is None:
                 raise BadRequest(f"process {process_id} has not evaluated anything yet")
-            slot = int(row[0])
-            ref = CheckpointFile(Path(row[1]), str(row[2]), int(row[3]), int(row[4]))
+            slot = row.slot
+            ref = CheckpointFile(row.file, row.sha256, row.raw_size, row.clock)
         return slot, read_checkpoint(ref).memory
 
-    def result_row(self, process_id: str, message_id: str) -> reads.ResultRow:
+    def result_row(self, process_id: str, message_id: str) -> queries.ResultRow:
         """The stored result of ``message_id`` with its signed item (NotFound before it is)."""
-        return reads.result_of(self.store, process_id, message_id)
+        row = queries.result_of(self.store.reader, process_id, message_id)
+        if row is None:
+            raise NotFound(f"no result item for {message_id}")
+        return row
 
-    def results_from(self, process_id: str, from_slot: int, limit: int) -> list[reads.ResultRow]:
+    def results_from(self, process_id: str, from_slot: int,
+                     limit: int) -> list[queries.ResultRow]:
         """Up to ``limit`` stored results of a hosted process from ``from_slot`` on, by slot."""
-        reads.require_process(self.store, process_id)
-        return reads.results_from(self.store, process_id, from_slot, limit)
+        if not queries.process_hosted(self.store.reader, process_id):
+            raise NotFound(f"process {process_id} is not hosted on this node")
+        return queries.results_from(self.store.reader, process_id, from_slot, limit)
 
-    def process_page(self, after: int, limit: int) -> list[reads.ProcessRow]:
+    def process_page(self, after: int, limit: int) -> list[queries.ProcessRow]:
         """Hosted processes in creation order after cursor ``after`` (0: from the first)."""
-        return reads.process_page(self.store, after, limit)
+        return queries.process_page(self.store.reader, after, limit)
 
     def process_ids(self) -> list[str]:
         """Every process this shard holds."""
-        return [str(r[0]) for r in self.store.all("SELECT id FROM processes")]
+        return queries.process_ids(self.store.reader)
 
     def item_created_ms(self, item_id: str) -> int | None:
         """When this shard stored ``item_id`` (ms since the epoch); None if it holds none."""
-        return reads.item_created_ms(self.store, item_id)
+        return queries.item_created_ms(self.store.reader, item_id)
 
     def outbox_by_status(self) -> dict[str, int]:
         """Outbox entry counts keyed by status."""
-        return reads.outbox_by_status(self.store)
+        return queries.outbox_by_status(self.store.reader)
 
     def checkpoint_digest(self, process_id: str, slot: int) -> tuple[str, int]:
-        """(memory SHA-256 hex, memory size) of the checkpoint of ``process_id`` at ``slot``."""
-        return reads.checkpoint_at(self.store, process_id, slot)
+        """(memory SHA-256 hex, memory size) of the checkpoint of ``process_id`` at ``slot``;
+        the SHA-256 is computed from the file and recorded the first time it is asked for."""
+        row = queries.checkpoint_at(self.store.reader, process_id, slot)
+        if row is None:
+            raise NotFound(f"no checkpoint of {process_id} at slot {slot}")
+        ref = CheckpointFile(row.file, row.sha256, row.raw_size, row.clock)
+        sha256 = checkpoint_sha256(ref)
+        if not ref.sha256:
+            self.store.write(
+                lambda conn: queries.set_checkpoint_sha256(conn, process_id, slot, sha256))
+        return sha256, ref.raw_size
 
     def broken_count(self) -> int:
         """How many hosted processes stopped evaluating (see the log for why) since start."""
@@ -1356,15 +1278,10 @@ class Shard:
 
     def status(self) -> dict[str, Any]:
         """Counters for health and operator status."""
-        processes = self.store.one("SELECT count(*) FROM processes")
-        pending = self.store.one(
-            "SELECT count(*) FROM schedule s LEFT JOIN results r ON r.process_id = s.process_id "
-            "AND r.slot = s.slot WHERE r.slot IS NULL")
-        outbox = self.store.one("SELECT count(*) FROM outbox WHERE status = 'pending-remote'")
+        processes, pending, outbox = queries.counts(self.store.reader)
         return {"address": self.identity.address, "attestation": self.attestation_id,
-                "processes": int(processes[0]) if processes else 0,
-                "schedule_backlog": int(pending[0]) if pending else 0,
-                "outbox_pending": int(outbox[0]) if outbox else 0}
+                "processes": processes, "schedule_backlog": pending, "outbox_pending": outbox}
+
 
 
 __all__ = ["ApplianceError", "ComputeLimits", "NodeSettings", "Receipt", "Shard"]

@@ -20,8 +20,8 @@ from appliance import __version__
 from appliance.ao import items
 from appliance.api.waiters import ResultWaiters, await_result
 from appliance.errors import BadRequest
+from appliance.node.db.queries import ResultRow
 from appliance.node.node import Node, Receipt
-from appliance.node.reads import ResultRow
 from appliance.rpc.gen import operator_pb2 as pb
 from appliance.rpc.gen import operator_pb2_grpc as pb_grpc
 

