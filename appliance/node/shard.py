@@ -41,7 +41,8 @@ from appliance.logfmt import fields
 from appliance.node.admission import Gate
 from appliance.node.attest import make_attestation
 from appliance.node.chain import report_data
-from appliance.node.crank import CrankWindow, limit_outbox, same_evaluation
+from appliance.node.commit import DivergenceKind, plan_commit
+from appliance.node.crank import CrankWindow, limit_outbox
 from appliance.node.cron import (
     CRON_INTERVAL,
     Boundary,
@@ -67,7 +68,6 @@ from appliance.node.messenger import Outbox, PushContext, prepare_outbox, push_o
 from appliance.node.observer import NodeObserver
 from appliance.node.residency import Kind, Residency
 from appliance.node.results import (
-    UnsignedResult,
     intents_between,
     record_intents,
     result_data,
@@ -76,7 +76,6 @@ from appliance.node.results import (
     stored_result,
     stored_results,
     unsigned_cron_result,
-    unsigned_result,
 )
 from appliance.node.scheduler import (
     SchedulerContext,
@@ -829,57 +828,38 @@ class Shard:
         prev_id = previous[0] if previous else None
         if actor.crons:
             prev_id = self._cron_head(pid, slots[0].slot - 1) or prev_id
-        fresh: list[UnsignedResult] = []
-        signed: list[tuple[ScheduledSlot, items.Item]] = []
-        committed: list[dict[str, Any]] = []
-        outboxes: list[Outbox] = []
-        max_depth = self.settings.max_push_depth
-        for s, out in zip(slots, outputs, strict=True):
-            done = stored.get(s.slot)
-            if done is not None:
-                if not same_evaluation(done[1], out):
-                    self.observer.divergence()
-                    log.critical("replay of %s slot %d differs from its stored result", pid,
-                                 s.slot)
-                prev_id = done[0]
-                continue
-            unsigned = intents.get(s.slot)
-            signed_out = out  # what the signed data says: the outbox is pushed from it
-            if unsigned is None:
-                signed_out = self._limit_outbox(actor, s, out)
-                unsigned = unsigned_result(s, signed_out, prev_id, self.attestation_id)
-                fresh.append(unsigned)
+        plan = plan_commit(slots, outputs, stored, intents, head=prev_id,
+                           attestation_id=self.attestation_id, signer=self.identity,
+                           module_id=actor.module_id,
+                           max_push_depth=self.settings.max_push_depth,
+                           limit=lambda s, out: self._limit_outbox(actor, s, out))
+        for divergence in plan.divergences:
+            self.observer.divergence()
+            if divergence.kind is DivergenceKind.REPLAY:
+                log.critical("replay of %s slot %d differs from its stored result", pid,
+                             divergence.slot)
             else:
-                signed_out = json.loads(unsigned.data)
-                if not same_evaluation(unsigned.data, out):
-                    self.observer.divergence()
-                    log.critical("%s slot %d re-evaluated differently; signing the recorded "
-                                 "intent", pid, s.slot)
-            item = unsigned.sign(self.identity)
-            prev_id = item.id
-            signed.append((s, item))
-            committed.append(signed_out)
-            outboxes.append(prepare_outbox(
-                self.identity, PushContext(s, actor.module_id, max_depth), signed_out))
-        if not signed:
+                log.critical("%s slot %d re-evaluated differently; signing the recorded "
+                             "intent", pid, divergence.slot)
+        if not plan.results:
             return
-        if fresh:
-            self.store.write(lambda conn: record_intents(conn, fresh))
+        if plan.intents:
+            self.store.write(lambda conn: record_intents(conn, list(plan.intents)))
         ctx = self._ctx()
 
         def commit(conn: Any) -> set[str]:
             woken: set[str] = set()
-            for (s, item), outbox in zip(signed, outboxes, strict=True):
-                store_result(conn, s, item)
+            for signed, outbox in zip(plan.results, plan.outboxes, strict=True):
+                store_result(conn, signed.slot, signed.item)
                 woken |= push_outbox(conn, ctx, outbox)
             return woken
 
         woken = self.store.write(commit)
-        self.observer.results_committed(committed)
+        self.observer.results_committed([signed.output for signed in plan.results])
         for target in woken:
             if target != pid:
                 self._wake(target)
-        self._notify(pid, signed[-1][0].slot)
+        self._notify(pid, plan.results[-1].slot.slot)
 
     def _limit_outbox(self, actor: _Actor, s: ScheduledSlot, out: dict[str, Any]
                       ) -> dict[str, Any]:
