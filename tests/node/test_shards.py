@@ -10,7 +10,8 @@ from appliance.node.node import Node, local_shards
 from appliance.node.placement import Placement, hashed_owner
 from appliance.node.settings import NodeSettings
 from attestation.providers import EmulatedProvider
-from tests.node.test_node_core import _eval, _module, _process
+from tests.node.test_node_core import _eval, _process
+from tests.support.echo import ECHO_OUTPUT, echo_module
 
 
 def _sharded(data: Path, count: int) -> Node:
@@ -33,18 +34,18 @@ def test_processes_spread_over_shards_answer_and_survive_a_restart(tmp_path: Pat
     data = tmp_path / "node"
     node = _sharded(data, 2)
     try:
-        module = _module(client)
+        module = echo_module(client)  # no npm needed: routing is what is tested
         node.ingest(module.raw)
         procs = [_process(client, module.id, node.identity.address, f"p{i}") for i in range(6)]
         for proc in procs:
             node.ingest(proc.raw)
         owners = {node.placement.owner(p.id) for p in procs}
         assert owners == {0, 1}, "six processes land on both shards"
-        sent = [_eval(client, p.id, f"return {i} * 7", i) for i, p in enumerate(procs)]
+        sent = [_eval(client, p.id, f"message {i}", i) for i, p in enumerate(procs)]
         for message in sent:
             node.ingest(message.raw)
-        for i, (proc, message) in enumerate(zip(procs, sent, strict=True)):
-            assert node.result(proc.id, message.id)["Output"]["data"] == str(i * 7)
+        for proc, message in zip(procs, sent, strict=True):
+            assert node.result(proc.id, message.id)["Output"] == ECHO_OUTPUT
         assert node.status()["processes"] == 6
         listed = node.process_page(0, 100)
         assert sorted(r.id for r in listed) == sorted(p.id for p in procs)
