@@ -79,10 +79,8 @@ def report_command(args: argparse.Namespace) -> int:
     if args.out is None:
         sys.stdout.buffer.write(bundle)
         return 0
-    tmp = args.out.with_name(args.out.name + ".tmp")
     try:
-        tmp.write_bytes(bundle)
-        tmp.replace(args.out)
+        write_atomically(args.out, bundle)
     except OSError as exc:
         raise UsageError(f"cannot write {args.out}: {exc.strerror or exc}") from None
     print(f"wrote {evidence.platform} evidence bundle to {args.out}", file=sys.stderr)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import threading
 import time
 import weakref
@@ -32,6 +31,7 @@ from appliance.compute.guest_memory import GuestFault
 from appliance.compute.image import ImageInfo, MemoryImage, write_image
 from appliance.compute.limits import ComputeLimits
 from appliance.errors import EvaluationError, ModuleError
+from attestation.atomic import write_atomically
 
 EPOCH_TICK_SECONDS = 0.05
 OUT_OF_GAS = "Error: out of gas!"  # the loader's thrown Error('out of gas!'), as the CU records it
@@ -207,10 +207,7 @@ class ComputeEngine:
                 raise ModuleError(_LEGACY_EH_HINT) from None
             raise ModuleError(f"invalid wasm module: {text.splitlines()[0]}") from None
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}.{threading.get_ident()}")
-            tmp.write_bytes(module.serialize())
-            tmp.replace(path)
+            write_atomically(path, module.serialize())
         return module
 
     @staticmethod

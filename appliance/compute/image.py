@@ -30,6 +30,7 @@ from pathlib import Path
 import blake3
 
 from appliance.errors import EvaluationError
+from attestation.atomic import atomic_file
 
 MAGIC = b"AOIMAGE1"
 VERSION = 1
@@ -53,30 +54,21 @@ class ImageInfo:
 
 
 def write_image(memory: bytes | bytearray | memoryview, clock: int, path: Path) -> ImageInfo:
-    """Write ``memory`` and ``clock`` to ``path`` atomically (temporary file, fsync, rename)."""
+    """Write ``memory`` and ``clock`` to ``path`` atomically (``attestation.atomic``)."""
     view = memoryview(memory).cast("B")
     if len(view) % CHUNK:
         raise ValueError(f"memory of {len(view)} bytes is not a whole number of wasm pages")
     runs = nonzero_runs(view)
     header = _header(len(view), clock, runs)
     hasher = blake3.blake3(header, max_threads=blake3.blake3.AUTO)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as out:
-            out.write(header)
-            for start, pages in runs:
-                data = view[start * CHUNK:(start + pages) * CHUNK]
-                hasher.update(data)
-                out.write(data)
-            out.write(hasher.digest())
-            out.flush()
-            os.fsync(out.fileno())
-            size = out.tell()
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as out:
+        out.write(header)
+        for start, pages in runs:
+            data = view[start * CHUNK:(start + pages) * CHUNK]
+            hasher.update(data)
+            out.write(data)
+        out.write(hasher.digest())
+        size = out.tell()
     return ImageInfo(len(view), clock, size)
 
 

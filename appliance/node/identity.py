@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import nacl.signing
 from appliance.ao.encoding import b64url
 from appliance.errors import ConfigError
 from appliance.logfmt import fields
+from attestation.atomic import write_atomically
 
 log = logging.getLogger("appliance.identity")
 
@@ -53,19 +53,7 @@ class NodeIdentity:
             return cls(nacl.signing.SigningKey(seed))
         data_dir.mkdir(parents=True, exist_ok=True)
         key = nacl.signing.SigningKey.generate()
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, bytes(key))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dir_fd = os.open(data_dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomically(path, bytes(key), mode=0o600)
         identity = cls(key)
         log.info("%s", fields("node key created", address=identity.address, path=path))
         return identity
