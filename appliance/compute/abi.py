@@ -91,9 +91,9 @@ class EmscriptenHost:
         self._malloc: wasmtime.Func | None = None
         self._free: wasmtime.Func | None = None
         self._temp_ret0 = 0
-        self._tzset_called = False
         self._asyncify: tuple[wasmtime.Func, ...] | None = None
-        self._unwound = (0, 0)
+        self._unwound = 0  # the Asyncify data buffer of the unwind in flight
+        self._rewinding = False
         self.pending_rewind = False
 
     def attach(self, store: wasmtime.Store, exports: Any) -> None:
@@ -110,22 +110,20 @@ class EmscriptenHost:
             self._free = free
         self.mem = GuestMemory(store, memory, self.fmt.pointer_size)
         asyncify = [exports.get(name) for name in (
-            "asyncify_get_state", "asyncify_start_unwind", "asyncify_stop_rewind",
-            "emscripten_stack_get_current")]
+            "asyncify_start_unwind", "asyncify_stop_rewind")]
         funcs = [func for func in asyncify if isinstance(func, wasmtime.Func)]
         if len(funcs) == len(asyncify):
             self._asyncify = tuple(funcs)
 
-    def rewind(self, stop_unwind: wasmtime.Func, start_rewind: wasmtime.Func,
-               stack_restore: wasmtime.Func) -> int:
-        """After an unwind: the loader's ``stop_unwind``, ``start_rewind`` with the stack
-        pointer left where the unwind found it; returns the data pointer to rewind from."""
+    def rewind(self, stop_unwind: wasmtime.Func, start_rewind: wasmtime.Func) -> int:
+        """After an unwind: the loader's ``stop_unwind`` then ``start_rewind`` (the stack
+        pointer stays where the unwind left it); returns the data pointer to rewind from."""
         assert self.store is not None
         self.pending_rewind = False
-        data, sp = self._unwound
+        data = self._unwound
         stop_unwind(self.store)
-        stack_restore(self.store, sp)
         start_rewind(self.store, data)
+        self._rewinding = True
         return data
 
     # --- import resolution -------------------------------------------------------------------
@@ -282,18 +280,18 @@ class EmscriptenHost:
             if pointer:
                 self._free(self.store, pointer)
             return 0
-        get_state, start_unwind, stop_rewind, stack_save = self._asyncify
-        if get_state(self.store) == 2:  # rewinding: the answer
+        start_unwind, stop_rewind = self._asyncify
+        if self._rewinding:  # the answer (the loader reads Asyncify.state in JS: no gas)
+            self._rewinding = False
             stop_rewind(self.store)
-            data, _sp = self._unwound
-            self._free(self.store, data)
+            self._free(self.store, self._unwound)
             return 0
         data = self._malloc(self.store, size)
         header = 3 * self.mem.pointer_size
         self.mem.pointer(data, data + header)
         self.mem.pointer(data + self.mem.pointer_size, data + size)
         self.mem.i32(data + 2 * self.mem.pointer_size, 0)  # rewind id of `handle`, the first
-        self._unwound = (data, stack_save(self.store))
+        self._unwound = data
         start_unwind(self.store, data)
         self.pending_rewind = True
         return 0
@@ -365,8 +363,9 @@ class EmscriptenHost:
 
     def _tzset(self, timezone: int, daylight: int, std_name: int, *dst: int) -> None:
         """``_tzset_js``: 4 arguments (two name buffers), or the older 3 (a ``tzname`` array
-        the runtime fills, once per instance, with two malloc'd copies of the zone's name as
-        node's ``Date`` spells UTC)."""
+        the runtime fills once with two malloc'd copies of the zone's name as node's ``Date``
+        spells UTC). The loader's once-per-instance flag is read here from that array itself,
+        so a restored or rolled-back memory behaves as the uninterrupted run did."""
         assert self.mem is not None
         if not dst:
             self._legacy_tzset(timezone, daylight, std_name)
@@ -379,9 +378,8 @@ class EmscriptenHost:
 
     def _legacy_tzset(self, timezone: int, daylight: int, tzname: int) -> None:
         assert self.mem is not None and self.store is not None
-        if self._tzset_called:
+        if self.mem.get_i32(tzname) or self.mem.get_i32(tzname + 4):
             return
-        self._tzset_called = True
         self.mem.i32(timezone, 0)
         self.mem.i32(daylight, 0)
         if self._malloc is None:

@@ -34,6 +34,8 @@ from appliance.errors import EvaluationError, ModuleError
 from attestation.atomic import write_atomically
 
 EPOCH_TICK_SECONDS = 0.05
+STACK_COOKIE = (0x02135467).to_bytes(4, "little") + (0x89BACDFE).to_bytes(4, "little")
+NULL_COOKIE = b"emsc"  # 0x63736d65, what a null-pointer read gives the guest under the loader
 OUT_OF_GAS = "Error: out of gas!"  # the loader's thrown Error('out of gas!'), as the CU records it
 WASMTIME_VERSION = _dist_version("wasmtime")
 _LEGACY_EH_HINT = (
@@ -100,6 +102,7 @@ class LoadedModule:
     implementation: wasmtime.Module
     slot_names: tuple[str, ...]
     landing_pads: bool
+    dyncalls: tuple[str, ...]
     gas: wasmtime.Module | None = None
     metered: bool = False
 
@@ -157,13 +160,15 @@ class ComputeEngine:
                     module = self._compile(lambda: metering.meter_module(wasm, meter_type),
                                            f"{digest}-aogas{metering.REWRITE_VERSION}")
                 slots = trampolines.hot_imports(
-                    module, lambda space, name: import_name(fmt, space, name))
+                    module, lambda space, name: import_name(fmt, space, name),
+                    fmt.invoke_via_dyncall)
                 cached = LoadedModule(
                     module, fmt, digest,
                     wasmtime.Module(self.engine, trampolines.forwarder_wat(slots)),
                     wasmtime.Module(self.engine, trampolines.implementation_wat(
                         slots, fmt.memory64, table64=False)),
                     tuple(slot.name for slot in slots), trampolines.needs_landing_pads(slots),
+                    tuple(trampolines.dyncall_names(slots)),
                     *self._gas_module(module))
                 self._check_shape(cached)
                 self._loaded[(digest, fmt.name)] = cached
@@ -224,7 +229,8 @@ class ComputeEngine:
             raise ModuleError(f"module has a wasm{width} memory but format {loaded.fmt.name!r} "
                               f"says otherwise")
         for name, legacy in (("handle", "handle"), ("emscripten_stack_get_current", "stackSave"),
-                             ("_emscripten_stack_restore", "stackRestore")):
+                             ("_emscripten_stack_restore", "stackRestore"),
+                             ("_emscripten_stack_alloc", "stackAlloc")):
             if not (isinstance(exports.get(name), wasmtime.FuncType)
                     or isinstance(exports.get(legacy), wasmtime.FuncType)):
                 raise ModuleError(f"module does not export the function {name!r} the AO loader "
@@ -257,6 +263,7 @@ class ProcessInstance:
         self.limits = limits
         self._base: bytes | bytearray | MemoryImage | None = None
         self._base_clock = 0
+        self._aborted = False  # the last call stopped the guest mid-flight (trap, limit, abort)
         self._log: list[tuple[bytes, bytes]] = []
         self._build(state)
         if isinstance(state, Snapshot):
@@ -327,11 +334,14 @@ class ProcessInstance:
         if isinstance(init, wasmtime.Func):
             init(store)
         if state is None:
+            self._write_stack_cookie(exports)
             ctors = exports.get("__wasm_call_ctors")
             if isinstance(ctors, wasmtime.Func):
                 ctors(store)
             self._call_main(exports)
-        elif isinstance(state, Snapshot):
+            return
+        self._lower_stack_for_argv(exports)
+        if isinstance(state, Snapshot):
             self._grow_to(len(state.memory))
             assert self._host.mem is not None
             self._host.mem.write(0, state.memory)
@@ -339,17 +349,34 @@ class ProcessInstance:
         else:
             self._load_image(state)
 
-    def _call_main(self, exports: Mapping[str, Any]) -> None:
-        """``main(argc, argv)`` as the format's runtime calls it at start-up (argv strings
-        allocated on the stack, which the runtime leaves lowered)."""
-        argv_strings = self.loaded.fmt.main_argv
-        main = exports.get("main")
-        if argv_strings is None or not isinstance(main, wasmtime.Func):
+    def _write_stack_cookie(self, exports: Mapping[str, Any]) -> None:
+        """The runtime's ``writeStackCookie()`` (the loader's builds have assertions on)."""
+        end = exports.get("emscripten_stack_get_end")
+        if not self.loaded.fmt.stack_cookie or not isinstance(end, wasmtime.Func):
             return
+        mem = self._host.mem
+        assert mem is not None
+        bottom = int(end(self._store)) or 4
+        mem.write(bottom, STACK_COOKIE)
+        mem.write(0, NULL_COOKIE)
+
+    def _call_main(self, exports: Mapping[str, Any]) -> None:
+        """``main(argc, argv)`` as the format's runtime calls it at start-up."""
+        main = exports.get("main")
+        if self.loaded.fmt.main_argv is None or not isinstance(main, wasmtime.Func):
+            return
+        argc, argv = self._lower_stack_for_argv(exports)
+        with contextlib.suppress(GuestExit):
+            main(self._store, argc, argv)
+
+    def _lower_stack_for_argv(self, exports: Mapping[str, Any]) -> tuple[int, int]:
+        """Allocate ``main``'s argv strings on the stack, which the runtime leaves lowered;
+        a restored instance needs the same stack pointer as one that ran ``main``."""
+        argv_strings = self.loaded.fmt.main_argv
         store, mem = self._store, self._host.mem
         assert mem is not None
         argc = argv = 0
-        if argv_strings:
+        if argv_strings and isinstance(exports.get("main"), wasmtime.Func):
             save = _func(exports, "emscripten_stack_get_current", "stackSave")
             sp = save(store)
             argv = (sp - 4 * (len(argv_strings) + 1)) & ~15
@@ -363,17 +390,18 @@ class ProcessInstance:
             for i, pointer in enumerate([*pointers, 0]):
                 mem.i32(argv + 4 * i, pointer)
             argc = len(argv_strings)
-        with contextlib.suppress(GuestExit):
-            main(store, argc, argv)
+        return argc, argv
 
     def _bind_trampolines(self, store: wasmtime.Store, forwarder: Any, exports: Any) -> None:
         """Instantiate the in-wasm import implementations and late-bind the forwarder to them."""
         wanted = [exports["memory"], _func(exports, "handle"),
-                  _func(exports, "_emscripten_stack_restore", "stackRestore")]
+                  _func(exports, "_emscripten_stack_restore", "stackRestore"),
+                  _func(exports, "emscripten_stack_get_current", "stackSave"),
+                  _func(exports, "_emscripten_stack_alloc", "stackAlloc")]
         if self.loaded.landing_pads:
-            wanted += [exports["__indirect_function_table"],
-                       _func(exports, "emscripten_stack_get_current", "stackSave"),
-                       _func(exports, "setThrew"), forwarder["longjmp"]]
+            wanted += [exports["__indirect_function_table"], _func(exports, "setThrew"),
+                       forwarder["longjmp"]]
+        wanted += [_func(exports, name) for name in self.loaded.dyncalls]
         impl = wasmtime.Instance(store, self.loaded.implementation, wanted).exports(store)
         late = forwarder["late"]
         for i in range(len(self.loaded.slot_names)):
@@ -513,15 +541,17 @@ class ProcessInstance:
         self._log = []
 
     def _call(self, msg_json: bytes, env_json: bytes) -> bytes:
+        self._aborted = False
         store = self._store
         mem = self._host.mem
         assert mem is not None
         if self.loaded.fmt.wide_strings:
-            msg_ptr = (self._sp0 - 4 * _utf16_length(msg_json) - 1) & ~15
-            env_ptr = (msg_ptr - 4 * _utf16_length(env_json) - 1) & ~15
+            msg_size, env_size = (4 * _utf16_length(msg_json) + 1,
+                                  4 * _utf16_length(env_json) + 1)
         else:
-            msg_ptr = (self._sp0 - len(msg_json) - 1) & ~15
-            env_ptr = (msg_ptr - len(env_json) - 1) & ~15
+            msg_size, env_size = len(msg_json) + 1, len(env_json) + 1
+        msg_ptr = (self._sp0 - msg_size) & ~15  # where the guest's stackAlloc puts them
+        env_ptr = (msg_ptr - env_size) & ~15
         if env_ptr < self._stack_end:
             raise EvaluationError(
                 f"message and env ({len(msg_json) + len(env_json)} bytes) do not fit the "
@@ -529,9 +559,10 @@ class ProcessInstance:
         mem.write(msg_ptr, msg_json + b"\0")
         mem.write(env_ptr, env_json + b"\0")
         try:
-            ret = self._run(store, env_ptr, msg_ptr, env_ptr, self._sp0)
+            ret = self._run(store, msg_size, env_size)
             while self._host.pending_rewind:
                 ret = self._rewind()
+            self._stack_restore(store, self._sp0)
             limit = self.limits.max_response_bytes
             try:
                 return mem.cstring(ret, limit + 1)
@@ -542,6 +573,7 @@ class ProcessInstance:
                 raise
         except (wasmtime.Trap, wasmtime.WasmtimeError, GuestExit, GuestAbort, GuestFault,
                 HostImportFailed) as exc:
+            self._aborted = True
             out_of_gas = self._out_of_gas()
             with contextlib.suppress(wasmtime.Trap, wasmtime.WasmtimeError):
                 self._stack_restore(store, self._sp0)
@@ -557,19 +589,19 @@ class ProcessInstance:
         """Resume ``handle`` after an Asyncify unwind (the loader's ``doRewind``)."""
         exports = self._exports
         self._host.rewind(_func(exports, "asyncify_stop_unwind"),
-                          _func(exports, "asyncify_start_rewind"), self._stack_restore)
+                          _func(exports, "asyncify_start_rewind"))
         ret: int = _func(exports, "handle")(self._store, 0, 0)
-        self._stack_restore(self._store, self._sp0)
         return ret
 
     def _rollback(self) -> None:
         mem = self._host.mem
         assert mem is not None
         base = self._base
-        if isinstance(base, MemoryImage) and base.raw_size == mem.size:
+        in_place = not self._aborted  # a guest stopped mid-flight may leave its globals broken
+        if in_place and isinstance(base, MemoryImage) and base.raw_size == mem.size:
             base.load(mem.address(), mem.size, zero_below=mem.size)
             self._host.clock = self._base_clock
-        elif isinstance(base, bytes | bytearray) and len(base) == mem.size:
+        elif in_place and isinstance(base, bytes | bytearray) and len(base) == mem.size:
             mem.write(0, base)
             self._host.clock = self._base_clock
         else:

@@ -22,6 +22,11 @@ class ModuleFormat:
     argument (length in UTF-16 units) rather than its UTF-8 size; addresses, and with them
     Lua's hash seed and so the gas, depend on it.
     ``metering`` formats are rewritten with AO's gas metering, counting in ``pointer_size`` ints.
+    ``stack_cookie``: the runtime (an assertions build) writes emscripten's stack cookie at
+    start-up: two words at the stack's end and ``"emsc"`` at address 0, which the guest then
+    reads wherever it dereferences a null pointer.
+    ``invoke_via_dyncall``: the runtime's ``invoke_*`` landing pads call their target through
+    the guest's ``dynCall_*`` export rather than the function table; metered, so it costs gas.
     """
 
     name: str
@@ -33,6 +38,8 @@ class ModuleFormat:
     minified: bool = False
     time_by_pointer: bool = False
     wide_strings: bool = False
+    stack_cookie: bool = True
+    invoke_via_dyncall: bool = False
 
     @property
     def pointer_size(self) -> int:
@@ -58,17 +65,19 @@ FORMATS: dict[str, ModuleFormat] = {
     f.name: f
     for f in (
         ModuleFormat("wasm32-unknown-emscripten", False, False, _LEGACY_HEAP_MAX,
-                     main_argv=(), minified=True, time_by_pointer=True, wide_strings=True),
+                     main_argv=(), minified=True, time_by_pointer=True, wide_strings=True,
+                     stack_cookie=False),
         ModuleFormat("wasm32-unknown-emscripten2", False, False, _LEGACY_HEAP_MAX,
-                     main_argv=("thisProgram",), time_by_pointer=True, wide_strings=True),
+                     main_argv=("./this.program",), time_by_pointer=True, wide_strings=True),
         ModuleFormat("wasm32-unknown-emscripten3", False, False, _WASM32_HEAP_MAX, main_argv=()),
-        ModuleFormat("wasm32-unknown-emscripten4", False, False, _WASM32_HEAP_MAX, _ASYNCIFY32),
+        ModuleFormat("wasm32-unknown-emscripten4", False, False, _WASM32_HEAP_MAX, _ASYNCIFY32,
+                     invoke_via_dyncall=True),
         ModuleFormat("wasm32-unknown-emscripten-metering", False, True, _WASM32_HEAP_MAX,
-                     _ASYNCIFY32),
+                     _ASYNCIFY32, invoke_via_dyncall=True),
         ModuleFormat("wasm64-unknown-emscripten-draft_2024_02_15", True, False, _WASM64_HEAP_MAX,
-                     _ASYNCIFY64),
+                     _ASYNCIFY64, invoke_via_dyncall=True),
         ModuleFormat("wasm64-unknown-emscripten-draft_2024_10_16-metering", True, True,
-                     _WASM64_HEAP_MAX, _ASYNCIFY64),
+                     _WASM64_HEAP_MAX, _ASYNCIFY64, invoke_via_dyncall=True),
     )
 }
 

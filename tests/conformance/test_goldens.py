@@ -1,8 +1,8 @@
 """Conformance: our engine's results equal ``@permaweb/ao-loader``'s, case by case.
 
 Goldens were recorded from the pinned reference loader with legacy-CU rollback semantics
-(``python -m tests.conformance.generate``). Every field is compared, ``GasUsed`` included (0 for
-these plain formats, as the loader reports).
+(``python -m tests.conformance.generate``). Every field is compared, ``GasUsed`` included
+(AO's gas for metered modules, 0 for plain formats, as the loader reports).
 """
 
 from __future__ import annotations
@@ -18,7 +18,15 @@ import pytest
 from appliance.compute import ComputeEngine, ComputeLimits, module_format
 from tests.conformance.generate import golden_path
 from tests.conformance.reference import run_reference
-from tests.conformance.scripts import SCRIPTS, build, cases, env, module_file
+from tests.conformance.scripts import (
+    LOADER_FIXTURES,
+    SCRIPTS,
+    all_cases,
+    build,
+    cases,
+    env,
+    module_file,
+)
 
 CASES = cases()
 
@@ -38,10 +46,38 @@ def test_engine_matches_reference_loader(engine: ComputeEngine, case: tuple[Any,
     golden = json.loads(golden_path(script.name, module).read_text(encoding="utf-8"))
     path, fmt = module_file(module)
     loaded = engine.load(path.read_bytes(), module_format(fmt))
-    instance = engine.instantiate(loaded, ComputeLimits())
+    instance = engine.instantiate(loaded, ComputeLimits(gas=script.compute_limit))
     got = [instance.handle(m, env()).as_json() for m in build(script)]
     for index, (mine, theirs) in enumerate(zip(got, golden, strict=True)):
         assert mine == theirs, f"message {index} of {script.name} on {module} differs"
+
+
+# The loader's own fixtures: small, and between them every format and host-state path (the
+# emscripten2 tzset, the clock counter, WeaveDrive's Asyncify round trip, AO gas).
+RESTORE_CASES = [case for case in all_cases() if case[1] in LOADER_FIXTURES]
+
+
+@pytest.mark.parametrize("case", RESTORE_CASES, ids=_ids)
+def test_a_restore_midway_changes_nothing(engine: ComputeEngine, case: tuple[Any, str]) -> None:
+    """A process reopened from a snapshot between two messages (a checkpoint restore, an
+    eviction) goes on exactly as the uninterrupted run, GasUsed and addresses included."""
+    script, module = case
+    path, fmt = module_file(module)
+    loaded = engine.load(path.read_bytes(), module_format(fmt))
+    limits = ComputeLimits(gas=script.compute_limit)
+    messages = build(script)
+    whole = engine.instantiate(loaded, limits)
+    expected = [whole.handle(m, env()).as_json() for m in messages]
+    whole.close()
+    half = len(messages) // 2
+    first = engine.instantiate(loaded, limits)
+    got = [first.handle(m, env()).as_json() for m in messages[:half]]
+    snapshot = first.snapshot()
+    first.close()
+    second = engine.instantiate(loaded, limits, snapshot)
+    got += [second.handle(m, env()).as_json() for m in messages[half:]]
+    second.close()
+    assert got == expected
 
 
 def test_every_golden_belongs_to_a_case() -> None:
