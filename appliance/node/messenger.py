@@ -2,9 +2,11 @@
 
 Pushed items are built deterministically (content and anchor derive from the result), so
 re-deriving a result after a crash yields the same item ids and scheduling is idempotent: a
-pushed message is delivered once. Local targets are scheduled at once; targets this node does not
-host stay in the durable outbox as ``pending-remote`` (cross-node delivery comes later); chains
-deeper than the configured bound are recorded as ``dropped-depth``.
+pushed message is delivered once. Local targets are scheduled at once; a target another shard of
+the node owns is recorded ``forwarding`` and pushed to that shard once the result is committed
+(:class:`Forwarding`; the shard marks it ``scheduled`` when the owner stored it); targets this node
+does not host stay in the durable outbox as ``pending-remote`` (cross-node delivery comes later);
+chains deeper than the configured bound are recorded as ``dropped-depth``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.ao import items
@@ -22,11 +24,13 @@ from appliance.node.db import queries
 from appliance.node.db.kinds import ItemKind, OutboxStatus
 from appliance.node.guest import ScheduledSlot
 from appliance.node.identity import NodeIdentity
+from appliance.node.routing import ShardRouter
 from appliance.node.scheduler import (
     SchedulerContext,
     assign,
     create_process,
     existing_slot,
+    load_item,
     schedule_message,
     store_item,
 )
@@ -65,6 +69,41 @@ class Outbox:
     assignments: tuple[dict[str, Any], ...]
 
 
+@dataclass(frozen=True)
+class Forward:
+    """An outbox item another shard owns, to push to it after the result's commit."""
+
+    key: str
+    """Its outbox row: the item's id, or :func:`assignment_key` for an Assignment."""
+    target: str
+    raw: bytes
+    kind: str
+    depth: int
+
+
+@dataclass
+class Forwarding:
+    """What :func:`push_outbox` needs to hand items to other shards, and collects."""
+
+    router: ShardRouter
+    forwards: list[Forward] = field(default_factory=list)
+
+    def elsewhere(self, conn: sqlite3.Connection, process_id: str) -> bool:
+        """True when another shard owns ``process_id`` (a process stored here stays here)."""
+        return not queries.process_hosted(conn, process_id) and not self.router.owns(process_id)
+
+
+def assignment_key(message_id: str, target: str) -> str:
+    """The outbox row of a forwarded Assignment of ``message_id`` to ``target``."""
+    return f"{message_id}>{target}"
+
+
+def split_assignment_key(key: str) -> tuple[str, str]:
+    """(message id, target) of an :func:`assignment_key`."""
+    message_id, _, target = key.partition(">")
+    return message_id, target
+
+
 def prepare_outbox(identity: NodeIdentity, push: PushContext, result: dict[str, Any]) -> Outbox:
     """Sign the Messages and Spawns of one result (pure: no store access)."""
     outgoing = [Outgoing(_build(identity, push, message, index, "Message"),
@@ -75,15 +114,17 @@ def prepare_outbox(identity: NodeIdentity, push: PushContext, result: dict[str, 
     return Outbox(push, tuple(outgoing), tuple(_entries(result.get("Assignments"))))
 
 
-def push_outbox(conn: sqlite3.Connection, ctx: SchedulerContext, outbox: Outbox) -> set[str]:
-    """Deliver a prepared outbox; return the processes to wake."""
+def push_outbox(conn: sqlite3.Connection, ctx: SchedulerContext, outbox: Outbox,
+                forwarding: Forwarding | None = None) -> set[str]:
+    """Deliver a prepared outbox; return the processes to wake. Items another shard owns are
+    recorded ``forwarding`` and added to ``forwarding.forwards`` (none without it)."""
     woken: set[str] = set()
     push = outbox.push
     depth = push.slot.push_depth + 1
     for out in outbox.outgoing:
-        woken |= _deliver(conn, ctx, push, out.item, out.target, depth, out.kind)
+        woken |= _deliver(conn, ctx, push, out.item, out.target, depth, out.kind, forwarding)
     for assignment in outbox.assignments:
-        woken |= _assign_existing(conn, ctx, push, assignment, depth)
+        woken |= _assign_existing(conn, ctx, push, assignment, depth, forwarding)
     return woken
 
 
@@ -126,7 +167,8 @@ def _record(conn: sqlite3.Connection, push: PushContext, item: items.Item, targe
 
 
 def _deliver(conn: sqlite3.Connection, ctx: SchedulerContext, push: PushContext,
-             item: items.Item, target: str, depth: int, kind: str) -> set[str]:
+             item: items.Item, target: str, depth: int, kind: str,
+             forwarding: Forwarding | None) -> set[str]:
     if depth > push.max_depth:
         store_item(conn, item, ItemKind(kind))
         _record(conn, push, item, target, kind, OutboxStatus.DROPPED_DEPTH,
@@ -135,6 +177,12 @@ def _deliver(conn: sqlite3.Connection, ctx: SchedulerContext, push: PushContext,
                                  slot=push.slot.slot, item=item.id, kind=kind,
                                  target=target or None, status=OutboxStatus.DROPPED_DEPTH,
                                  reason=f"push depth {depth} exceeds {push.max_depth}"))
+        return set()
+    owner = item.id if kind == "spawn" else target
+    if forwarding is not None and owner and forwarding.elsewhere(conn, owner):
+        store_item(conn, item, ItemKind(kind))
+        _record(conn, push, item, owner, kind, OutboxStatus.FORWARDING, "", depth)
+        forwarding.forwards.append(Forward(item.id, owner, item.raw, kind, depth))
         return set()
     try:
         if kind == "spawn":
@@ -155,7 +203,8 @@ def _deliver(conn: sqlite3.Connection, ctx: SchedulerContext, push: PushContext,
 
 
 def _assign_existing(conn: sqlite3.Connection, ctx: SchedulerContext, push: PushContext,
-                     entry: dict[str, Any], depth: int) -> set[str]:
+                     entry: dict[str, Any], depth: int,
+                     forwarding: Forwarding | None) -> set[str]:
     message_id = str(entry.get("Message") or "")
     processes = entry.get("Processes")
     woken: set[str] = set()
@@ -163,7 +212,18 @@ def _assign_existing(conn: sqlite3.Connection, ctx: SchedulerContext, push: Push
         return woken
     known = queries.item_stored(conn, message_id)
     for target in map(str, processes):
-        if not known or not queries.process_hosted(conn, target) or depth > push.max_depth:
+        if not known or depth > push.max_depth:
+            continue
+        if forwarding is not None and forwarding.elsewhere(conn, target):
+            key = assignment_key(message_id, target)
+            message = load_item(conn, message_id)
+            if message is not None and not queries.outbox_recorded(conn, key):
+                queries.record_outbox(conn, key, push.slot.process_id, push.slot.slot, target,
+                                      "assignment", OutboxStatus.FORWARDING, "", depth)
+                forwarding.forwards.append(Forward(key, target, message.raw, "assignment",
+                                                   depth))
+            continue
+        if not queries.process_hosted(conn, target):
             continue
         if existing_slot(conn, target, message_id) is None:
             assign(conn, ctx, target, message_id, depth)

@@ -25,6 +25,7 @@ from appliance.node.identity import NodeIdentity
 from appliance.node.observer import NodeObserver
 from appliance.node.placement import Placement
 from appliance.node.residency import Tally
+from appliance.node.routing import SoleShard
 from appliance.node.settings import NodeSettings
 from appliance.node.shard import ALL_SLOTS, ProgressListener, Receipt, ScheduledEntry, Shard
 from appliance.node.standing import StandingAttestation
@@ -52,15 +53,46 @@ def shard_settings(settings: NodeSettings, index: int, count: int) -> NodeSettin
 def local_shards(settings: NodeSettings, identity: NodeIdentity, provider: EvidenceProvider,
                  config_digest: bytes, count: int, *,
                  observer: NodeObserver | None = None) -> list[Shard]:
-    """``count`` shards running in this process (tests and embedded use)."""
+    """``count`` shards running in this process (tests and embedded use); they start
+    evaluating when a :class:`Node` takes them."""
     return [Shard(shard_settings(settings, k, count), identity, provider, config_digest,
-                  observer=observer) for k in range(count)]
+                  observer=observer, resume=False) for k in range(count)]
+
+
+class LocalRouter:
+    """The :class:`~appliance.node.routing.ShardRouter` of shard ``index`` of ``node`` when the
+    shards share one process: a push is a call on the owner."""
+
+    def __init__(self, node: Node, index: int) -> None:
+        self._node = node
+        self._index = index
+
+    def owns(self, process_id: str) -> bool:
+        """True when ``process_id`` is (or would be) placed on this shard."""
+        return self._node.placement.owner(process_id) == self._index
+
+    def push(self, target: str, raw: bytes, kind: str, push_depth: int) -> None:
+        """Hand the item to the shard owning ``target``."""
+        index = self._node.placement.owner(target)
+        self._node.shards[index].accept(target, raw, kind, push_depth)
+        if kind == "spawn":
+            self._node.placement.learn(index, [target])
+
+    def module(self, module_id: str) -> bytes | None:
+        """The Module item from the first shard that stores it."""
+        for shard in self._node.shards:
+            raw = shard.module_raw(module_id)
+            if raw is not None:
+                return raw
+        return None
 
 
 class Node:
     """One ao-appliance node: SU + CU + MU for the processes it hosts, over its shards.
 
-    Without ``shards`` the node is one shard in this process on ``settings.data_dir``.
+    Without ``shards`` the node is one shard in this process on ``settings.data_dir``; given
+    ``shards`` (not yet started, as :func:`local_shards` makes them) are started with a router
+    reaching each other.
     """
 
     def __init__(self, settings: NodeSettings, identity: NodeIdentity,
@@ -82,6 +114,9 @@ class Node:
         self._progress = threading.Condition()
         for shard in self.shards:
             shard.add_progress_listener(self._progressed)
+        if shards is not None:
+            for index, shard in enumerate(self.shards):
+                shard.start(LocalRouter(self, index) if len(self.shards) > 1 else SoleShard())
 
     # --- routing ---------------------------------------------------------------------------
 
@@ -367,4 +402,5 @@ def _shard_after(cursor: int | None, index: int, ascending: bool) -> int | None:
     return -(-(cursor - index) // MAX_SHARDS)  # row * M + index < cursor  <=>  row < ceil(...)
 
 
-__all__ = ["ALL_SLOTS", "Node", "ProgressListener", "Receipt", "local_shards", "shard_settings"]
+__all__ = ["ALL_SLOTS", "LocalRouter", "Node", "ProgressListener", "Receipt", "local_shards",
+           "shard_settings"]

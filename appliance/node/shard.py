@@ -34,6 +34,8 @@ from appliance.errors import (
     ModuleError,
     NotFound,
     NotHosted,
+    Overloaded,
+    RequestError,
     StorageFull,
     TooLarge,
 )
@@ -53,7 +55,7 @@ from appliance.node.cron import (
     ticks_between,
 )
 from appliance.node.db import queries
-from appliance.node.db.kinds import ItemKind
+from appliance.node.db.kinds import ItemKind, OutboxStatus
 from appliance.node.db.store import Store, storage_error
 from appliance.node.evaluator import (
     CheckpointFile,
@@ -64,7 +66,15 @@ from appliance.node.evaluator import (
 )
 from appliance.node.guest import ScheduledSlot, guest_env, guest_message_json, tag_list
 from appliance.node.identity import NodeIdentity
-from appliance.node.messenger import Outbox, PushContext, prepare_outbox, push_outbox
+from appliance.node.messenger import (
+    Forward,
+    Forwarding,
+    Outbox,
+    PushContext,
+    prepare_outbox,
+    push_outbox,
+    split_assignment_key,
+)
 from appliance.node.observer import NodeObserver
 from appliance.node.residency import Kind, Residency
 from appliance.node.results import (
@@ -77,9 +87,12 @@ from appliance.node.results import (
     stored_results,
     unsigned_cron_result,
 )
+from appliance.node.routing import ShardRouter, SoleShard
 from appliance.node.scheduler import (
     SchedulerContext,
+    assign,
     create_process,
+    existing_slot,
     load_item,
     schedule_message,
     store_item,
@@ -94,6 +107,7 @@ ScheduledEntry = tuple[ScheduledSlot, items.Item, items.Item]
 ITEM_TYPES = ("Module", "Process", "Message")
 MAX_WORKER_CRASHES = 3
 DISK_FULL_RETRY_SECONDS = 1.0  # an actor whose commit found the disk full tries again
+FORWARD_RETRY_SECONDS = (0.2, 5.0)  # first and longest wait before re-forwarding to a shard
 # Batches one actor step evaluates back to back (each next one overlapping the commit of the
 # previous); the actor's lock is released between steps.
 PIPELINED_BATCHES = 8
@@ -235,8 +249,14 @@ class Shard:
 
     def __init__(self, settings: NodeSettings, identity: NodeIdentity,
                  provider: EvidenceProvider, config_digest: bytes, *,
-                 observer: NodeObserver | None = None) -> None:
+                 observer: NodeObserver | None = None, resume: bool = True) -> None:
+        """With ``resume`` the shard is the node's only one and starts evaluating at once;
+        without, it waits for :meth:`start` to give it its router."""
         self.observer: NodeObserver = observer or NodeObserver()
+        self.router: ShardRouter = SoleShard()
+        self._forward_lock = threading.Lock()
+        self._forward_wait = FORWARD_RETRY_SECONDS[0]
+        self._forward_timer: threading.Timer | None = None
         self.settings = settings
         self.identity = identity
         self.provider = provider
@@ -271,7 +291,15 @@ class Shard:
             self._monitor = threading.Thread(target=self._monitor_crons, name="cron-monitor",
                                              daemon=True)
             self._monitor.start()
+        if resume:
+            self._resume_pending()
+
+    def start(self, router: ShardRouter) -> None:
+        """Join a node of several shards: ``router`` reaches the others. Evaluation resumes and
+        outbox items left to forward are pushed again."""
+        self.router = router
         self._resume_pending()
+        self._forward_pending()
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -339,6 +367,9 @@ class Shard:
     def close(self) -> None:
         """Finish in-flight batches and stop workers and the store."""
         self._closing.set()
+        with self._forward_lock:
+            if self._forward_timer is not None:
+                self._forward_timer.cancel()
         self._refresher.join(timeout=60)
         if self._monitor is not None:
             self._monitor.join(timeout=30)
@@ -722,17 +753,22 @@ class Shard:
                 origin, actor.module_id, self.settings.max_push_depth, seq), out)
             signed.append((seq, tick, item, outbox))
         ctx = self._ctx()
+        forwarding = self._forwarding()
 
         def commit(conn: Any) -> set[str]:
             # Signed and stored in one transaction: nothing signed leaves the node before it
             # is stored, and a crash before the commit leaves nothing to contradict.
             woken: set[str] = set()
+            if forwarding is not None:
+                forwarding.forwards.clear()  # a retried transaction starts over
             for seq, tick, item, outbox in signed:
                 store_cron_result(conn, seq, tick, item)
-                woken |= push_outbox(conn, ctx, outbox)
+                woken |= push_outbox(conn, ctx, outbox, forwarding)
             return woken
 
         woken = self.store.write(commit) if signed else set()
+        if forwarding is not None and forwarding.forwards:
+            self._forward(forwarding.forwards)
         actor.cron_seq += len(ticks)
         actor.cron_after = ticks[-1].position
         for target in woken:
@@ -846,20 +882,123 @@ class Shard:
         if plan.intents:
             self.store.write(lambda conn: record_intents(conn, list(plan.intents)))
         ctx = self._ctx()
+        forwarding = self._forwarding()
 
         def commit(conn: Any) -> set[str]:
             woken: set[str] = set()
+            if forwarding is not None:
+                forwarding.forwards.clear()  # a retried transaction starts over
             for signed, outbox in zip(plan.results, plan.outboxes, strict=True):
                 store_result(conn, signed.slot, signed.item)
-                woken |= push_outbox(conn, ctx, outbox)
+                woken |= push_outbox(conn, ctx, outbox, forwarding)
             return woken
 
         woken = self.store.write(commit)
+        if forwarding is not None and forwarding.forwards:
+            self._forward(forwarding.forwards)
         self.observer.results_committed([signed.output for signed in plan.results])
         for target in woken:
             if target != pid:
                 self._wake(target)
         self._notify(pid, plan.results[-1].slot.slot)
+
+    # --- cross-shard delivery ----------------------------------------------------------------
+
+    def _forwarding(self) -> Forwarding | None:
+        return None if isinstance(self.router, SoleShard) else Forwarding(self.router)
+
+    def _forward(self, forwards: list[Forward]) -> None:
+        """Push committed ``forwarding`` outbox items to the shards owning their targets and
+        record what became of them; a shard that cannot be reached is tried again later."""
+        for fwd in forwards:
+            try:
+                self.router.push(fwd.target, fwd.raw, fwd.kind, fwd.depth)
+            except RequestError as exc:
+                if isinstance(exc, Overloaded):
+                    self._forward_later(str(exc))
+                    return
+                status, detail = OutboxStatus.PENDING_REMOTE, str(exc)
+                log.warning("%s", fields("outbox delivery failed", item=fwd.key, kind=fwd.kind,
+                                         target=fwd.target, status=status, reason=detail))
+            except Exception as exc:  # noqa: BLE001 - the owner is gone or restarting: retried
+                self._forward_later(f"{type(exc).__name__}: {exc}")
+                return
+            else:
+                status, detail = OutboxStatus.SCHEDULED, ""
+            self._set_outbox_status(fwd.key, status, detail)
+        self._forward_wait = FORWARD_RETRY_SECONDS[0]
+
+    def _set_outbox_status(self, key: str, status: OutboxStatus, detail: str) -> None:
+        self.store.write(lambda conn: queries.set_outbox_status(conn, key, status, detail))
+
+    def _forward_later(self, why: str) -> None:
+        with self._forward_lock:
+            if self._closing.is_set() or self._forward_timer is not None:
+                return
+            wait = self._forward_wait
+            self._forward_wait = min(wait * 2, FORWARD_RETRY_SECONDS[1])
+            log.warning("%s", fields("forwarding to another shard deferred", retry_s=wait,
+                                     reason=why))
+            timer = self._forward_timer = threading.Timer(wait, self._forward_again)
+            timer.daemon = True
+            timer.start()
+
+    def _forward_again(self) -> None:
+        with self._forward_lock:
+            self._forward_timer = None
+        with contextlib.suppress(RuntimeError, ApplianceError):  # closed meanwhile
+            self._forward_pending()
+
+    def _forward_pending(self) -> None:
+        """Push again every outbox item still recorded ``forwarding`` (after a restart)."""
+        if isinstance(self.router, SoleShard):
+            return
+        reader = self.store.reader
+        forwards = []
+        for key, target, kind, depth in queries.outbox_forwarding(reader):
+            raw = queries.item_raw(reader, split_assignment_key(key)[0]
+                                   if kind == "assignment" else key)
+            if raw is not None:
+                forwards.append(Forward(key, target, raw, kind, depth))
+        if forwards:
+            self._forward(forwards)
+
+    def accept(self, target: str, raw: bytes, kind: str, push_depth: int) -> None:
+        """Store an item another shard of the node pushed to ``target`` (``kind``: message,
+        spawn or assignment) and schedule it; idempotent by the item's id, as local delivery
+        is. Only items this node signed are taken."""
+        item = items.parse_verified(raw, self.settings.max_item_bytes)
+        if item.owner_address != self.identity.address:
+            raise BadRequest("a shard takes only items this node signed from another shard")
+        ctx = self._ctx()
+        if kind == "message":
+            self.store.write(lambda conn: schedule_message(conn, ctx, item, target, push_depth))
+        elif kind == "spawn":
+            module_id = items.first_tag(item, "Module") or ""
+            if module_id and load_item(self.store.reader, module_id) is None:
+                module = self.router.module(module_id)
+                if module is not None:
+                    self._ingest_module(items.parse_verified(module, self.settings.max_item_bytes))
+            self.store.write(lambda conn: create_process(conn, ctx, item, push_depth))
+            if parse_crons(item.tags):
+                self._cron_processes.add(item.id)
+        elif kind == "assignment":
+            def place(conn: Any) -> None:
+                if not queries.process_hosted(conn, target):
+                    raise NotFound(f"process {target} is not hosted on this shard")
+                store_item(conn, item, ItemKind.MESSAGE)
+                if existing_slot(conn, target, item.id) is None:
+                    assign(conn, ctx, target, item.id, push_depth)
+            self.store.write(place)
+        else:
+            raise BadRequest(f"unknown pushed item kind {kind!r}")
+        self._wake(target)
+
+    def module_raw(self, module_id: str) -> bytes | None:
+        """The raw Module item ``module_id`` if this shard stores it."""
+        module = load_item(self.store.reader, module_id)
+        return None if module is None or items.first_tag(module, "Type") != "Module" else \
+            module.raw
 
     def _limit_outbox(self, actor: _Actor, s: ScheduledSlot, out: dict[str, Any]
                       ) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from appliance.ao import items
@@ -11,7 +12,7 @@ from appliance.node.placement import Placement, hashed_owner
 from appliance.node.settings import NodeSettings
 from attestation.providers import EmulatedProvider
 from tests.node.test_node_core import _eval, _process
-from tests.support.echo import ECHO_OUTPUT, echo_module
+from tests.support.echo import ECHO_OUTPUT, echo_module, relay_module
 
 
 def _sharded(data: Path, count: int) -> Node:
@@ -36,7 +37,10 @@ def test_processes_spread_over_shards_answer_and_survive_a_restart(tmp_path: Pat
     try:
         module = echo_module(client)  # no npm needed: routing is what is tested
         node.ingest(module.raw)
-        procs = [_process(client, module.id, node.identity.address, f"p{i}") for i in range(6)]
+        procs = [_process(client, module.id, node.identity.address, f"p{i}") for i in range(5)]
+        wanted = 1 - node.placement.owner(procs[0].id)  # ids are random: make both shards hold one
+        procs.append(next(p for p in (_process(client, module.id, node.identity.address, f"q{i}")
+                                      for i in range(100)) if node.placement.owner(p.id) == wanted))
         for proc in procs:
             node.ingest(proc.raw)
         owners = {node.placement.owner(p.id) for p in procs}
@@ -66,5 +70,53 @@ def test_processes_spread_over_shards_answer_and_survive_a_restart(tmp_path: Pat
         assert {p.id: again.placement.owner(p.id) for p in procs} == placed
         for proc, message in zip(procs, sent, strict=True):
             assert again.result_now(proc.id, message.id)[1] is not None
+    finally:
+        again.close()
+
+
+def test_an_outbox_item_another_shard_owns_is_delivered_there_once(tmp_path: Path) -> None:
+    client = NodeIdentity.load_or_create(tmp_path / "client")
+    data = tmp_path / "node"
+    node = _sharded(data, 2)
+    address = node.identity.address
+    try:
+        echo = echo_module(client)
+        node.ingest(echo.raw)
+        names = (f"t{i}" for i in range(100))
+        target = next(p for p in (_process(client, echo.id, address, n) for n in names)
+                      if node.placement.owner(p.id) == 1)
+        node.ingest(target.raw)
+        relay = relay_module(client, target.id, spawn_module=echo.id)
+        node.ingest(relay.raw)
+        sender = next(p for p in (_process(client, relay.id, address, n) for n in names)
+                      if node.placement.owner(p.id) == 0)
+        node.ingest(sender.raw)
+        message = _eval(client, sender.id, "go", 1)
+        node.ingest(message.raw)
+        assert node.result(sender.id, message.id)["Output"] == "relayed"
+        deadline = time.monotonic() + 120
+        while node.shards[0].outbox_by_status().get("forwarding") and \
+                time.monotonic() < deadline:
+            time.sleep(0.05)
+        # slots 0 (the process) and 1 each relay one Message and one Spawn
+        assert node.shards[0].outbox_by_status() == {"scheduled": 4}
+        page, _ = node.schedule_page(target.id)
+        relayed = [m for _, m, _ in page if items.first_tag(m, "Action") == "Relay"]
+        assert len(relayed) == 2
+        assert {items.first_tag(m, "From-Process") for m in relayed} == {sender.id}
+        for m in relayed:
+            assert node.result(target.id, m.id)["Output"] == ECHO_OUTPUT
+        spawned = [r for r in node.process_page(0, 100) if r.id not in (target.id, sender.id)]
+        assert len(spawned) == 2
+        for row in spawned:
+            assert node.placement.owner(row.id) == hashed_owner(row.id, 2)
+            assert node.shards[hashed_owner(row.id, 2)].process_ids().count(row.id) == 1
+    finally:
+        node.close()
+    again = _sharded(data, 2)  # a restart pushes nothing twice
+    try:
+        page, _ = again.schedule_page(target.id)
+        assert sum(items.first_tag(m, "Action") == "Relay" for _, m, _ in page) == 2
+        assert again.shards[0].outbox_by_status() == {"scheduled": 4}
     finally:
         again.close()

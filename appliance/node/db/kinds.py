@@ -23,5 +23,8 @@ class OutboxStatus(StrEnum):
     """What became of a pushed outbox item (``outbox.status``)."""
 
     SCHEDULED = "scheduled"
+    FORWARDING = "forwarding"
+    """Another shard of the node owns the target; pushed to it after the commit, then
+    ``scheduled`` (or ``pending-remote`` when it refused it)."""
     PENDING_REMOTE = "pending-remote"
     DROPPED_DEPTH = "dropped-depth"

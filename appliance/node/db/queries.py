@@ -294,13 +294,14 @@ def process_ids(conn: sqlite3.Connection) -> list[str]:
 
 
 def counts(conn: sqlite3.Connection) -> tuple[int, int, int]:
-    """(hosted processes, slots without a result, outbox items pending remote delivery)."""
+    """(hosted processes, slots without a result, outbox items pending delivery elsewhere)."""
     processes = conn.execute("SELECT count(*) FROM processes").fetchone()
     pending = conn.execute(
         "SELECT count(*) FROM schedule s LEFT JOIN results r ON r.process_id = s.process_id "
         "AND r.slot = s.slot WHERE r.slot IS NULL").fetchone()
-    outbox = conn.execute("SELECT count(*) FROM outbox WHERE status = ?",
-                          (str(OutboxStatus.PENDING_REMOTE),)).fetchone()
+    outbox = conn.execute("SELECT count(*) FROM outbox WHERE status IN (?, ?)",
+                          (str(OutboxStatus.PENDING_REMOTE),
+                           str(OutboxStatus.FORWARDING))).fetchone()
     return int(processes[0]), int(pending[0]), int(outbox[0])
 
 
@@ -525,6 +526,25 @@ def record_outbox(conn: sqlite3.Connection, item_id: str, from_process: str, fro
         "INSERT OR IGNORE INTO outbox (item_id, from_process, from_slot, target, kind, status, "
         "detail, push_depth, created_ms) VALUES (?,?,?,?,?,?,?,?,?)",
         (item_id, from_process, from_slot, target, kind, str(status), detail, depth, now_ms()))
+
+
+def outbox_recorded(conn: sqlite3.Connection, key: str) -> bool:
+    """True when the outbox holds a row ``key``."""
+    return conn.execute("SELECT 1 FROM outbox WHERE item_id = ?", (key,)).fetchone() is not None
+
+
+def outbox_forwarding(conn: sqlite3.Connection) -> list[tuple[str, str, str, int]]:
+    """(row key, target, kind, push depth) of outbox items still to hand to another shard."""
+    rows = conn.execute("SELECT item_id, target, kind, push_depth FROM outbox WHERE status = ? "
+                        "ORDER BY created_ms", (str(OutboxStatus.FORWARDING),))
+    return [(str(k), str(t), str(kind), int(d)) for k, t, kind, d in rows]
+
+
+def set_outbox_status(conn: sqlite3.Connection, key: str, status: OutboxStatus,
+                      detail: str) -> None:
+    """Record what became of outbox row ``key`` after it was forwarded."""
+    conn.execute("UPDATE outbox SET status = ?, detail = ? WHERE item_id = ?",
+                 (str(status), detail, key))
 
 
 def outbox_by_status(conn: sqlite3.Connection) -> dict[str, int]:
