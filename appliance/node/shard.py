@@ -966,9 +966,10 @@ class Shard:
     def accept(self, target: str, raw: bytes, kind: str, push_depth: int) -> None:
         """Store an item another shard of the node pushed to ``target`` (``kind``: message,
         spawn or assignment) and schedule it; idempotent by the item's id, as local delivery
-        is. Only items this node signed are taken."""
+        is. Pushed Messages and Spawns must be signed by this node; an Assignment names any
+        stored (verified) message."""
         item = items.parse_verified(raw, self.settings.max_item_bytes)
-        if item.owner_address != self.identity.address:
+        if kind != "assignment" and item.owner_address != self.identity.address:
             raise BadRequest("a shard takes only items this node signed from another shard")
         ctx = self._ctx()
         if kind == "message":

@@ -86,7 +86,12 @@ def test_an_outbox_item_another_shard_owns_is_delivered_there_once(tmp_path: Pat
         target = next(p for p in (_process(client, echo.id, address, n) for n in names)
                       if node.placement.owner(p.id) == 1)
         node.ingest(target.raw)
-        relay = relay_module(client, target.id, spawn_module=echo.id)
+        local = next(p for p in (_process(client, echo.id, address, n) for n in names)
+                     if node.placement.owner(p.id) == 0)
+        node.ingest(local.raw)
+        assigned = _eval(client, local.id, "assign me", 7)  # stored on shard 0 only
+        node.ingest(assigned.raw)
+        relay = relay_module(client, target.id, spawn_module=echo.id, assign=assigned.id)
         node.ingest(relay.raw)
         sender = next(p for p in (_process(client, relay.id, address, n) for n in names)
                       if node.placement.owner(p.id) == 0)
@@ -98,15 +103,18 @@ def test_an_outbox_item_another_shard_owns_is_delivered_there_once(tmp_path: Pat
         while node.shards[0].outbox_by_status().get("forwarding") and \
                 time.monotonic() < deadline:
             time.sleep(0.05)
-        # slots 0 (the process) and 1 each relay one Message and one Spawn
-        assert node.shards[0].outbox_by_status() == {"scheduled": 4}
+        # slots 0 (the process) and 1 each relay one Message and one Spawn; the Assignment once
+        assert node.shards[0].outbox_by_status() == {"scheduled": 5}
         page, _ = node.schedule_page(target.id)
         relayed = [m for _, m, _ in page if items.first_tag(m, "Action") == "Relay"]
         assert len(relayed) == 2
         assert {items.first_tag(m, "From-Process") for m in relayed} == {sender.id}
         for m in relayed:
             assert node.result(target.id, m.id)["Output"] == ECHO_OUTPUT
-        spawned = [r for r in node.process_page(0, 100) if r.id not in (target.id, sender.id)]
+        assert sum(m.id == assigned.id for _, m, _ in page) == 1
+        assert node.result(target.id, assigned.id)["Output"] == ECHO_OUTPUT
+        spawned = [r for r in node.process_page(0, 100)
+                   if r.id not in (target.id, sender.id, local.id)]
         assert len(spawned) == 2
         for row in spawned:
             assert node.placement.owner(row.id) == hashed_owner(row.id, 2)
@@ -117,6 +125,7 @@ def test_an_outbox_item_another_shard_owns_is_delivered_there_once(tmp_path: Pat
     try:
         page, _ = again.schedule_page(target.id)
         assert sum(items.first_tag(m, "Action") == "Relay" for _, m, _ in page) == 2
-        assert again.shards[0].outbox_by_status() == {"scheduled": 4}
+        assert sum(m.id == assigned.id for _, m, _ in page) == 1
+        assert again.shards[0].outbox_by_status() == {"scheduled": 5}
     finally:
         again.close()

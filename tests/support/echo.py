@@ -25,14 +25,16 @@ def echo_module(client: NodeIdentity) -> items.Item:
                                                ("Module-Format", ECHO_FORMAT)])
 
 
-def relay_module(client: NodeIdentity, target: str, spawn_module: str | None = None
-                 ) -> items.Item:
-    """A module answering every message with one Message to ``target`` (and, given
-    ``spawn_module``, one Spawn of a process of it): outbox delivery without npm."""
+def relay_module(client: NodeIdentity, target: str, spawn_module: str | None = None,
+                 assign: str | None = None) -> items.Item:
+    """A module answering every message with one Message to ``target`` (given
+    ``spawn_module``, one Spawn of a process of it; given ``assign``, an Assignment of that
+    message to ``target``): outbox delivery without npm."""
     spawns = [{"Tags": [{"name": "Module", "value": spawn_module}]}] if spawn_module else []
+    assignments = [{"Message": assign, "Processes": [target]}] if assign else []
     result = {"ok": True, "response": {"Output": "relayed", "Messages": [
         {"Target": target, "Data": "relayed", "Tags": [{"name": "Action", "value": "Relay"}]}],
-        "Spawns": spawns, "Assignments": []}}
+        "Spawns": spawns, "Assignments": assignments}}
     text = json.dumps(result, separators=(",", ":")).replace("\\", "\\\\").replace('"', '\\"')
     data = f'(data (i32.const 1024) "{text}\\00")'
     wat = re.sub(r'\(data \(i32\.const 1024\) ".*"\)', lambda _: data, ECHO_WAT.read_text())
