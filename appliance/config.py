@@ -170,7 +170,8 @@ _FLOAT_RANGES = {"checkpoint_every_seconds": (1.0, 10**7), "result_wait_seconds"
                  "state_checkpoint_seconds": (0.0, 10**7),
                  "attestation_refresh_seconds": (1.0, 10**7),
                  "cron_tick_seconds": (0.0, 3600.0),
-                 "crank_window_seconds": (0.1, 86_400.0)}
+                 "crank_window_seconds": (0.1, 86_400.0),
+                 "move_after_seconds": (0.0, 3600.0)}
 _HTTP_INTS = {"max_connections": (1, 1_000_000), "max_result_waiters": (1, 1_000_000),
               "attestation_burst": (1, 1_000_000)}
 _HTTP_FLOATS = {"header_timeout_seconds": (0.1, 3600.0), "body_timeout_seconds": (0.1, 3600.0),

@@ -287,6 +287,10 @@ class NodeMetrics(NodeObserver, HttpObserver):
         self.worker_crashes = Counter(
             PREFIX + "worker_crashes_total",
             "Evaluation worker processes that died and were restarted.", registry=r)
+        self.process_moves = Counter(
+            PREFIX + "process_moves_total",
+            "Processes moved off a worker another process's evaluation held, to an idle or "
+            "extra worker (reopened there from their checkpoint).", registry=r)
         self.checkpoints = Counter(
             PREFIX + "checkpoints_total", "Checkpoints attempted, by outcome (ok, error).",
             ["outcome"], registry=r)
@@ -386,6 +390,10 @@ class NodeMetrics(NodeObserver, HttpObserver):
     def worker_crashed(self) -> None:
         """Count a worker restart."""
         self.worker_crashes.inc()
+
+    def process_moved(self) -> None:
+        """Count a process moved to another worker."""
+        self.process_moves.inc()
 
     def checkpointed(self, raw_bytes: int, file_bytes: int, seconds: float) -> None:
         """Count a checkpoint, its sizes and its time."""

@@ -3,8 +3,14 @@
 Why processes, not threads: evaluation is CPU-bound wasm, and wasmtime-py hands a host
 function's exception back through one module-global slot, which concurrent guests that longjmp
 (every Lua error does) could race on. A worker owns the resident instances of the processes
-hashed to it and evaluates their batches serially; the parent keeps I/O, signing and the store.
+placed on it and evaluates their batches serially; the parent keeps I/O, signing and the store.
 A crash of a worker (say, a runtime fault) costs only a respawn and a replay from checkpoint.
+
+Isolation: a process whose call would wait behind another process's evaluation for longer than
+the pool's ``move_after`` seconds moves to an idle worker, or to an extra one started for it (at
+most as many extras as base workers; an extra idle for ``extra_idle_seconds`` is stopped), and
+is reopened there from its checkpoint, as after a crash. A message that runs to its limit then
+delays only its own process.
 """
 
 from __future__ import annotations
@@ -12,10 +18,12 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import itertools
 import multiprocessing
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -144,12 +152,22 @@ class OpenReport:
     """RAM the instance holds once open (see :meth:`ProcessInstance.resident_bytes`)."""
 
 
+class _NotOpen(EvaluationError):
+    """The worker holds no instance of the process (it moved, or the worker was restarted)."""
+
+
 class _Worker:
     """The worker side: resident instances keyed by process id."""
 
     def __init__(self, cache_dir: Path) -> None:
         self.engine = ComputeEngine(cache_dir)
         self.instances: dict[str, ProcessInstance] = {}
+
+    def _instance(self, process_id: str) -> ProcessInstance:
+        instance = self.instances.get(process_id)
+        if instance is None:
+            raise _NotOpen(f"process {process_id} is not open in this worker")
+        return instance
 
     def open(self, process_id: str, module_path: str, fmt: str, limits: ComputeLimits,
              checkpoint: CheckpointFile | None) -> OpenReport:
@@ -164,17 +182,17 @@ class _Worker:
                           time.perf_counter() - loaded_at, instance.resident_bytes())
 
     def resident_bytes(self, process_id: str) -> int:
-        return self.instances[process_id].resident_bytes()
+        return self._instance(process_id).resident_bytes()
 
     def evaluate(self, process_id: str, batch: list[tuple[bytes, bytes]]) -> list[dict[str, Any]]:
-        inst = self.instances[process_id]
+        inst = self._instance(process_id)
         return [inst.handle_json(msg, env).as_json() for msg, env in batch]
 
     def dry_run(self, process_id: str, msg: bytes, env: bytes) -> dict[str, Any]:
-        return self.instances[process_id].dry_run_json(msg, env).as_json()
+        return self._instance(process_id).dry_run_json(msg, env).as_json()
 
     def checkpoint(self, process_id: str, path: str) -> CheckpointFile:
-        return checkpoint_instance(self.instances[process_id], Path(path))
+        return checkpoint_instance(self._instance(process_id), Path(path))
 
     def validate(self, wasm: bytes) -> None:
         if wasm[:4] != b"\0asm":
@@ -201,7 +219,9 @@ def _serve(conn: Connection, cache_dir: Path) -> None:
             return
         if request is None:
             return
-        method, args = request
+        method, args, closes = request
+        for process_id in closes:  # instances of processes that moved away meanwhile
+            worker.close(process_id)
         try:
             reply: tuple[bool, Any] = (True, getattr(worker, method)(*args))
         except ApplianceError as exc:
@@ -216,6 +236,12 @@ def _serve(conn: Connection, cache_dir: Path) -> None:
 
 class WorkerCrashed(EvaluationError):
     """A worker process died; its processes must be reopened from their checkpoints."""
+
+
+class ProcessMoved(EvaluationError):
+    """The worker the pool now places the process on holds no instance of it: it moved away
+    from a worker another process's evaluation held (or its extra worker was stopped, or
+    restarted). Reopen it from its checkpoint; nothing of it was lost but evaluated work."""
 
 
 class PendingCall:
@@ -233,9 +259,23 @@ class PendingCall:
 
 
 class _WorkerHandle:
-    def __init__(self, ctx: Any, cache_dir: Path) -> None:
-        self._ctx, self._cache_dir = ctx, cache_dir
+    """The parent's side of one worker process. ``lock`` is held from a request until its
+    reply is read; ``holder``/``held_since`` say by which process and since when (``None``
+    while free or just taken). ``hosted`` and ``retired`` are guarded by the pool's placement
+    lock, ``stale`` (instances to close before the next request) by ``mutex``."""
+
+    def __init__(self, ctx: Any, cache_dir: Path, generations: Callable[[], int], *,
+                 extra: bool = False) -> None:
+        self._ctx, self._cache_dir, self._generations = ctx, cache_dir, generations
+        self.extra = extra
         self.lock = threading.Lock()
+        self.mutex = threading.Lock()
+        self.stale: set[str] = set()
+        self.holder = ""
+        self.held_since: float | None = None
+        self.last_used = time.monotonic()
+        self.hosted = 0
+        self.retired = False
         self._start()
 
     def _start(self) -> None:
@@ -245,20 +285,59 @@ class _WorkerHandle:
                                       name="ao-evaluator", daemon=True)
         self.proc.start()
         child.close()
-        self.generation = getattr(self, "generation", -1) + 1
+        with self.mutex:
+            self.stale.clear()  # a new worker process holds no instance
+        self.generation = self._generations()
+
+    def _wait(self, holder: str, patience: float) -> float:
+        since = self.held_since
+        if since is None or self.holder == holder:
+            return patience
+        return max(0.0, since + patience - time.monotonic())
+
+    def busy(self, patience: float | None) -> bool:
+        """Held by one call for at least ``patience`` seconds now."""
+        since = self.held_since
+        return patience is not None and since is not None \
+            and time.monotonic() - since >= patience
+
+    def take(self, holder: str, patience: float | None) -> bool:
+        """Hold the worker for ``holder`` (a process id); with a ``patience``, give up (False)
+        once another holder has held it that long."""
+        if patience is None:
+            self.lock.acquire()
+        else:
+            while not self.lock.acquire(timeout=self._wait(holder, patience)):
+                if self.holder != holder and self.busy(patience):
+                    return False
+        self.held(holder)
+        return True
+
+    def held(self, holder: str) -> None:
+        """Record that ``holder`` just took ``lock``."""
+        self.holder, self.held_since = holder, time.monotonic()
+
+    def release(self) -> None:
+        """Let the next caller have the worker."""
+        self.holder, self.held_since = "", None
+        self.last_used = time.monotonic()
+        self.lock.release()
 
     def call(self, method: str, *args: Any) -> Any:
+        """Send a request and wait for its reply (``lock`` held by the caller; released)."""
         return self.begin(method, *args).result()
 
     def begin(self, method: str, *args: Any) -> PendingCall:
-        """Send a request and hold the worker until :meth:`PendingCall.result` is taken."""
-        self.lock.acquire()
+        """Send a request (``lock`` held by the caller) and keep the worker held until
+        :meth:`PendingCall.result` is taken."""
+        with self.mutex:
+            closes, self.stale = sorted(self.stale), set()
         try:
-            self.conn.send((method, args))
+            self.conn.send((method, args, closes))
         except (EOFError, OSError, BrokenPipeError):
             self._crashed()
         except BaseException:
-            self.lock.release()
+            self.release()
             raise
         return PendingCall(self)
 
@@ -268,12 +347,16 @@ class _WorkerHandle:
         except (EOFError, OSError, BrokenPipeError):
             self._crashed()
         except BaseException:
-            self.lock.release()
+            self.release()
             raise
-        self.lock.release()
+        self.release()
         if not ok:
             kind, message = value
-            raise ModuleError(message) if kind == "ModuleError" else EvaluationError(message)
+            if kind == "ModuleError":
+                raise ModuleError(message)
+            if kind == _NotOpen.__name__:
+                raise ProcessMoved(f"{message}; reopening it")
+            raise EvaluationError(message)
         return value
 
     def _crashed(self) -> NoReturn:
@@ -281,86 +364,264 @@ class _WorkerHandle:
             self.proc.join(timeout=1)
             self._start()
         finally:
-            self.lock.release()
+            self.release()
         raise WorkerCrashed("evaluation worker died; processes will be reopened") from None
+
+    def stop_held(self) -> None:
+        """Stop the worker process (``lock`` held by the caller; kept)."""
+        with contextlib.suppress(OSError):
+            self.conn.send(None)
+        self.proc.join(timeout=5)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(timeout=5)
 
     def stop(self) -> None:
         with self.lock:
-            with contextlib.suppress(OSError):
-                self.conn.send(None)
-            self.proc.join(timeout=5)
-            if self.proc.is_alive():
-                self.proc.kill()
+            self.stop_held()
+
+
+MOVE_AFTER_SECONDS = 0.5
+"""Default patience before a process moves off a worker another process's call holds."""
+EXTRA_IDLE_SECONDS = 60.0
+"""An extra worker unused this long is emptied (``on_retire``) and stopped."""
 
 
 class EvaluatorPool:
-    """Sticky process → worker routing over a fixed number of worker processes: a process
-    stays on the worker it was first placed on, the one hosting the fewest processes then."""
+    """Process → worker routing over worker processes.
 
-    def __init__(self, workers: int, cache_dir: Path) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self._workers = [_WorkerHandle(ctx, cache_dir) for _ in range(max(1, workers))]
-        self._placement: dict[str, int] = {}
-        self._hosted = [0] * len(self._workers)
+    A process stays on the worker it was placed on (a base worker not held long, hosting the
+    fewest processes). With ``move_after`` set, a call that would wait longer than that for a
+    worker another process's call holds moves the process instead: to an idle worker, or to
+    an extra one started for it (at most ``workers`` extras). ``open`` just runs there; the
+    other calls raise :class:`ProcessMoved`, and the caller reopens the process from its
+    checkpoint. ``on_move(process_id)`` is called for every move. An extra worker unused for
+    ``extra_idle_seconds`` is stopped once it hosts nothing: ``on_retire(process_ids)`` (from
+    the pool's own thread; must not raise) is asked to close what it hosts, and processes it
+    leaves open keep the worker running until the next look.
+    """
+
+    def __init__(self, workers: int, cache_dir: Path, *, move_after: float | None = None,
+                 extra_idle_seconds: float = EXTRA_IDLE_SECONDS,
+                 on_move: Callable[[str], None] | None = None,
+                 on_retire: Callable[[list[str]], None] | None = None) -> None:
+        self._ctx = multiprocessing.get_context("spawn")
+        self._cache_dir = cache_dir
+        self._generation = itertools.count().__next__
+        self._base = max(1, workers)
+        self._workers = [_WorkerHandle(self._ctx, cache_dir, self._generation)
+                         for _ in range(self._base)]
+        self._placement: dict[str, _WorkerHandle] = {}
         self._placing = threading.Lock()
+        self._move_after = move_after
+        self._extra_idle = extra_idle_seconds
+        self._on_move = on_move
+        self._on_retire = on_retire
+        self._stopping = threading.Event()
+        self._reaper: threading.Thread | None = None
+
+    @property
+    def worker_count(self) -> int:
+        """Worker processes running now (base and extra)."""
+        with self._placing:
+            return len(self._workers)
+
+    def held_workers(self) -> int:
+        """Workers serving a call right now."""
+        with self._placing:
+            return sum(h.lock.locked() for h in self._workers)
 
     def _for(self, process_id: str) -> _WorkerHandle:
         with self._placing:
-            index = self._placement.get(process_id)
-            if index is None:
-                index = self._hosted.index(min(self._hosted))
-                self._placement[process_id] = index
-                self._hosted[index] += 1
-        return self._workers[index]
+            handle = self._placement.get(process_id)
+            if handle is None:
+                handle = min(self._workers[:self._base],
+                             key=lambda h: (h.busy(self._move_after), h.hosted))
+                self._placement[process_id] = handle
+                handle.hosted += 1
+                with handle.mutex:
+                    handle.stale.discard(process_id)
+        return handle
+
+    def _held(self, process_id: str, *, move: bool, reopen: bool) -> _WorkerHandle:
+        """The worker hosting ``process_id``, held for it. With ``move`` (and a patience),
+        the process moves when that worker stays held by another; with ``reopen`` the move
+        raises :class:`ProcessMoved` (the instance stayed behind), else the new worker is
+        returned held."""
+        patience = self._move_after if move else None
+        while True:
+            handle = self._for(process_id)
+            if not handle.take(process_id, patience):
+                assert patience is not None
+                target = self._move(process_id, handle)
+                if target is not None:
+                    if not reopen:
+                        return target
+                    target.release()
+                    raise ProcessMoved(f"process {process_id} moved to another worker; "
+                                       f"reopening it there")
+                with self._placing:
+                    if self._placement.get(process_id) is not handle:
+                        continue
+                # nowhere to go: wait for this worker a while longer, then look again
+                if not handle.lock.acquire(timeout=patience):
+                    continue
+                handle.held(process_id)
+            if not handle.retired:
+                return handle
+            handle.release()
+
+    def _move(self, process_id: str, old: _WorkerHandle) -> _WorkerHandle | None:
+        """Place ``process_id`` on an idle worker (or a new extra one) and return it held;
+        ``None`` when every worker is busy and no more may start."""
+        with self._placing:
+            if self._placement.get(process_id) is not old:
+                return None
+            idle = sorted((h for h in self._workers if h is not old and not h.lock.locked()),
+                          key=lambda h: h.hosted)
+            target = next((h for h in idle if h.lock.acquire(blocking=False)), None)
+            if target is None:
+                if len(self._workers) >= 2 * self._base:
+                    return None
+                target = _WorkerHandle(self._ctx, self._cache_dir, self._generation,
+                                       extra=True)
+                target.lock.acquire()
+                self._workers.append(target)
+                self._start_reaper()
+            target.held(process_id)
+            old.hosted -= 1
+            target.hosted += 1
+            self._placement[process_id] = target
+            with old.mutex:
+                old.stale.add(process_id)  # closed before old's next request
+            with target.mutex:
+                target.stale.discard(process_id)
+        if self._on_move is not None:
+            self._on_move(process_id)
+        return target
+
+    def _start_reaper(self) -> None:
+        if self._reaper is None:  # under _placing
+            self._reaper = threading.Thread(target=self._reap, name="evaluator-reaper",
+                                            daemon=True)
+            self._reaper.start()
+
+    def _reap(self) -> None:
+        """Stop extra workers unused for ``extra_idle_seconds``: first ``on_retire`` is asked
+        to close the processes they host (checkpointing them), then an empty one stops."""
+        while not self._stopping.wait(min(self._extra_idle / 2, 5.0)):
+            with self._placing:
+                extras = [h for h in self._workers if h.extra]
+            for handle in extras:
+                if handle.lock.locked() or time.monotonic() - handle.last_used < self._extra_idle:
+                    continue
+                with self._placing:
+                    hosted = [pid for pid, h in self._placement.items() if h is handle]
+                if hosted and self._on_retire is not None:
+                    self._on_retire(hosted)
+                if not handle.lock.acquire(blocking=False):
+                    continue
+                try:
+                    with self._placing:
+                        if handle.hosted:
+                            continue
+                        handle.retired = True
+                        self._workers.remove(handle)
+                    handle.stop_held()
+                finally:
+                    handle.lock.release()
 
     def generation(self, process_id: str) -> int:
-        """Changes whenever the worker hosting ``process_id`` was restarted."""
+        """Changes whenever the worker hosting ``process_id`` was restarted or changed."""
         return self._for(process_id).generation
 
     def open(self, process_id: str, module_path: Path, fmt: str, limits: ComputeLimits,
              checkpoint: CheckpointFile | None) -> OpenReport:
-        """Instantiate (or restore) a process in its worker."""
-        report: OpenReport = self._for(process_id).call("open", process_id, str(module_path),
-                                                        fmt, limits, checkpoint)
+        """Instantiate (or restore) a process in its worker (moving it first if that worker
+        is held by another process's call past ``move_after``)."""
+        report: OpenReport = self._held(process_id, move=True, reopen=False).call(
+            "open", process_id, str(module_path), fmt, limits, checkpoint)
         return report
 
     def evaluate(self, process_id: str, batch: list[tuple[bytes, bytes]]) -> list[dict[str, Any]]:
-        """Evaluate messages in order; one result object per message."""
-        result: list[dict[str, Any]] = self._for(process_id).call("evaluate", process_id, batch)
+        """Evaluate messages in order; one result object per message (:class:`ProcessMoved`
+        if the process had to move)."""
+        result: list[dict[str, Any]] = self.begin_evaluate(process_id, batch).result()
         return result
 
     def begin_evaluate(self, process_id: str, batch: list[tuple[bytes, bytes]]) -> PendingCall:
         """Start :meth:`evaluate`; its ``result()`` is the list of result objects. The worker
         serves nothing else until that reply is taken."""
-        return self._for(process_id).begin("evaluate", process_id, batch)
+        return self._held(process_id, move=True, reopen=True).begin("evaluate", process_id,
+                                                                    batch)
 
     def dry_run(self, process_id: str, msg: bytes, env: bytes) -> dict[str, Any]:
         """Evaluate without keeping any state change."""
-        result: dict[str, Any] = self._for(process_id).call("dry_run", process_id, msg, env)
+        result: dict[str, Any] = self._held(process_id, move=False, reopen=True).call(
+            "dry_run", process_id, msg, env)
         return result
 
-    def checkpoint(self, process_id: str, path: Path) -> CheckpointFile:
-        """Write the process's current state to ``path``."""
-        ref: CheckpointFile = self._for(process_id).call("checkpoint", process_id, str(path))
+    def checkpoint(self, process_id: str, path: Path, *, may_move: bool = False
+                   ) -> CheckpointFile:
+        """Write the process's current state to ``path``; with ``may_move``, rather raise
+        :class:`ProcessMoved` than wait past ``move_after`` for a worker another holds."""
+        ref: CheckpointFile = self._held(process_id, move=may_move, reopen=True).call(
+            "checkpoint", process_id, str(path))
         return ref
 
     def resident_bytes(self, process_id: str) -> int:
-        """RAM the process's resident instance holds now (memory plus rollback base)."""
-        size: int = self._for(process_id).call("resident_bytes", process_id)
+        """RAM the process's resident instance holds now (memory plus rollback base);
+        :class:`EvaluationError` rather than waiting long for a worker another holds."""
+        handle = self._for(process_id)
+        if not handle.take(process_id, self._move_after or MOVE_AFTER_SECONDS):
+            raise EvaluationError(f"the worker of process {process_id} is busy")
+        if handle.retired:
+            handle.release()
+            raise ProcessMoved(f"process {process_id} is not open")
+        size: int = handle.call("resident_bytes", process_id)
         return size
 
     def validate_module(self, module_id: str, wasm: bytes) -> None:
         """Check ``wasm`` is a module this engine accepts (wasmtime's validator, no compile) in a
-        worker, never in the process holding the node key; :class:`ModuleError` if not."""
-        self._workers[hash(module_id) % len(self._workers)].call("validate", wasm)
+        worker, never in the process holding the node key; :class:`ModuleError` if not. An
+        idle worker is used when there is one."""
+        while True:
+            with self._placing:
+                workers = list(self._workers)
+            handle = next((h for h in workers if h.lock.acquire(blocking=False)), None)
+            if handle is None:
+                handle = workers[hash(module_id) % self._base]
+                if not handle.lock.acquire(timeout=self._move_after or MOVE_AFTER_SECONDS):
+                    continue
+            handle.held("")
+            if not handle.retired:
+                handle.call("validate", wasm)
+                return
+            handle.release()
 
     def close(self, process_id: str) -> None:
-        """Drop a resident instance."""
-        self._for(process_id).call("close", process_id)
+        """Drop a resident instance (later, before the worker's next request, when another
+        process's call holds the worker now)."""
         with self._placing:
-            self._hosted[self._placement.pop(process_id)] -= 1
+            handle = self._placement.pop(process_id, None)
+            if handle is None:
+                return
+            handle.hosted -= 1
+        if handle.take(process_id, self._move_after or MOVE_AFTER_SECONDS):
+            if handle.retired:
+                handle.release()
+            else:
+                handle.call("close", process_id)
+        else:
+            with handle.mutex:
+                handle.stale.add(process_id)
 
     def stop(self) -> None:
         """Stop every worker."""
-        for worker in self._workers:
+        self._stopping.set()
+        if self._reaper is not None:
+            self._reaper.join(timeout=30)
+        with self._placing:
+            workers = list(self._workers)
+        for worker in workers:
             worker.stop()

@@ -42,6 +42,10 @@ class NodeObserver:
     def worker_crashed(self) -> None:
         """An evaluation worker process died and was restarted."""
 
+    def process_moved(self) -> None:
+        """A process moved off a worker another process's evaluation held, to be reopened
+        from its checkpoint on an idle or extra worker."""
+
     def checkpointed(self, raw_bytes: int, file_bytes: int, seconds: float) -> None:
         """A checkpoint of ``raw_bytes`` of memory was written as ``file_bytes`` on disk."""
 

@@ -42,6 +42,9 @@ class NodeOptions:
     copies included) may hold; past it, idle ones are checkpointed and closed, least recently
     used first, and restored from their checkpoint when next needed (default: half the
     machine's RAM, see :func:`default_memory_budget`).
+    ``move_after_seconds``: a process whose next call would wait longer than this behind
+    another process's evaluation in their shared worker moves to an idle or extra worker and is
+    reopened there from its checkpoint (0: processes never move).
     """
 
     max_item_bytes: int = 16 * 1024 * 1024
@@ -62,6 +65,7 @@ class NodeOptions:
     max_crank_messages: int = 1000
     crank_window_seconds: float = 10.0
     memory_budget_bytes: int = field(default_factory=default_memory_budget)
+    move_after_seconds: float = 0.5
 
     def __post_init__(self) -> None:
         if self.max_item_bytes < 1024:
@@ -84,6 +88,8 @@ class NodeOptions:
             raise ConfigError("outbox and crank limits must be positive")
         if self.block_height < 0:
             raise ConfigError("block_height cannot be negative")
+        if self.move_after_seconds < 0:
+            raise ConfigError("move_after_seconds cannot be negative")
         if self.memory_budget_bytes < 1:
             raise ConfigError("memory_budget_bytes must be positive")
 

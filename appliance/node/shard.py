@@ -60,6 +60,7 @@ from appliance.node.db.store import Store, storage_error
 from appliance.node.evaluator import (
     CheckpointFile,
     EvaluatorPool,
+    ProcessMoved,
     WorkerCrashed,
     checkpoint_sha256,
     read_checkpoint,
@@ -262,7 +263,9 @@ class Shard:
         self.provider = provider
         self.config_digest = config_digest
         self.store = Store(settings.data_dir)
-        self.pool = EvaluatorPool(settings.workers, settings.cache_dir)
+        self.pool = EvaluatorPool(settings.workers, settings.cache_dir,
+                                  move_after=settings.move_after_seconds or None,
+                                  on_move=self._moved, on_retire=self._retire)
         self._executor = ThreadPoolExecutor(max_workers=settings.workers * 2,
                                             thread_name_prefix="actor")
         self._actors: dict[str, _Actor] = {}
@@ -504,6 +507,11 @@ class Shard:
                 with actor.lock:
                     progressed = self._step(actor)
                 evaluated |= progressed
+            except ProcessMoved as exc:
+                with actor.lock:
+                    actor.generation = None
+                log.info("process %s: %s", actor.process_id, exc)
+                progressed = True
             except WorkerCrashed:
                 self.observer.worker_crashed()
                 if actor.worker_crashed():
@@ -561,7 +569,7 @@ class Shard:
                                self.settings.limits)
         fmt = items.first_tag(module, "Module-Format") or ""
         rows = queries.checkpoints(self.store.reader, pid)
-        actor.generation = self.pool.generation(pid)
+        actor.generation = None
         actor.next_slot, actor.checkpoint_at = 0, (-1, 0)
         actor.crons = parse_crons(process.tags)
         actor.owner = process.owner_address
@@ -582,6 +590,9 @@ class Shard:
             break
         else:
             report = self.pool.open(pid, path, fmt, limits, None)
+        # read after the open: it may have moved the process (a restart of its worker since
+        # then makes the next call raise ProcessMoved)
+        actor.generation = self.pool.generation(pid)
         if actor.crons:
             self._cron_processes.add(pid)  # spawned by a process: not seen at ingest
             origin = self._boundary(pid, 0)
@@ -634,9 +645,13 @@ class Shard:
                     following = None
             outputs = pending.result()
             self.observer.batch_evaluated(len(batch), time.perf_counter() - started)
+            moved = False
             if following is not None:
                 started = time.perf_counter()
-                pending = self.pool.begin_evaluate(pid, following[1])
+                try:
+                    pending = self.pool.begin_evaluate(pid, following[1])
+                except ProcessMoved:  # commit this batch first; the next step reopens
+                    following, moved = None, True
             try:
                 self._commit_results(actor, slots, outputs)
             except BaseException:
@@ -645,11 +660,14 @@ class Shard:
                         pending.result()  # release the worker; this process stops anyway
                 raise
             actor.advanced(slots[-1].slot, len(slots))
+            if moved:
+                actor.generation = None
+                return True
             if following is None:
                 break
             slots, batch = following
         if self._checkpoint_due(actor, 0):
-            self._checkpoint(actor, slots[-1].slot)
+            self._checkpoint(actor, slots[-1].slot, may_move=True)
         return True
 
     # --- cron (see appliance.node.cron and docs/api.md "Cron") ------------------------------
@@ -709,7 +727,7 @@ class Shard:
         self._commit_results(actor, slots, outputs)
         actor.advanced(slots[-1].slot, len(slots))
         if self._checkpoint_due(actor, 0):
-            self._checkpoint(actor, slots[-1].slot)
+            self._checkpoint(actor, slots[-1].slot, may_move=True)
         return True
 
     def _evaluate_crons(self, actor: _Actor, ticks: list[CronTick]) -> None:
@@ -1016,12 +1034,21 @@ class Shard:
                         actor.process_id, s.slot, limited.refused, limited.reason)
         return limited.result
 
-    def _checkpoint(self, actor: _Actor, slot: int) -> None:
+    def _checkpoint(self, actor: _Actor, slot: int, *, may_move: bool = False) -> None:
+        """Checkpoint the instance at ``slot``; with ``may_move``, :class:`ProcessMoved`
+        rather than a long wait for a worker another process's evaluation holds."""
         pid = actor.process_id
         name = hashlib.sha256(pid.encode()).hexdigest()[:16]
         started = time.perf_counter()
         try:
-            ref = self.pool.checkpoint(pid, self.settings.checkpoint_dir / name / f"{slot}.ckpt")
+            ref = self.pool.checkpoint(pid, self.settings.checkpoint_dir / name / f"{slot}.ckpt",
+                                       may_move=may_move)
+        except ProcessMoved:
+            raise  # not a failure: the instance is reopened elsewhere
+        except Exception:
+            self.observer.checkpoint_failed()
+            raise
+        try:
             crons = actor.cron_seq
             self.store.write(lambda conn: queries.insert_checkpoint(
                 conn, pid, slot, ref.path, ref.sha256, ref.raw_size, ref.clock, crons))
@@ -1083,7 +1110,19 @@ class Shard:
                     else:
                         self._evict(pid)
 
-    def _evict(self, process_id: str) -> None:
+    def _moved(self, process_id: str) -> None:
+        """The pool moved ``process_id`` off a worker another process's evaluation held."""
+        self.observer.process_moved()
+        log.info("%s", fields("process moved", process=process_id,
+                              workers=self.pool.worker_count))
+
+    def _retire(self, process_ids: list[str]) -> None:
+        """Close the (idle) processes an unused extra worker hosts, so that it can stop."""
+        with self._budget_lock:
+            for pid in process_ids:
+                self._evict(pid, reason="extra worker stopping")
+
+    def _evict(self, process_id: str, *, reason: str = "memory budget") -> None:
         """Close ``process_id``'s instance if it is idle, checkpointing it first when it
         evaluated past its newest checkpoint; a busy one is left for later."""
         with self._actors_lock:
@@ -1099,14 +1138,17 @@ class Shard:
                 return
             wrote = actor.broken is None and actor.ahead_of_checkpoint()
             if wrote:  # a broken actor is never reopened: its state is not worth keeping
-                self._checkpoint(actor, actor.next_slot - 1)
+                try:
+                    self._checkpoint(actor, actor.next_slot - 1, may_move=True)
+                except ProcessMoved:  # its worker is busy: it moved, its instance is dropped
+                    wrote = False
             self.pool.close(process_id)
             nbytes = self.residency.gone(Kind.PROCESS, process_id,
                                          evicted=actor.broken is None)
             actor.mark_evicted()
             self.observer.instance_evicted(nbytes, wrote)
             log.info("%s", fields("process evicted", process=process_id, bytes=nbytes,
-                                  checkpointed=wrote))
+                                  checkpointed=wrote, reason=reason))
         except Exception as exc:  # noqa: BLE001 - stays resident; the next idle retries
             log.warning("process %s: cannot evict (%s); it stays resident", process_id, exc)
         finally:
