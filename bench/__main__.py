@@ -18,6 +18,7 @@ from bench import (
     cold_start,
     engine_latency,
     http_pipeline,
+    isolation,
     scaling,
     verification,
 )
@@ -25,7 +26,7 @@ from bench import (
 SECTIONS = {"engine": engine_latency.run, "aos": aos_throughput.run, "http": http_pipeline.run,
             "ceiling": ceiling.run,
             "cold_start": cold_start.run, "verification": verification.run,
-            "scaling": scaling.run}
+            "scaling": scaling.run, "isolation": isolation.run}
 
 
 def _log(text: str) -> None:
