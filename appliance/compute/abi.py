@@ -3,7 +3,7 @@
 What a guest sees is exactly what ``@permaweb/ao-loader`` gives it, minus everything that would
 reach the host: its clock is the loader's deterministic counter (starting where the loader's
 runtime initialisation leaves it and advanced by the same calls), the time zone is UTC, the
-environment is empty, stdio is a TTY that discards output, there is no file system
+environment is the runtime's default, stdio is a TTY that discards output, there is no file system
 (path syscalls return ``ENOSYS``) and ``system()`` never runs anything.
 """
 
@@ -209,7 +209,7 @@ class EmscriptenHost:
             "fd_sync": lambda fd: 0 if fd in _TTY_FDS else EBADF,
             "fd_fdstat_get": self._fd_fdstat_get,
             "environ_sizes_get": self._environ_sizes_get,
-            "environ_get": lambda _environ, _buf: 0,
+            "environ_get": self._environ_get,
             "proc_exit": self._exit,
         }
 
@@ -450,8 +450,19 @@ class EmscriptenHost:
 
     def _environ_sizes_get(self, count_ptr: int, size_ptr: int) -> int:
         assert self.mem is not None
-        self.mem.pointer(count_ptr, 0)
-        self.mem.pointer(size_ptr, 0)
+        environ = self.fmt.environ
+        self.mem.pointer(count_ptr, len(environ))
+        self.mem.pointer(size_ptr, sum(len(entry) + 1 for entry in environ))
+        return 0
+
+    def _environ_get(self, environ_ptr: int, buf: int) -> int:
+        """The runtime's environment strings: an array of pointers, the strings in ``buf``."""
+        assert self.mem is not None
+        for i, entry in enumerate(self.fmt.environ):
+            self.mem.pointer(environ_ptr + i * self.mem.pointer_size, buf)
+            data = entry.encode() + b"\0"
+            self.mem.write(buf, data)
+            buf += len(data)
         return 0
 
     def _vararg_pointer(self, varargs: int) -> int:

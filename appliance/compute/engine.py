@@ -665,8 +665,8 @@ def _parse_response(raw: bytes, gas: int) -> EvalResult:
     if not isinstance(parsed, dict) or "ok" not in parsed:
         raise EvaluationError("module response lacks the {ok, response} envelope")
     response = parsed.get("response")
-    if not parsed["ok"]:
-        return EvalResult(None, [], [], [], response if response is not None else "error", gas)
+    if not parsed["ok"]:  # the loader throws the response: the CU records no gas for it
+        return EvalResult(None, [], [], [], response if response is not None else "error", 0)
     if not isinstance(response, dict):
         raise EvaluationError("module response is not an object")
     error = response.get("Error") or None

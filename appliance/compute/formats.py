@@ -25,6 +25,7 @@ class ModuleFormat:
     ``stack_cookie``: the runtime (an assertions build) writes emscripten's stack cookie at
     start-up: two words at the stack's end and ``"emsc"`` at address 0, which the guest then
     reads wherever it dereferences a null pointer.
+    ``environ``: the environment the runtime gives the guest (``environ_get``).
     ``invoke_via_dyncall``: the runtime's ``invoke_*`` landing pads call their target through
     the guest's ``dynCall_*`` export rather than the function table; metered, so it costs gas.
     """
@@ -39,6 +40,7 @@ class ModuleFormat:
     time_by_pointer: bool = False
     wide_strings: bool = False
     stack_cookie: bool = True
+    environ: tuple[str, ...] = ()
     invoke_via_dyncall: bool = False
 
     @property
@@ -57,6 +59,9 @@ class ModuleFormat:
 _WASM32_HEAP_MAX = 4_294_901_760  # 65535 pages, emscripten's getHeapMax for wasm32
 _LEGACY_HEAP_MAX = 524_288_000  # the first two formats' runtimes: the build's memory limit
 _WASM64_HEAP_MAX = 17_179_869_184  # 16 GiB, emscripten's getHeapMax for wasm64
+# The first three runtimes' default environment (the later ones give none); "_" is argv[0].
+_EMSCRIPTEN_ENVIRON = ("USER=web_user", "LOGNAME=web_user", "PATH=/", "PWD=/",
+                       "HOME=/home/web_user", "LANG=C.UTF-8", "_=./this.program")
 _ASYNCIFY_STACK = 41_943_040  # the loader's Asyncify.StackSize
 _ASYNCIFY32 = 12 + _ASYNCIFY_STACK  # header: stack start, stack end, rewind id (3 x 4 bytes)
 _ASYNCIFY64 = 24 + _ASYNCIFY_STACK  # the same header with 8-byte fields
@@ -66,10 +71,12 @@ FORMATS: dict[str, ModuleFormat] = {
     for f in (
         ModuleFormat("wasm32-unknown-emscripten", False, False, _LEGACY_HEAP_MAX,
                      main_argv=(), minified=True, time_by_pointer=True, wide_strings=True,
-                     stack_cookie=False),
+                     stack_cookie=False, environ=_EMSCRIPTEN_ENVIRON),
         ModuleFormat("wasm32-unknown-emscripten2", False, False, _LEGACY_HEAP_MAX,
-                     main_argv=("./this.program",), time_by_pointer=True, wide_strings=True),
-        ModuleFormat("wasm32-unknown-emscripten3", False, False, _WASM32_HEAP_MAX, main_argv=()),
+                     main_argv=("./this.program",), time_by_pointer=True, wide_strings=True,
+                     environ=_EMSCRIPTEN_ENVIRON),
+        ModuleFormat("wasm32-unknown-emscripten3", False, False, _WASM32_HEAP_MAX, main_argv=(),
+                     environ=_EMSCRIPTEN_ENVIRON),
         ModuleFormat("wasm32-unknown-emscripten4", False, False, _WASM32_HEAP_MAX, _ASYNCIFY32,
                      invoke_via_dyncall=True),
         ModuleFormat("wasm32-unknown-emscripten-metering", False, True, _WASM32_HEAP_MAX,
