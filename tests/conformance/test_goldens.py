@@ -95,8 +95,10 @@ def test_run_command_prints_the_reference_results(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_goldens_are_what_the_reference_loader_produces() -> None:
-    """Re-record two cases with the loader: the committed goldens are its real output."""
-    for name, module in (("errors_rollback", "aos2_0_6"), ("handlers", "aos2_0_4_32")):
+    """Re-record four cases with the loader: the committed goldens are its real output."""
+    for name, module in (("errors_rollback", "aos2_0_6"), ("handlers", "aos2_0_4_32"),
+                         ("loader_small", "emscripten2@emscripten2"),
+                         ("gas_cut_off", "emscripten4@metering")):
         script = next(s for s in SCRIPTS if s.name == name)
         golden = json.loads(golden_path(name, module).read_text(encoding="utf-8"))
         assert run_reference(script, module) == golden
