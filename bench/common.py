@@ -93,10 +93,10 @@ def shaped(kinds: list[tuple[dict[str, str], str]],
     return out, guest_env(process, module)
 
 
-def streams(count: int,
-            fmt: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
-    """(process message + setup, workload of ``count`` messages cycling WORKLOAD, env)."""
-    msgs, env = shaped([*SETUP, *(WORKLOAD[i % len(WORKLOAD)] for i in range(count))], fmt)
+def streams(count: int, fmt: str, kinds: list[tuple[dict[str, str], str]] = WORKLOAD
+            ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """(process message + setup, workload of ``count`` messages cycling ``kinds``, env)."""
+    msgs, env = shaped([*SETUP, *(kinds[i % len(kinds)] for i in range(count))], fmt)
     return msgs[:1 + len(SETUP)], msgs[1 + len(SETUP):], env
 
 
@@ -105,12 +105,13 @@ def node_binary() -> str | None:
     return shutil.which("node")
 
 
-def run_loader(module: Path, fmt: str, mode: str, count: int) -> float:
+def run_loader(module: Path, fmt: str, mode: str, count: int,
+               kinds: list[tuple[dict[str, str], str]] = WORKLOAD) -> float:
     """Messages per second through @permaweb/ao-loader in ``mode`` (legacy | resident)."""
     node = node_binary()
     if node is None or not (JS_DIR / "node_modules" / "@permaweb" / "ao-loader").is_dir():
         raise RuntimeError("node and tests/js/node_modules are needed (bash tests/run.sh once)")
-    setup, workload, env = streams(count, fmt)
+    setup, workload, env = streams(count, fmt, kinds)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as spec:
         json.dump({"js_dir": str(JS_DIR), "module": str(module), "format": fmt, "env": env,
                    "setup": setup, "workload": workload, "mode": mode}, spec)

