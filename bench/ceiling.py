@@ -28,6 +28,15 @@ def _per_call(count: int, fn: Any) -> float:
     return (time.perf_counter() - start) / count
 
 
+def _bytes_written() -> int:
+    """Bytes this process has caused to be written to storage (``/proc/self/io``), 0 elsewhere."""
+    try:
+        lines = Path("/proc/self/io").read_text().splitlines()
+    except OSError:
+        return 0
+    return next(int(line.split()[1]) for line in lines if line.startswith("write_bytes:"))
+
+
 def run(quick: bool, cache: Any, log: Any) -> dict[str, Any]:
     """Pipeline msgs/s for echo.wat, the ceiling from its parts, and their ratio."""
     count = 200 if quick else 3000
@@ -62,8 +71,14 @@ def run(quick: bool, cache: Any, log: Any) -> dict[str, Any]:
     with pipeline(wasm, FORMAT) as pipe:
         pid = pipe.spawn("echo")
         batch_items = {pid: [pipe.item(pid, {"Action": "Echo"}, "x") for _ in range(count)]}
+        cpu, written = time.process_time(), _bytes_written()
         measured = rate(count, pipe.send_all(batch_items, clients=8))
-    return {"pipeline_echo": measured, "ceiling": ceiling, "pipeline/ceiling": measured / ceiling,
+        cpu, written = time.process_time() - cpu, _bytes_written() - written
+    return {"pipeline_echo": measured,
+            "main_cpu_ms_per_msg": cpu * 1e3 / count,
+            "main_bytes_written_per_msg": written / count, "ceiling": ceiling, "pipeline/ceiling": measured / ceiling,
             "parts_us": {"wasm_call": wasm_call * 1e6, "ed25519_sign_item": sign * 1e6,
                          "sha256": sha * 1e6, "fsync": fsync * 1e6, "fsync_batch": batch},
-            "target": "pipeline >= 50% of ceiling"}
+            "target": "pipeline >= 50% of ceiling; main-process CPU <= 0.35 ms per message",
+            "note": "main = this process: the node (ingest, schedule, sign, store) and the "
+                    "8 client threads that only call Node.ingest; evaluation runs in workers"}
