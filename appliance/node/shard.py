@@ -8,6 +8,7 @@ process to the shard that owns it. Everything a shard acknowledges is durable fi
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -770,28 +771,14 @@ class Shard:
             outbox = prepare_outbox(self.identity, PushContext(
                 origin, actor.module_id, self.settings.max_push_depth, seq), out)
             signed.append((seq, tick, item, outbox))
-        ctx = self._ctx()
-        forwarding = self._forwarding()
-
-        def commit(conn: Any) -> set[str]:
-            # Signed and stored in one transaction: nothing signed leaves the node before it
-            # is stored, and a crash before the commit leaves nothing to contradict.
-            woken: set[str] = set()
-            if forwarding is not None:
-                forwarding.forwards.clear()  # a retried transaction starts over
-            for seq, tick, item, outbox in signed:
-                store_cron_result(conn, seq, tick, item)
-                woken |= push_outbox(conn, ctx, outbox, forwarding)
-            return woken
-
-        woken = self.store.write(commit) if signed else set()
-        if forwarding is not None and forwarding.forwards:
-            self._forward(forwarding.forwards)
+        # Signed and stored in one transaction: nothing signed leaves the node before it is
+        # stored, and a crash before the commit leaves nothing to contradict.
+        if signed:
+            self._store_and_push(pid, [
+                (functools.partial(store_cron_result, seq=seq, tick=tick, signed=item), outbox)
+                for seq, tick, item, outbox in signed])
         actor.cron_seq += len(ticks)
         actor.cron_after = ticks[-1].position
-        for target in woken:
-            if target != pid:
-                self._wake(target)
         with self._progress:
             self._progress.notify_all()
 
@@ -899,6 +886,17 @@ class Shard:
             return
         if plan.intents:
             self.store.write(lambda conn: record_intents(conn, list(plan.intents)))
+        self._store_and_push(pid, [
+            (functools.partial(store_result, slot=signed.slot, signed=signed.item), outbox)
+            for signed, outbox in zip(plan.results, plan.outboxes, strict=True)])
+        self.observer.results_committed([signed.output for signed in plan.results])
+        self._notify(pid, plan.results[-1].slot.slot)
+
+    def _store_and_push(self, pid: str,
+                        rows: list[tuple[Callable[[Any], None], Outbox]]) -> None:
+        """In one transaction, store each signed result (``rows``: a function writing it, and
+        its outbox) and push its outbox; then forward what other shards own and wake the local
+        targets."""
         ctx = self._ctx()
         forwarding = self._forwarding()
 
@@ -906,19 +904,17 @@ class Shard:
             woken: set[str] = set()
             if forwarding is not None:
                 forwarding.forwards.clear()  # a retried transaction starts over
-            for signed, outbox in zip(plan.results, plan.outboxes, strict=True):
-                store_result(conn, signed.slot, signed.item)
+            for store, outbox in rows:
+                store(conn)
                 woken |= push_outbox(conn, ctx, outbox, forwarding)
             return woken
 
         woken = self.store.write(commit)
         if forwarding is not None and forwarding.forwards:
             self._forward(forwarding.forwards)
-        self.observer.results_committed([signed.output for signed in plan.results])
         for target in woken:
             if target != pid:
                 self._wake(target)
-        self._notify(pid, plan.results[-1].slot.slot)
 
     # --- cross-shard delivery ----------------------------------------------------------------
 
