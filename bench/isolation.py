@@ -19,14 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from appliance.ao import items
-from appliance.compute import ComputeLimits
 from appliance.metrics import NodeMetrics
 from appliance.node.identity import NodeIdentity
 from appliance.node.node import Node
-from appliance.node.settings import NodeSettings
-from attestation.providers import EmulatedProvider
 from bench.common import process_tags
-from tests.support.modules import LOOP_DATA, loop_module
+from tests.support.modules import LOOP_DATA, loop_node
 
 THIRDS = 3
 
@@ -62,17 +59,11 @@ def _latencies(node: Node, messages: list[items.Item]) -> list[float]:
 
 
 def _run_once(root: Path, move_after: float, loop_seconds: float) -> dict[str, Any]:
-    client = NodeIdentity.load_or_create(root / "client")
-    data = root / "node"
     metrics = NodeMetrics()
-    settings = NodeSettings(data_dir=data, workers=2, move_after_seconds=move_after,
-                            result_wait_seconds=loop_seconds * 4,
-                            limits=ComputeLimits(wall_clock_seconds=loop_seconds))
-    node = Node(settings, NodeIdentity.load_or_create(data), EmulatedProvider(data / "tee"),
-                b"\0" * 32, observer=metrics)
+    node, client, module = loop_node(root, metrics, loop_seconds,
+                                     move_after_seconds=move_after,
+                                     result_wait_seconds=loop_seconds * 4)
     try:
-        module = loop_module(client)
-        node.ingest(module.raw)
         names = ["looper-a", "looper-b"] + [f"third-{i}" for i in range(THIRDS)]
         procs = [items.sign(client, anchor=name.encode().ljust(32, b"."),
                             tags=process_tags(module.id, node.identity.address, name))

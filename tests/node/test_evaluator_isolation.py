@@ -13,13 +13,9 @@ import wasmtime
 from appliance.compute import ComputeLimits, jsjson
 from appliance.metrics import NodeMetrics
 from appliance.node.evaluator import EvaluatorPool, ProcessMoved
-from appliance.node.identity import NodeIdentity
-from appliance.node.node import Node
-from appliance.node.settings import NodeSettings
-from attestation.providers import EmulatedProvider
 from tests.node.test_node_core import _eval, _process
 from tests.support.echo import ECHO_FORMAT
-from tests.support.modules import LOOP_DATA, LOOP_WAT, loop_module
+from tests.support.modules import LOOP_DATA, LOOP_WAT, loop_node
 
 LOOP_SECONDS = 30.0
 """The loopers' wall-clock limit: far longer than moving and answering the third takes."""
@@ -40,16 +36,10 @@ def _moves(metrics: NodeMetrics) -> float:
 
 def test_a_process_is_answered_while_two_others_loop_and_its_state_survives_the_move(
         tmp_path: Path) -> None:
-    client = NodeIdentity.load_or_create(tmp_path / "client")
-    data = tmp_path / "node"
     metrics = NodeMetrics()
-    settings = NodeSettings(data_dir=data, workers=2, result_wait_seconds=PATIENCE,
-                            limits=ComputeLimits(wall_clock_seconds=LOOP_SECONDS))
-    node = Node(settings, NodeIdentity.load_or_create(data), EmulatedProvider(data / "tee"),
-                b"\0" * 32, observer=metrics)
+    node, client, module = loop_node(tmp_path, metrics, LOOP_SECONDS,
+                                     result_wait_seconds=PATIENCE)
     try:
-        module = loop_module(client)
-        node.ingest(module.raw)
         procs = [_process(client, module.id, node.identity.address, name)
                  for name in ("looper-a", "looper-b", "third")]
         for proc in procs:

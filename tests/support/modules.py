@@ -5,13 +5,21 @@ and otherwise answers with how many messages it has handled, counted in its memo
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import wasmtime
 
 from appliance.ao import items
+from appliance.compute import ComputeLimits
 from appliance.node.identity import NodeIdentity
+from appliance.node.node import Node
+from appliance.node.observer import NodeObserver
+from appliance.node.settings import NodeSettings
+from attestation.providers import EmulatedProvider
 from tests.support.echo import ECHO_FORMAT, echo_module
 
-__all__ = ["LOOP_DATA", "LOOP_WAT", "echo_module", "loop_module", "module_item"]
+__all__ = ["LOOP_DATA", "LOOP_WAT", "echo_module", "loop_module", "loop_node", "module_item"]
 
 LOOP_DATA = "loop"
 """The data of a message the loop module never finishes."""
@@ -88,3 +96,22 @@ def module_item(client: NodeIdentity, wat: str, fmt: str = ECHO_FORMAT) -> items
 def loop_module(client: NodeIdentity) -> items.Item:
     """The loop Module item, signed by ``client``."""
     return module_item(client, LOOP_WAT)
+
+
+def loop_node(root: Path, observer: NodeObserver, loop_seconds: float,
+              **settings: Any) -> tuple[Node, NodeIdentity, items.Item]:
+    """(node, client key, loop Module item): a node with two workers under ``root`` (emulated
+    TEE) whose messages may run ``loop_seconds`` of wall clock, with the loop module stored."""
+    client = NodeIdentity.load_or_create(root / "client")
+    data = root / "node"
+    node = Node(NodeSettings(data_dir=data, workers=2,
+                             limits=ComputeLimits(wall_clock_seconds=loop_seconds), **settings),
+                NodeIdentity.load_or_create(data), EmulatedProvider(data / "tee"), b"\0" * 32,
+                observer=observer)
+    module = loop_module(client)
+    try:
+        node.ingest(module.raw)
+    except BaseException:
+        node.close()
+        raise
+    return node, client, module
