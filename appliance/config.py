@@ -160,7 +160,7 @@ def _size(node: Node, what: str, low: int, high: int) -> int:
 _LISTEN = {"http", "grpc", "grpc_unix", "metrics"}
 _TLS = {"ca_file", "cert_file", "key_file", "allowed_clients", "plaintext_loopback"}
 _INT_RANGES = {"max_item_bytes": (1024, 1 << 30), "max_push_depth": (1, 10_000),
-               "batch_size": (1, 10_000), "workers": (1, 256),
+               "batch_size": (1, 10_000), "workers": (1, 256), "shards": (1, 256),
                "checkpoint_every_messages": (1, 10**9), "block_height": (0, 2**62),
                "dry_run_fuel": (1, 2**63 - 1), "dry_run_concurrency": (1, 256),
                "max_outbox_messages": (1, 100_000), "max_crank_messages": (1, 10**9),

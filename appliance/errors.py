@@ -70,6 +70,14 @@ class Overloaded(RequestError):
         super().__init__(message)
         self.retry_after = retry_after
 
+    def __reduce__(self) -> tuple[type[Overloaded], tuple[str, float]]:
+        return type(self), (str(self), self.retry_after)
+
+
+class ShardUnavailable(Overloaded):
+    """The shard process owning the process asked about is not running (it is being
+    restarted); retry after ``retry_after`` seconds. Nothing was done for the request."""
+
 
 class RateLimited(Overloaded):
     """A client-facing rate limit (token bucket) refused the request; retry after

@@ -287,6 +287,9 @@ class NodeMetrics(NodeObserver, HttpObserver):
         self.worker_crashes = Counter(
             PREFIX + "worker_crashes_total",
             "Evaluation worker processes that died and were restarted.", registry=r)
+        self.shard_restarts = Counter(
+            PREFIX + "shard_restarts_total",
+            "Shard processes that died and were started again by the front.", registry=r)
         self.process_moves = Counter(
             PREFIX + "process_moves_total",
             "Processes moved off a worker another process's evaluation held, to an idle or "
@@ -390,6 +393,10 @@ class NodeMetrics(NodeObserver, HttpObserver):
     def worker_crashed(self) -> None:
         """Count a worker restart."""
         self.worker_crashes.inc()
+
+    def shard_restarted(self) -> None:
+        """Count a shard process restart."""
+        self.shard_restarts.inc()
 
     def process_moved(self) -> None:
         """Count a process moved to another worker."""

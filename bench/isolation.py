@@ -78,7 +78,7 @@ def _run_once(root: Path, move_after: float, loop_seconds: float) -> dict[str, A
         for message in loops:
             node.ingest(message.raw)
         deadline = time.monotonic() + loop_seconds
-        while node.home.pool.held_workers() < 2 and time.monotonic() < deadline:
+        while node.local().pool.held_workers() < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
         looping_at = time.perf_counter()
         during = _latencies(node, [_message(client, p.id, "hello", 3) for p in thirds])
@@ -90,7 +90,7 @@ def _run_once(root: Path, move_after: float, loop_seconds: float) -> dict[str, A
         moves = metrics.registry.get_sample_value("ao_appliance_process_moves_total") or 0.0
         return {"idle_ms": idle * 1000, "min_ms": min(during) * 1000,
                 "max_ms": max(during) * 1000, "moves": int(moves),
-                "workers": node.home.pool.worker_count,
+                "workers": node.local().pool.worker_count,
                 "answered_while_looping": still_looping, "loop_wall_s": loop_wall}
     finally:
         node.close()

@@ -77,8 +77,8 @@ def run(tmp: Path, processes: int, rounds: int, mb: int, budget: int) -> dict[st
                 node.result(pid, msg.id)
         wall = time.perf_counter() - started
         time.sleep(0.5)  # the last driver books and evicts after its result is stored
-        tally = node.shards[0].residency.tally()
-        rss = sum(_rss(w.proc.pid) for w in node.shards[0].pool._workers)
+        tally = node.local().residency.tally()
+        rss = sum(_rss(w.proc.pid) for w in node.local().pool._workers)
         restores = sorted(observer.seconds)
         return {"budget_mb": budget / 2**20, "worker_rss_mb": rss / 2**20,
                 "resident": tally.resident, "resident_mb": tally.resident_bytes / 2**20,

@@ -32,8 +32,11 @@ from appliance.logfmt import fields
 from appliance.metrics import NodeMetrics
 from appliance.node.datadir import PRIVATE_UMASK, make_private
 from appliance.node.identity import KEY_FILE, NodeIdentity
-from appliance.node.node import Node
+from appliance.node.node import Node, shard_settings
+from appliance.node.observer import NodeObserver
+from appliance.node.remote_shard import process_shards
 from appliance.node.settings import NodeSettings
+from appliance.node.shard_host import ShardBoot
 from appliance.rpc.server import start_grpc
 from appliance.sdnotify import sd_notify, watchdog_loop
 from attestation.evidence import EvidenceProvider
@@ -50,6 +53,17 @@ def host_port(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def shard_count(text: str) -> int:
+    """argparse type for ``--shards``: 1 to 256."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 256:
+        raise argparse.ArgumentTypeError(f"expected a number of shards from 1 to 256, got {text!r}")
+    return value
+
+
 def register(sub: Any) -> None:
     """Register the ``serve`` sub-command."""
     parser: argparse.ArgumentParser = sub.add_parser("serve", help="run the node")
@@ -62,6 +76,8 @@ def register(sub: Any) -> None:
                         help="Prometheus listener (serves /metrics)")
     parser.add_argument("--tee", choices=TEE_NAMES, default=None,
                         help="evidence provider (default auto: hardware, else emulated)")
+    parser.add_argument("--shards", type=shard_count, default=None,
+                        help="shard processes owning the node's processes (node.shards)")
     parser.set_defaults(func=serve)
 
 
@@ -76,6 +92,9 @@ def effective_config(args: argparse.Namespace) -> AppConfig:
     if args.metrics is not None:
         listen = dataclasses.replace(listen, metrics=args.metrics)
     config = dataclasses.replace(config, listen=listen, tee=args.tee or config.tee)
+    if args.shards is not None:
+        config = dataclasses.replace(config, node=dataclasses.replace(config.node,
+                                                                      shards=args.shards))
     if args.grpc is not None and not config.tls.enabled and is_loopback(args.grpc[0]):
         config = dataclasses.replace(  # a loopback --grpc without TLS is explicit plaintext
             config, tls=dataclasses.replace(config.tls, plaintext_loopback=True))
@@ -146,9 +165,18 @@ def _serve_bound(args: argparse.Namespace, config: AppConfig, http_socket: socke
                             **dataclasses.asdict(config.node))
     identity = NodeIdentity.load_or_create(data_dir)
     metrics = NodeMetrics() if config.listen.metrics is not None else None
-    node = Node(settings, identity, _provider(config.tee, data_dir / "tee"),
-                config_digest(config), observer=metrics)
-    log.info("node %s starting (tee %s)", identity.address, node.provider.platform)
+    provider = _provider(config.tee, data_dir / "tee")
+    digest = config_digest(config)
+    log.info("node %s starting (tee %s, %d shard%s)", identity.address, provider.platform,
+             settings.shards, "" if settings.shards == 1 else "s")
+    shards = None
+    if settings.shards > 1:
+        boots = [ShardBoot(index=k, settings=shard_settings(settings, k, settings.shards),
+                           key_dir=data_dir, tee=provider.platform.value,
+                           tee_state_dir=data_dir / "tee", config_digest=digest,
+                           log_level=config.log_level) for k in range(settings.shards)]
+        shards = process_shards(boots, metrics or NodeObserver())
+    node = Node(settings, identity, provider, digest, observer=metrics, shards=shards)
     try:
         asyncio.run(_serve(node, config, metrics, http_socket))
     finally:

@@ -24,6 +24,7 @@ from appliance.node.guest import ScheduledSlot
 from appliance.node.identity import NodeIdentity
 from appliance.node.observer import NodeObserver
 from appliance.node.placement import Placement
+from appliance.node.remote_shard import RemoteShard
 from appliance.node.residency import Tally
 from appliance.node.routing import SoleShard
 from appliance.node.settings import NodeSettings
@@ -91,20 +92,21 @@ class Node:
     """One ao-appliance node: SU + CU + MU for the processes it hosts, over its shards.
 
     Without ``shards`` the node is one shard in this process on ``settings.data_dir``; given
-    ``shards`` (not yet started, as :func:`local_shards` makes them) are started with a router
-    reaching each other.
+    ``shards`` (not yet started: :func:`local_shards` makes them in this process,
+    :func:`~appliance.node.remote_shard.process_shards` each in a process of its own) are
+    started with a router reaching each other.
     """
 
     def __init__(self, settings: NodeSettings, identity: NodeIdentity,
                  provider: EvidenceProvider, config_digest: bytes, *,
                  observer: NodeObserver | None = None,
-                 shards: Sequence[Shard] | None = None) -> None:
+                 shards: Sequence[Shard | RemoteShard] | None = None) -> None:
         self.settings = settings
         self.identity = identity
         self.provider = provider
         self.config_digest = config_digest
         self.observer: NodeObserver = observer or NodeObserver()
-        self.shards: tuple[Shard, ...] = tuple(shards) if shards is not None else (
+        self.shards: tuple[Shard | RemoteShard, ...] = tuple(shards) if shards is not None else (
             Shard(settings, identity, provider, config_digest, observer=self.observer),)
         if len(self.shards) > MAX_SHARDS:
             raise ValueError(f"a node runs at most {MAX_SHARDS} shards")
@@ -120,12 +122,20 @@ class Node:
 
     # --- routing ---------------------------------------------------------------------------
 
-    def owner(self, process_id: str) -> Shard:
+    def owner(self, process_id: str) -> Shard | RemoteShard:
         """The shard that owns ``process_id`` (or would, for a new process)."""
         return self.shards[self.placement.owner(process_id)]
 
+    def local(self, index: int = 0) -> Shard:
+        """Shard ``index`` itself when it runs in this process (tests and benches look
+        inside it)."""
+        shard = self.shards[index]
+        if not isinstance(shard, Shard):
+            raise TypeError(f"shard {index} runs in a process of its own")
+        return shard
+
     @property
-    def home(self) -> Shard:
+    def home(self) -> Shard | RemoteShard:
         """The shard that answers for the node as a whole (attestation, location record)."""
         return self.shards[0]
 
@@ -369,10 +379,10 @@ class Node:
     def memory(self) -> tuple[Tally, int]:
         """Resident and evicted instances and their bytes, and the memory budget, over all
         shards (each shard keeps its share of ``memory_budget_bytes``)."""
-        tallies = [shard.residency.tally() for shard in self.shards]
+        tallies, budgets = zip(*(shard.memory() for shard in self.shards), strict=True)
         total = Tally(*(sum(column) for column in zip(*(dataclasses.astuple(t) for t in tallies),
                                                        strict=True)))
-        return total, sum(shard.residency.budget_bytes for shard in self.shards)
+        return total, sum(budgets)
 
     def outbox_by_status(self) -> dict[str, int]:
         """Outbox entry counts keyed by status, over all shards."""

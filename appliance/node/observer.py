@@ -42,6 +42,9 @@ class NodeObserver:
     def worker_crashed(self) -> None:
         """An evaluation worker process died and was restarted."""
 
+    def shard_restarted(self) -> None:
+        """A shard process died and the front started it again."""
+
     def process_moved(self) -> None:
         """A process moved off a worker another process's evaluation held, to be reopened
         from its checkpoint on an idle or extra worker."""

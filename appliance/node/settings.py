@@ -45,6 +45,9 @@ class NodeOptions:
     ``move_after_seconds``: a process whose next call would wait longer than this behind
     another process's evaluation in their shared worker moves to an idle or extra worker and is
     reopened there from its checkpoint (0: processes never move).
+    ``shards``: shard processes that own the node's processes between them, each with its own
+    store and its share of ``workers`` and ``memory_budget_bytes`` (1: the node is one process
+    and its workers).
     """
 
     max_item_bytes: int = 16 * 1024 * 1024
@@ -66,6 +69,7 @@ class NodeOptions:
     crank_window_seconds: float = 10.0
     memory_budget_bytes: int = field(default_factory=default_memory_budget)
     move_after_seconds: float = 0.5
+    shards: int = 1
 
     def __post_init__(self) -> None:
         if self.max_item_bytes < 1024:
@@ -92,6 +96,8 @@ class NodeOptions:
             raise ConfigError("move_after_seconds cannot be negative")
         if self.memory_budget_bytes < 1:
             raise ConfigError("memory_budget_bytes must be positive")
+        if self.shards < 1:
+            raise ConfigError("shards must be positive")
 
 
 

@@ -78,7 +78,7 @@ from appliance.node.messenger import (
     split_assignment_key,
 )
 from appliance.node.observer import NodeObserver
-from appliance.node.residency import Kind, Residency
+from appliance.node.residency import Kind, Residency, Tally
 from appliance.node.results import (
     intents_between,
     record_intents,
@@ -1428,6 +1428,10 @@ class Shard:
             self.store.write(
                 lambda conn: queries.set_checkpoint_sha256(conn, process_id, slot, sha256))
         return sha256, ref.raw_size
+
+    def memory(self) -> tuple[Tally, int]:
+        """Resident and evicted instances and their bytes, and this shard's memory budget."""
+        return self.residency.tally(), self.residency.budget_bytes
 
     def broken_count(self) -> int:
         """How many hosted processes stopped evaluating (see the log for why) since start."""

@@ -1,0 +1,184 @@
+"""A two-way call channel between the front and one shard process, over a socket pair.
+
+Either side can :meth:`Channel.call` the other (a request, then its reply or the exception it
+raised, re-raised here) or :meth:`Channel.note` it (one way, in order). Calls arriving are run on a
+thread pool, so a slow call never holds up the others and a call can call back across the channel
+(a shard's push reaches another shard through the front while the front waits on it); notes run
+on the reading thread, in the order they were sent, and must be cheap.
+
+Both ends are processes of one node started by the front from the same code, so values cross as
+pickles; the socket pair is never reachable from outside (no listening socket). When the other end
+goes away every waiting call fails with :class:`~appliance.errors.ShardUnavailable`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import pickle
+import socket
+import threading
+from collections.abc import Callable, Collection
+from concurrent.futures import Future, ThreadPoolExecutor
+from multiprocessing.connection import Connection
+from typing import Any
+
+from appliance.errors import ShardUnavailable
+
+log = logging.getLogger(__name__)
+
+# Calls in flight that one side runs at once; past this they queue (a front has at most a few
+# hundred HTTP/gRPC requests waiting on a shard, each a short call).
+CALL_THREADS = 64
+
+_CALL, _REPLY, _FAILED, _NOTE = range(4)
+
+
+class Channel:
+    """One end of the channel. ``handler``'s methods named in ``calls`` answer the other side's
+    calls and those in ``notes`` its notes; ``on_closed`` runs once when the other end is gone."""
+
+    def __init__(self, sock: socket.socket, handler: object, *, calls: Collection[str],
+                 notes: Collection[str], name: str,
+                 on_closed: Callable[[], None] | None = None) -> None:
+        self._socket = sock
+        self._connection = Connection(os.dup(sock.fileno()))
+        self._handler = handler
+        self._calls = frozenset(calls)
+        self._notes = frozenset(notes)
+        self._on_closed = on_closed
+        self._send_lock = threading.Lock()
+        self._pending: dict[int, Future[Any]] = {}
+        self._pending_lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._closed = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=CALL_THREADS, thread_name_prefix=f"{name}-call")
+        self._reader = threading.Thread(target=self._read_loop, name=f"{name}-read", daemon=True)
+        self._reader.start()
+
+    @property
+    def closed(self) -> bool:
+        """True once the other end is gone (or :meth:`close` was called)."""
+        return self._closed.is_set()
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Run ``method`` on the other side and return what it returned (or raise what it
+        raised); :class:`ShardUnavailable` when the other end is gone before it answers."""
+        future: Future[Any] = Future()
+        call_id = next(self._ids)
+        with self._pending_lock:
+            if self._closed.is_set():
+                raise ShardUnavailable("the shard process is not running", retry_after=2.0)
+            self._pending[call_id] = future
+        try:
+            self._send((_CALL, call_id, method, args, kwargs))
+        except BaseException:
+            with self._pending_lock:
+                self._pending.pop(call_id, None)
+            raise
+        return future.result()
+
+    def note(self, method: str, *args: Any) -> None:
+        """Tell the other side ``method(*args)``; never waits for it, dropped once closed."""
+        if self._closed.is_set():
+            return
+        try:
+            self._send((_NOTE, method, args))
+        except ShardUnavailable:
+            pass
+        except Exception:  # an argument that does not pickle: observers never raise
+            log.exception("note %s could not be sent", method)
+
+    def close(self) -> None:
+        """Stop reading and fail the calls still waiting (the other end sees end-of-file)."""
+        self._shut()
+        self._pool.shutdown(wait=False)
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            with self._send_lock:
+                self._connection.send_bytes(data)
+        except (OSError, ValueError):
+            self._shut()
+            raise ShardUnavailable("the shard process went away", retry_after=2.0) from None
+
+    def _read_loop(self) -> None:
+        try:
+            while True:
+                message = pickle.loads(self._connection.recv_bytes())  # noqa: S301 - our own child/parent
+                kind = message[0]
+                if kind == _CALL:
+                    self._pool.submit(self._answer, *message[1:])
+                elif kind == _NOTE:
+                    self._take_note(message[1], message[2])
+                else:
+                    with self._pending_lock:
+                        future = self._pending.pop(message[1], None)
+                    if future is None:
+                        continue
+                    if kind == _REPLY:
+                        future.set_result(message[2])
+                    else:
+                        future.set_exception(message[2])
+        except (EOFError, OSError):
+            pass
+        except Exception:
+            log.exception("shard channel failed")
+        finally:
+            self._shut()
+            self._connection.close()
+
+    def _take_note(self, method: str, args: tuple[Any, ...]) -> None:
+        if method not in self._notes:
+            log.error("unexpected note %r on the shard channel", method)
+            return
+        try:
+            getattr(self._handler, method)(*args)
+        except Exception:
+            log.exception("note %s failed", method)
+
+    def _answer(self, call_id: int, method: str, args: tuple[Any, ...],
+                kwargs: dict[str, Any]) -> None:
+        try:
+            if method not in self._calls:
+                raise AttributeError(f"{method!r} is not a call this side answers")
+            value = getattr(self._handler, method)
+            reply: tuple[Any, ...] = (_REPLY, call_id,
+                                      value(*args, **kwargs) if callable(value) else value)
+        except Exception as exc:  # noqa: BLE001 - the caller re-raises it
+            reply = (_FAILED, call_id, _portable(exc))
+        try:
+            self._send(reply)
+        except ShardUnavailable:
+            pass
+        except Exception as exc:  # the value did not pickle: the caller still gets an answer
+            log.exception("reply to %s could not be sent", method)
+            self._send((_FAILED, call_id, _portable(exc)))
+
+    def _shut(self) -> None:
+        with self._pending_lock:
+            if self._closed.is_set():
+                return
+            self._closed.set()
+            pending, self._pending = list(self._pending.values()), {}
+        with contextlib.suppress(OSError):
+            self._socket.shutdown(socket.SHUT_RDWR)  # wakes the reading thread
+        self._socket.close()
+        for future in pending:
+            future.set_exception(ShardUnavailable("the shard process went away while "
+                                                  "answering", retry_after=2.0))
+        if self._on_closed is not None:
+            self._on_closed()
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """``exc`` if it survives a pickle round trip, else a RuntimeError saying what it was."""
+    try:
+        pickle.loads(pickle.dumps(exc))  # noqa: S301 - our own bytes
+    except Exception:  # noqa: BLE001 - any failure means it does not travel
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+    exc.__traceback__ = None
+    return exc
