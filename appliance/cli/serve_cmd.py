@@ -32,11 +32,10 @@ from appliance.logfmt import fields
 from appliance.metrics import NodeMetrics
 from appliance.node.datadir import PRIVATE_UMASK, make_private
 from appliance.node.identity import KEY_FILE, NodeIdentity
-from appliance.node.node import Node, shard_settings
+from appliance.node.node import Node
 from appliance.node.observer import NodeObserver
 from appliance.node.remote_shard import process_shards
 from appliance.node.settings import NodeSettings
-from appliance.node.shard_host import ShardBoot
 from appliance.rpc.server import start_grpc
 from appliance.sdnotify import sd_notify, watchdog_loop
 from attestation.evidence import EvidenceProvider
@@ -171,11 +170,9 @@ def _serve_bound(args: argparse.Namespace, config: AppConfig, http_socket: socke
              settings.shards, "" if settings.shards == 1 else "s")
     shards = None
     if settings.shards > 1:
-        boots = [ShardBoot(index=k, settings=shard_settings(settings, k, settings.shards),
-                           key_dir=data_dir, tee=provider.platform.value,
-                           tee_state_dir=data_dir / "tee", config_digest=digest,
-                           log_level=config.log_level) for k in range(settings.shards)]
-        shards = process_shards(boots, metrics or NodeObserver())
+        shards = process_shards(settings, key_dir=data_dir, tee=provider.platform,
+                                tee_state_dir=data_dir / "tee", config_digest=digest,
+                                log_level=config.log_level, observer=metrics or NodeObserver())
     node = Node(settings, identity, provider, digest, observer=metrics, shards=shards)
     try:
         asyncio.run(_serve(node, config, metrics, http_socket))

@@ -14,7 +14,6 @@ import heapq
 import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from appliance.ao import items
@@ -37,26 +36,12 @@ from attestation.evidence import EvidenceProvider
 MAX_SHARDS = 1024
 
 
-def shard_data_dir(data_dir: Path, index: int) -> Path:
-    """Where shard ``index`` keeps its state: shard 0 in the data dir itself (a node made before
-    shards existed is a one-shard node), the others under ``shards/``."""
-    return data_dir if index == 0 else data_dir / "shards" / str(index)
-
-
-def shard_settings(settings: NodeSettings, index: int, count: int) -> NodeSettings:
-    """``settings`` for shard ``index`` of ``count``: its own data dir, a share of the workers
-    and of the memory budget."""
-    return dataclasses.replace(settings, data_dir=shard_data_dir(settings.data_dir, index),
-                               workers=max(1, -(-settings.workers // count)),
-                               memory_budget_bytes=max(1, settings.memory_budget_bytes // count))
-
-
 def local_shards(settings: NodeSettings, identity: NodeIdentity, provider: EvidenceProvider,
                  config_digest: bytes, count: int, *,
                  observer: NodeObserver | None = None) -> list[Shard]:
     """``count`` shards running in this process (tests and embedded use); they start
     evaluating when a :class:`Node` takes them."""
-    return [Shard(shard_settings(settings, k, count), identity, provider, config_digest,
+    return [Shard(settings.for_shard(k, count), identity, provider, config_digest,
                   observer=observer, resume=False) for k in range(count)]
 
 
@@ -412,5 +397,4 @@ def _shard_after(cursor: int | None, index: int, ascending: bool) -> int | None:
     return -(-(cursor - index) // MAX_SHARDS)  # row * M + index < cursor  <=>  row < ceil(...)
 
 
-__all__ = ["ALL_SLOTS", "LocalRouter", "Node", "ProgressListener", "Receipt", "local_shards",
-           "shard_settings"]
+__all__ = ["ALL_SLOTS", "LocalRouter", "Node", "ProgressListener", "Receipt", "local_shards"]

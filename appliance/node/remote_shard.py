@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from appliance.errors import ApplianceError, ShardUnavailable
@@ -31,6 +32,7 @@ from appliance.node.channel import Channel
 from appliance.node.observer import NodeObserver
 from appliance.node.residency import Tally
 from appliance.node.routing import ShardRouter
+from appliance.node.settings import NodeSettings
 from appliance.node.shard_host import (
     FRONT_CALLS,
     FRONT_NOTES,
@@ -39,6 +41,7 @@ from appliance.node.shard_host import (
     ShardBoot,
 )
 from appliance.node.standing import StandingAttestation
+from attestation.evidence import Platform
 
 log = logging.getLogger("appliance.shards")
 
@@ -237,8 +240,15 @@ class RemoteShard:
         return self._router
 
 
-def process_shards(boots: list[ShardBoot], observer: NodeObserver) -> list[RemoteShard]:
-    """Start a shard process per boot (in parallel) and wait until all are up."""
+def process_shards(settings: NodeSettings, *, key_dir: Path, tee: Platform, tee_state_dir: Path,
+                   config_digest: bytes, log_level: str,
+                   observer: NodeObserver) -> list[RemoteShard]:
+    """Start ``settings.shards`` shard processes (all at once) and wait until all are up; the
+    key is read from ``key_dir``, evidence made by ``tee`` (with its state in
+    ``tee_state_dir``)."""
+    boots = [ShardBoot(index=k, settings=settings.for_shard(k, settings.shards), key_dir=key_dir,
+                       tee=tee.value, tee_state_dir=tee_state_dir, config_digest=config_digest,
+                       log_level=log_level) for k in range(settings.shards)]
     shards = [RemoteShard(boot, observer) for boot in boots]
     try:
         for shard in shards:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +108,15 @@ class NodeSettings(NodeOptions):
 
     data_dir: Path
     limits: ComputeLimits = field(default_factory=ComputeLimits)
+
+    def for_shard(self, index: int, count: int) -> NodeSettings:
+        """These settings for shard ``index`` of ``count``: its own data dir (shard 0 in the data
+        dir itself, so a node made before shards existed is a one-shard node; the others under
+        ``shards/``), a share of the workers and of the memory budget."""
+        data_dir = self.data_dir if index == 0 else self.data_dir / "shards" / str(index)
+        return dataclasses.replace(self, data_dir=data_dir,
+                                   workers=max(1, -(-self.workers // count)),
+                                   memory_budget_bytes=max(1, self.memory_budget_bytes // count))
 
     @property
     def checkpoint_dir(self) -> Path:

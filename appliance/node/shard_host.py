@@ -10,11 +10,13 @@ with one end of a socket pair as ``FD``, sends it a :class:`ShardBoot` and then 
 The shard process holds the node key (it signs Assignments and Results) and never runs guest
 code: its evaluation workers are processes of their own, as in a one-shard node. It ignores
 SIGINT and SIGTERM (the front stops it, so a Ctrl-C or a service stop reaching the whole process
-group finishes in-flight work in order) and stops by itself when the front goes away.
+group finishes in-flight work in order) and dies with the front: a front killed with -9 takes its
+shards with it, and the restarted front's shards resume from their stores as after any crash.
 """
 
 from __future__ import annotations
 
+import ctypes
 import faulthandler
 import logging
 import os
@@ -49,6 +51,7 @@ SHARD_CALLS = frozenset({
 # What a shard may call on the front (its router) and tell it.
 FRONT_CALLS = frozenset({"owns", "push", "module"})
 FRONT_NOTES = frozenset({"ready", "progress", "observe"})
+PR_SET_PDEATHSIG = 1  # prctl(2)
 OBSERVER_HOOKS = frozenset(name for name in vars(NodeObserver) if not name.startswith("_"))
 
 
@@ -153,15 +156,31 @@ def run(sock: socket.socket) -> None:
     host.shard.add_progress_listener(host.progressed)
     channel.note("ready")
     host.gone.wait()
-    if host.shard is not None:  # the front went away without closing us: finish in order
-        log.warning("the front went away; stopping shard %d", boot.index)
-        host.shard.close()
+    if host.shard is not None:
+        # The front died (it closes us before it stops): stop at once, as if killed with it.
+        # Finishing in-flight work would race the shard a restarted front starts on this store.
+        log.error("the front went away; shard %d stops now", boot.index)
+        logging.shutdown()
+        os._exit(1)
+
+
+def _die_with_parent() -> None:
+    """Have the kernel kill this process when the front dies (Linux ``PR_SET_PDEATHSIG``), even
+    if no thread of ours notices; elsewhere the end-of-file on the channel stops it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:  # the front died before we asked
+        os._exit(1)
 
 
 def main(argv: list[str]) -> NoReturn:
     """Entry point: ``python -m appliance.node.shard_host FD``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _die_with_parent()
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # where is it stuck: kill -USR1
     code = 0
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -41,6 +42,19 @@ class Server:
                 return resp.status, json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read())
+
+    def shard_pids(self) -> list[int]:
+        """Pids of the node's shard processes (none for a one-shard node)."""
+        pids = []
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                pids += [int(p) for p in (task / "children").read_text().split()]
+        shards = []
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                if b"appliance.node.shard_host" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    shards.append(pid)
+        return sorted(shards)
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)

@@ -1,4 +1,4 @@
-"""kill -9 of a real ``ao-appliance serve`` at random moments while concurrent clients stream
+"""kill -9 of a real ``ao-appliance serve`` (and of its shard processes) at random moments while concurrent clients stream
 messages to 3 processes with checkpoints on (DESIGN §5 invariants 1-4): every acknowledged
 message holds its slot, slots are contiguous, the hash chain runs from slot 0, one Result per
 slot that never changes across restarts; the final chain of one process is proven with
@@ -38,4 +38,11 @@ def test_acknowledged_messages_survive_kill_9(tmp_path: Path) -> None:
     assert report.kills == KILLS
     assert report.acknowledged > 0, "the clients got no acknowledgement at all"
     assert report.results_sampled > 0, "no result was sampled before a kill"
+    assert report.violations == []
+
+
+def test_acknowledged_messages_survive_kill_9_of_shards_and_front(tmp_path: Path) -> None:
+    report = torture(tmp_path, KILLS // 2, shards=2, seed=99)
+    assert report.kills == KILLS // 2
+    assert report.acknowledged > 0, "the clients got no acknowledgement at all"
     assert report.violations == []

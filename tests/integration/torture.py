@@ -6,7 +6,9 @@ invariants 1-4 over everything that was acknowledged. Used by tests/integration/
 from __future__ import annotations
 
 import contextlib
+import os
 import random
+import signal
 import threading
 import time
 import urllib.error
@@ -17,7 +19,14 @@ from pathlib import Path
 
 from appliance.node.chain import first_hash_chain, next_hash_chain
 from appliance.node.identity import NodeIdentity
-from tests.integration.clients import client_identity, message, spawn, upload_module
+from appliance.node.placement import hashed_owner
+from tests.integration.clients import (
+    client_identity,
+    message,
+    process_item,
+    spawn,
+    upload_module,
+)
 from tests.integration.server import SERVE, Server, start_server
 from tests.integration.test_aoconnect import verify_result_chain, whole_schedule
 
@@ -55,27 +64,35 @@ class _Client:
                 return
             if status == 202:
                 self.acked.append(item.id)
+            else:  # its shard is restarting (503): nothing was stored
+                time.sleep(0.05)
 
 
 def torture(base: Path, kills: int, *, processes: int = 3, clients_per_process: int = 2,
-            checkpoint_every: int = 5, seed: int = 1234,
+            checkpoint_every: int = 5, seed: int = 1234, shards: int = 1,
             log: Callable[[str], None] = lambda _: None,
             then: Callable[[Server, TortureReport], None] | None = None,
             max_seconds: float | None = None) -> TortureReport:
     """Run ``kills`` kill -9 / restart rounds (fewer if ``max_seconds`` runs out first) and
-    check the node's state afterwards (``then`` runs on the last, still running server)."""
+    check the node's state afterwards (``then`` runs on the last, still running server).
+
+    With ``shards`` > 1 the node runs that many shard processes, the processes are spread
+    over all of them, and every other round kills one shard process (the front restarts it)
+    instead of the whole node."""
     started = time.monotonic()
     rng = random.Random(seed)
     report = TortureReport()
     config = base / "config.yaml"
     # one evaluation worker: a restart spawns one process fewer (start-up is most of a round)
-    config.write_text(f"node:\n  checkpoint_every_messages: {checkpoint_every}\n  workers: 1\n")
+    config.write_text(f"node:\n  checkpoint_every_messages: {checkpoint_every}\n  workers: 1\n"
+                      f"  shards: {shards}\n")
     command = (*SERVE[:-1], "--config", str(config), SERVE[-1])
     data = base / "node"
     server = start_server(data, command)
     identity = client_identity(base / "client")
     module = upload_module(server, identity)
-    report.processes = [spawn(server, identity, module, f"torture-{p}") for p in range(processes)]
+    report.processes = [spawn(server, identity, module, name)
+                        for name in _spread(server, identity, module, processes, shards)]
     clients = [_Client(pid, identity, (p * 10 + c) * 10**8)  # the owner: aos evaluates its Eval
                for p, pid in enumerate(report.processes) for c in range(clients_per_process)]
     seen: dict[tuple[str, str], bytes] = {}
@@ -96,7 +113,12 @@ def torture(base: Path, kills: int, *, processes: int = 3, clients_per_process: 
                     # not evaluated yet: the read would wait result_wait_seconds, so time out
                     with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as r:
                         seen[(client.process, mid)] = bytes(r.read())
-            server.kill()
+            shard_round = shards > 1 and round_no % 2 == 1
+            if shard_round:
+                victim = rng.choice(server.shard_pids())
+                os.kill(victim, signal.SIGKILL)
+            else:
+                server.kill()
             stop.set()
             for thread in threads:
                 thread.join()
@@ -104,7 +126,10 @@ def torture(base: Path, kills: int, *, processes: int = 3, clients_per_process: 
             if report.kills % 10 == 0:
                 log(f"crash torture: {report.kills}/{kills} kills, "
                     f"{sum(len(c.acked) for c in clients)} acknowledged")
-            server = start_server(data, command)
+            if shard_round:
+                _wait_restarted(server, victim, shards)
+            else:
+                server = start_server(data, command)
         report.acknowledged = sum(len(c.acked) for c in clients)
         report.results_sampled = len(seen)
         _check(server, clients, seen, report)
@@ -114,6 +139,32 @@ def torture(base: Path, kills: int, *, processes: int = 3, clients_per_process: 
         server.stop()
     report.seconds = time.monotonic() - started
     return report
+
+
+def _spread(server: Server, identity: NodeIdentity, module: str, count: int,
+            shards: int) -> list[str]:
+    """Names of ``count`` processes that land on every shard (round robin by placement)."""
+    names, k = [], 0
+    while len(names) < count:
+        name = f"torture-{k}"
+        k += 1
+        item = process_item(server, identity, module, name)
+        if hashed_owner(item.id, shards) == len(names) % shards or k > 1000:
+            names.append(name)
+    return names
+
+
+def _wait_restarted(server: Server, victim: int, shards: int) -> None:
+    """Until the front has restarted the killed shard and the node is healthy again."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        pids = server.shard_pids()
+        if len(pids) == shards and victim not in pids:
+            with contextlib.suppress(OSError):
+                server.get("/")
+                return
+        time.sleep(0.1)
+    raise AssertionError("the killed shard was not restarted")
 
 
 def _wait_result(server: Server, process: str, mid: str) -> None:

@@ -1,26 +1,49 @@
-"""The Node façade over several shards in one process: placement, routing, merged reads."""
+"""The Node façade over several shards, in this process and each in a process of its own:
+placement, routing, merged reads, and a shard process killed and restarted."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from appliance.ao import items
+from appliance.errors import ShardUnavailable
 from appliance.node.identity import NodeIdentity
 from appliance.node.node import Node, local_shards
+from appliance.node.observer import NodeObserver
 from appliance.node.placement import Placement, hashed_owner
+from appliance.node.remote_shard import RemoteShard, process_shards
 from appliance.node.settings import NodeSettings
+from appliance.node.shard import Shard
+from attestation.evidence import Platform
 from attestation.providers import EmulatedProvider
 from tests.node.test_node_core import _eval, _process
 from tests.support.echo import ECHO_OUTPUT, echo_module, relay_module
 
 
-def _sharded(data: Path, count: int) -> Node:
-    settings = NodeSettings(data_dir=data, workers=count)
+@pytest.fixture(params=["threads", "processes"])
+def mode(request: pytest.FixtureRequest) -> str:
+    """Where the shards run: in the test's process, or each in a process of its own."""
+    return str(request.param)
+
+
+def _sharded(data: Path, count: int, mode: str = "threads",
+             observer: NodeObserver | None = None) -> Node:
+    settings = NodeSettings(data_dir=data, workers=count, shards=count)
     identity = NodeIdentity.load_or_create(data)
     provider = EmulatedProvider(data / "tee")
-    shards = local_shards(settings, identity, provider, b"\0" * 32, count)
-    return Node(settings, identity, provider, b"\0" * 32, shards=shards)
+    shards: list[Shard | RemoteShard]
+    if mode == "processes":
+        shards = list(process_shards(settings, key_dir=data, tee=Platform.EMULATED,
+                                     tee_state_dir=data / "tee", config_digest=b"\0" * 32,
+                                     log_level="warning", observer=observer or NodeObserver()))
+    else:
+        shards = list(local_shards(settings, identity, provider, b"\0" * 32, count))
+    return Node(settings, identity, provider, b"\0" * 32, observer=observer, shards=shards)
 
 
 def test_placement_keeps_known_processes_and_hashes_new_ones() -> None:
@@ -30,10 +53,11 @@ def test_placement_keeps_known_processes_and_hashes_new_ones() -> None:
     assert placement.owner("b" * 43) == 3
 
 
-def test_processes_spread_over_shards_answer_and_survive_a_restart(tmp_path: Path) -> None:
+def test_processes_spread_over_shards_answer_and_survive_a_restart(tmp_path: Path,
+                                                                   mode: str) -> None:
     client = NodeIdentity.load_or_create(tmp_path / "client")
     data = tmp_path / "node"
-    node = _sharded(data, 2)
+    node = _sharded(data, 2, mode)
     try:
         module = echo_module(client)  # no npm needed: routing is what is tested
         node.ingest(module.raw)
@@ -65,7 +89,7 @@ def test_processes_spread_over_shards_answer_and_survive_a_restart(tmp_path: Pat
         placed = {p.id: node.placement.owner(p.id) for p in procs}
     finally:
         node.close()
-    again = _sharded(data, 3)  # one more shard: processes stay where they are
+    again = _sharded(data, 3, mode)  # one more shard: processes stay where they are
     try:
         assert {p.id: again.placement.owner(p.id) for p in procs} == placed
         for proc, message in zip(procs, sent, strict=True):
@@ -74,10 +98,11 @@ def test_processes_spread_over_shards_answer_and_survive_a_restart(tmp_path: Pat
         again.close()
 
 
-def test_an_outbox_item_another_shard_owns_is_delivered_there_once(tmp_path: Path) -> None:
+def test_an_outbox_item_another_shard_owns_is_delivered_there_once(tmp_path: Path,
+                                                                   mode: str) -> None:
     client = NodeIdentity.load_or_create(tmp_path / "client")
     data = tmp_path / "node"
-    node = _sharded(data, 2)
+    node = _sharded(data, 2, mode)
     address = node.identity.address
     try:
         echo = echo_module(client)
@@ -121,7 +146,7 @@ def test_an_outbox_item_another_shard_owns_is_delivered_there_once(tmp_path: Pat
             assert node.shards[hashed_owner(row.id, 2)].process_ids().count(row.id) == 1
     finally:
         node.close()
-    again = _sharded(data, 2)  # a restart pushes nothing twice
+    again = _sharded(data, 2, mode)  # a restart pushes nothing twice
     try:
         page, _ = again.schedule_page(target.id)
         assert sum(items.first_tag(m, "Action") == "Relay" for _, m, _ in page) == 2
@@ -129,3 +154,53 @@ def test_an_outbox_item_another_shard_owns_is_delivered_there_once(tmp_path: Pat
         assert again.shards[0].outbox_by_status() == {"scheduled": 5}
     finally:
         again.close()
+
+
+class _Restarts(NodeObserver):
+    def __init__(self) -> None:
+        self.restarts = 0
+
+    def shard_restarted(self) -> None:
+        self.restarts += 1
+
+
+def test_a_killed_shard_process_restarts_alone_and_resumes(tmp_path: Path) -> None:
+    client = NodeIdentity.load_or_create(tmp_path / "client")
+    observer = _Restarts()
+    node = _sharded(tmp_path / "node", 2, "processes", observer)
+    try:
+        module = echo_module(client)
+        node.ingest(module.raw)
+        names = (f"k{i}" for i in range(200))
+        procs = [next(p for p in (_process(client, module.id, node.identity.address, n)
+                                  for n in names) if node.placement.owner(p.id) == k)
+                 for k in (0, 1)]
+        for proc in procs:
+            node.ingest(proc.raw)
+        before = [_eval(client, p.id, "before", 1) for p in procs]
+        for message in before:
+            node.ingest(message.raw)
+        for proc, message in zip(procs, before, strict=True):
+            assert node.result(proc.id, message.id)["Output"] == ECHO_OUTPUT
+        victim = node.shards[1]
+        assert isinstance(victim, RemoteShard)
+        old_pid = victim.pid
+        os.kill(old_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # until the front has seen it die and restarted it
+            try:
+                if victim.pid != old_pid and node.result_now(procs[1].id, before[1].id)[1]:
+                    break
+            except ShardUnavailable:
+                pass
+            time.sleep(0.05)
+        assert victim.pid != old_pid and observer.restarts == 1
+        after = [_eval(client, p.id, "after", 2) for p in procs]
+        for message in after:
+            node.ingest(message.raw)
+        for proc, message in zip(procs, after, strict=True):
+            assert node.result(proc.id, message.id)["Output"] == ECHO_OUTPUT
+        assert node.shards[0].process_ids() == [procs[0].id]
+        assert node.status()["processes"] == 2
+    finally:
+        node.close()
