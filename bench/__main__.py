@@ -20,11 +20,12 @@ from bench import (
     http_pipeline,
     isolation,
     scaling,
+    shards,
     verification,
 )
 
 SECTIONS = {"engine": engine_latency.run, "aos": aos_throughput.run, "http": http_pipeline.run,
-            "ceiling": ceiling.run,
+            "ceiling": ceiling.run, "shards": shards.run,
             "cold_start": cold_start.run, "verification": verification.run,
             "scaling": scaling.run, "isolation": isolation.run}
 

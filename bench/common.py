@@ -19,7 +19,10 @@ from appliance.ao import items
 from appliance.node.guest import ScheduledSlot, guest_env, guest_message
 from appliance.node.identity import NodeIdentity
 from appliance.node.node import Node
+from appliance.node.observer import NodeObserver
+from appliance.node.remote_shard import process_shards
 from appliance.node.settings import NodeSettings
+from attestation.evidence import Platform
 from attestation.providers import EmulatedProvider
 
 REPO = Path(__file__).resolve().parents[1]
@@ -168,6 +171,18 @@ class Pipeline:
         self.node.result(proc.id, proc.id)
         return proc.id
 
+    def spawn_spread(self, count: int) -> list[str]:
+        """``count`` new processes, placed round robin over the node's shards."""
+        pids: list[str] = []
+        names = (f"spread-{k}" for k in range(100_000))
+        while len(pids) < count:
+            name = next(names)
+            proc = items.sign(self.client, anchor=name.encode().ljust(32, b"."),
+                              tags=process_tags(self.module_id, self.node.identity.address, name))
+            if self.node.placement.owner(proc.id) == len(pids) % self.node.placement.count:
+                pids.append(self.spawn(name))
+        return pids
+
     def send_all(self, batches: dict[str, list[items.Item]], clients: int) -> float:
         """Ingest every batch from ``clients`` threads; return seconds until all results exist."""
         work = [(pid, it) for pid, its in batches.items() for it in its]
@@ -185,14 +200,19 @@ class Pipeline:
 
 
 @contextmanager
-def pipeline(module_bytes: bytes, fmt: str, workers: int = 2,
+def pipeline(module_bytes: bytes, fmt: str, workers: int = 2, shards: int = 1,
              **settings: Any) -> Iterator[Pipeline]:
-    """A fresh node (emulated TEE, SQLite in a temp dir) with ``module_bytes`` uploaded."""
+    """A fresh node (emulated TEE, SQLite in a temp dir) with ``module_bytes`` uploaded; with
+    ``shards`` > 1 its shards run in processes of their own (as ``serve --shards``)."""
     with tempfile.TemporaryDirectory(prefix="ao-bench-") as tmp:
         base = Path(tmp)
-        node = Node(NodeSettings(data_dir=base / "node", workers=workers, **settings),
-                    NodeIdentity.load_or_create(base / "node"), EmulatedProvider(base / "tee"),
-                    b"\0" * 32)
+        config = NodeSettings(data_dir=base / "node", workers=workers, shards=shards, **settings)
+        identity = NodeIdentity.load_or_create(base / "node")
+        provider = EmulatedProvider(base / "tee")
+        remote = None if shards == 1 else process_shards(
+            config, key_dir=base / "node", tee=Platform.EMULATED, tee_state_dir=base / "tee",
+            config_digest=b"\0" * 32, log_level="warning", observer=NodeObserver())
+        node = Node(config, identity, provider, b"\0" * 32, shards=remote)
         try:
             client = NodeIdentity.load_or_create(base / "client")
             module = items.sign(client, data=module_bytes, tags=module_tags(fmt))
