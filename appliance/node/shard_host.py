@@ -144,8 +144,8 @@ def run(sock: socket.socket) -> None:
     boot: ShardBoot = pickle.loads(boot_connection.recv_bytes())  # noqa: S301 - from the front
     boot_connection.close()
     logging.basicConfig(level=boot.log_level.upper(), stream=sys.stderr,
-                        format=f"%(asctime)s %(levelname)s shard {boot.index} %(name)s: "
-                               "%(message)s")
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s "
+                               f"shard={boot.index}")
     host = _Host()
     channel = Channel(sock, host, calls=SHARD_CALLS, notes=(), name=f"shard{boot.index}",
                       on_closed=host.gone.set)

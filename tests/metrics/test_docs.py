@@ -88,7 +88,7 @@ def test_alert_rules_pass_promtool(exported: dict[str, set[str]], tmp_path: Path
     result = subprocess.run([promtool(), "check", "rules", str(path)], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 14 rules found" in result.stdout
+    assert "SUCCESS: 15 rules found" in result.stdout
 
 
 def test_guide_documents_every_config_option() -> None:
