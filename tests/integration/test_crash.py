@@ -2,7 +2,8 @@
 concurrent clients stream messages to 3 processes with checkpoints on (DESIGN §5 invariants
 1-4): every acknowledged message holds its slot, slots are contiguous, the hash chain runs from
 slot 0, one Result per slot that never changes across restarts; the final chain of one process
-is proven with ``verify --replay``. ``python -m bench.crash --kills N`` runs the same torture for longer."""
+is proven with ``verify --replay``. ``python -m bench.crash --kills N`` runs the same torture for
+longer."""
 
 from __future__ import annotations
 
