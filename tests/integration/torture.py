@@ -19,12 +19,11 @@ from pathlib import Path
 
 from appliance.node.chain import first_hash_chain, next_hash_chain
 from appliance.node.identity import NodeIdentity
-from appliance.node.placement import hashed_owner
 from tests.integration.clients import (
     client_identity,
     message,
-    process_item,
     spawn,
+    spread_names,
     upload_module,
 )
 from tests.integration.server import SERVE, Server, start_server
@@ -92,7 +91,8 @@ def torture(base: Path, kills: int, *, processes: int = 3, clients_per_process: 
     identity = client_identity(base / "client")
     module = upload_module(server, identity)
     report.processes = [spawn(server, identity, module, name)
-                        for name in _spread(server, identity, module, processes, shards)]
+                        for name in spread_names(server, identity, module, processes, "torture",
+                                                 shards)]
     clients = [_Client(pid, identity, (p * 10 + c) * 10**8)  # the owner: aos evaluates its Eval
                for p, pid in enumerate(report.processes) for c in range(clients_per_process)]
     seen: dict[tuple[str, str], bytes] = {}
@@ -139,19 +139,6 @@ def torture(base: Path, kills: int, *, processes: int = 3, clients_per_process: 
         server.stop()
     report.seconds = time.monotonic() - started
     return report
-
-
-def _spread(server: Server, identity: NodeIdentity, module: str, count: int,
-            shards: int) -> list[str]:
-    """Names of ``count`` processes that land on every shard (round robin by placement)."""
-    names, k = [], 0
-    while len(names) < count:
-        name = f"torture-{k}"
-        k += 1
-        item = process_item(server, identity, module, name)
-        if hashed_owner(item.id, shards) == len(names) % shards or k > 1000:
-            names.append(name)
-    return names
 
 
 def _wait_restarted(server: Server, victim: int, shards: int) -> None:
