@@ -89,8 +89,12 @@ class Forwarding:
     forwards: list[Forward] = field(default_factory=list)
 
     def elsewhere(self, conn: sqlite3.Connection, process_id: str) -> bool:
-        """True when another shard owns ``process_id`` (a process stored here stays here)."""
+        """True when another shard holds ``process_id`` (a process stored here stays here)."""
         return not queries.process_hosted(conn, process_id) and not self.router.owns(process_id)
+
+    def spawned_elsewhere(self, process_id: str) -> bool:
+        """True when the new process ``process_id`` is placed on another shard."""
+        return not self.router.places(process_id)
 
 
 def assignment_key(message_id: str, target: str) -> str:
@@ -179,7 +183,9 @@ def _deliver(conn: sqlite3.Connection, ctx: SchedulerContext, push: PushContext,
                                  reason=f"push depth {depth} exceeds {push.max_depth}"))
         return set()
     owner = item.id if kind == "spawn" else target
-    if forwarding is not None and owner and forwarding.elsewhere(conn, owner):
+    if forwarding is not None and owner and (
+            forwarding.spawned_elsewhere(owner) if kind == "spawn"
+            else forwarding.elsewhere(conn, owner)):
         store_item(conn, item, ItemKind(kind))
         _record(conn, push, item, owner, kind, OutboxStatus.FORWARDING, "", depth)
         forwarding.forwards.append(Forward(item.id, owner, item.raw, kind, depth))
@@ -188,6 +194,8 @@ def _deliver(conn: sqlite3.Connection, ctx: SchedulerContext, push: PushContext,
         if kind == "spawn":
             create_process(conn, ctx, item, depth)
             target = item.id
+            if forwarding is not None:
+                forwarding.router.placed(item.id)
         else:
             schedule_message(conn, ctx, item, target, depth)
     except RequestError as exc:

@@ -54,15 +54,24 @@ class LocalRouter:
         self._index = index
 
     def owns(self, process_id: str) -> bool:
-        """True when ``process_id`` is (or would be) placed on this shard."""
+        """True when this shard holds ``process_id`` or no shard does."""
+        holder = self._node.placement.holder(process_id)
+        return holder is None or holder == self._index
+
+    def places(self, process_id: str) -> bool:
+        """True when a new process ``process_id`` goes on this shard."""
         return self._node.placement.owner(process_id) == self._index
+
+    def placed(self, process_id: str) -> None:
+        """Route ``process_id`` to this shard from now on."""
+        self._node.placement.learn(self._index, [process_id])
 
     def push(self, target: str, raw: bytes, kind: str, push_depth: int) -> None:
         """Hand the item to the shard owning ``target``."""
         index = self._node.placement.owner(target)
-        self._node.shards[index].accept(target, raw, kind, push_depth)
-        if kind == "spawn":
+        if kind == "spawn":  # before it exists: a message to it must not find no holder
             self._node.placement.learn(index, [target])
+        self._node.shards[index].accept(target, raw, kind, push_depth)
 
     def module(self, module_id: str) -> bytes | None:
         """The Module item from the first shard that stores it."""
@@ -192,9 +201,8 @@ class Node:
             return receipt
         if kind == "Process":
             index = self.placement.owner(item.id)
-            receipt = self.shards[index].ingest(raw)
-            self.placement.learn(index, [item.id])
-            return receipt
+            self.placement.learn(index, [item.id])  # a wrong guess (refused item) is harmless:
+            return self.shards[index].ingest(raw)  # that shard refuses messages to it
         return self.owner(item.target).ingest(raw) if item.target else self.home.ingest(raw)
 
     # --- reads about one process -------------------------------------------------------------

@@ -34,6 +34,11 @@ class Placement:
             for pid in process_ids:
                 self._known[pid] = owner
 
+    def holder(self, process_id: str) -> int | None:
+        """The shard that holds ``process_id``, None when no shard does (as far as the front
+        learned: every process stored at start, ingested, pushed or spawned since)."""
+        return self._known.get(process_id)
+
     def owner(self, process_id: str) -> int:
         """The shard that holds ``process_id``, or the one a new process with that id goes to."""
         known = self._known.get(process_id)

@@ -226,6 +226,14 @@ class RemoteShard:
         """Router call: does this shard own ``process_id``."""
         return self._routed().owns(process_id)
 
+    def places(self, process_id: str) -> bool:
+        """Router call: is a new process ``process_id`` placed on this shard."""
+        return self._routed().places(process_id)
+
+    def placed(self, process_id: str) -> None:
+        """The shard holds ``process_id`` now (note)."""
+        self._routed().placed(process_id)
+
     def push(self, target: str, raw: bytes, kind: str, push_depth: int) -> None:
         """Router call: deliver to the owner of ``target``."""
         self._routed().push(target, raw, kind, push_depth)

@@ -15,7 +15,18 @@ class ShardRouter(Protocol):
     """The node as one shard sees it."""
 
     def owns(self, process_id: str) -> bool:
-        """True when this shard owns ``process_id`` (or a new process with that id lands here)."""
+        """True when this shard holds ``process_id``, or when no shard does (a target that is no
+        process of this node, a wallet say, is then refused here, as on a one-shard node,
+        instead of being pushed to a shard that would refuse it too)."""
+        ...
+
+    def places(self, process_id: str) -> bool:
+        """True when a new process with id ``process_id`` is placed on this shard."""
+        ...
+
+    def placed(self, process_id: str) -> None:
+        """This shard now holds ``process_id`` (a Spawn it scheduled itself), so the node routes
+        to it from now on."""
         ...
 
     def push(self, target: str, raw: bytes, kind: str, push_depth: int) -> None:
@@ -35,6 +46,13 @@ class SoleShard:
     def owns(self, process_id: str) -> bool:
         """Every process belongs to the only shard."""
         return True
+
+    def places(self, process_id: str) -> bool:
+        """Every new process is placed on the only shard."""
+        return True
+
+    def placed(self, process_id: str) -> None:
+        """Nothing to tell."""
 
     def push(self, target: str, raw: bytes, kind: str, push_depth: int) -> None:
         """Never called: nothing is owned elsewhere."""

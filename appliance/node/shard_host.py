@@ -49,8 +49,8 @@ SHARD_CALLS = frozenset({
     "result_items", "result_now", "result_row", "results_from", "results_page", "schedule_items",
     "schedule_page", "scheduled", "standing", "start", "state", "status", "tick_crons"})
 # What a shard may call on the front (its router) and tell it.
-FRONT_CALLS = frozenset({"owns", "push", "module"})
-FRONT_NOTES = frozenset({"ready", "progress", "observe"})
+FRONT_CALLS = frozenset({"owns", "places", "push", "module"})
+FRONT_NOTES = frozenset({"ready", "progress", "observe", "placed"})
 PR_SET_PDEATHSIG = 1  # prctl(2)
 OBSERVER_HOOKS = frozenset(name for name in vars(NodeObserver) if not name.startswith("_"))
 
@@ -77,6 +77,15 @@ class FrontRouter:
     def owns(self, process_id: str) -> bool:
         """Ask the front whether this shard owns ``process_id``."""
         return bool(self._channel.call("owns", process_id))
+
+    def places(self, process_id: str) -> bool:
+        """Ask the front whether a new process ``process_id`` goes on this shard."""
+        return bool(self._channel.call("places", process_id))
+
+    def placed(self, process_id: str) -> None:
+        """Tell the front this shard holds ``process_id`` now (before anything that names it
+        leaves this shard: notes and calls go out in order)."""
+        self._channel.note("placed", process_id)
 
     def push(self, target: str, raw: bytes, kind: str, push_depth: int) -> None:
         """Have the front deliver the item to the shard owning ``target``."""

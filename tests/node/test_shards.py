@@ -204,3 +204,23 @@ def test_a_killed_shard_process_restarts_alone_and_resumes(tmp_path: Path) -> No
         assert node.status()["processes"] == 2
     finally:
         node.close()
+
+
+def test_a_message_to_no_process_of_the_node_is_refused_by_its_sender(tmp_path: Path,
+                                                                      mode: str) -> None:
+    client = NodeIdentity.load_or_create(tmp_path / "client")
+    node = _sharded(tmp_path / "node", 2, mode)
+    try:  # a wallet whose id hashes to the other shard: nothing is pushed there
+        wallet = next(w for w in (f"{k:043d}" for k in range(100)) if hashed_owner(w, 2) == 1)
+        relay = relay_module(client, wallet)
+        node.ingest(relay.raw)
+        sender = next(p for p in (_process(client, relay.id, node.identity.address, f"w{i}")
+                                  for i in range(100)) if node.placement.owner(p.id) == 0)
+        node.ingest(sender.raw)
+        message = _eval(client, sender.id, "go", 1)
+        node.ingest(message.raw)
+        assert node.result(sender.id, message.id)["Output"] == "relayed"
+        assert node.shards[0].outbox_by_status() == {"pending-remote": 2}
+        assert node.shards[1].outbox_by_status() == {}
+    finally:
+        node.close()
