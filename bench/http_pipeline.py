@@ -157,4 +157,37 @@ def run(quick: bool, cache: Any, log: Any) -> list[dict[str, Any]]:
                      "serve_workers_cpu_ms_per_msg": worker_ms,
                      "target": "http/loader >= 1.2, front (serve main) CPU <= 0.5 ms per "
                                "message"})
+    rows += projection(main_ms, shards_ms, worker_ms)
+    return rows
+
+
+CORES = (2, 8, 32, 64)
+
+
+def projection(front_ms: float, shard_ms: float, worker_ms: float) -> list[dict[str, Any]]:
+    """What the measured CPU per message of each stage implies at more cores: one row per stage
+    with the msgs/s it allows at each of :data:`CORES`, and the node's (the least of them)."""
+    total = front_ms + shard_ms + worker_ms
+
+    def at(cores: int) -> dict[str, float]:
+        front = 1e3 / front_ms if front_ms else float("inf")
+        every = cores * 1e3 / total if total else float("inf")
+        return {"front": front, "shards+workers": every, "node": min(front, every)}
+
+    table = {cores: at(cores) for cores in CORES}
+    rows: list[dict[str, Any]] = [
+        {"projection": "front", "cpu_ms_per_msg": front_ms,
+         **{f"msgs_per_s_at_{c}": table[c]["front"] for c in CORES},
+         "assumes": "one front process: its Python work holds one core at most (GIL), "
+                    "whatever the machine"},
+        {"projection": "shards+workers", "cpu_ms_per_msg": total,
+         **{f"msgs_per_s_at_{c}": table[c]["shards+workers"] for c in CORES},
+         "assumes": "node.shards = cores, work spread over enough processes, every core "
+                    "busy with front, shard or worker work (their CPU per message adds up); "
+                    "fsync and SQLite per shard not limiting"},
+        {"projection": "node", "cpu_ms_per_msg": total,
+         **{f"msgs_per_s_at_{c}": table[c]["node"] for c in CORES},
+         "stops_scaling_first": next((f"front, from {c} cores" for c in CORES
+                                      if table[c]["front"] < table[c]["shards+workers"]),
+                                     "none up to 64 cores")}]
     return rows

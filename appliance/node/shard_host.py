@@ -104,6 +104,10 @@ class ForwardingObserver(NodeObserver):
         self._channel = channel
 
     def __getattribute__(self, name: str) -> Any:
+        if name == "results_committed":  # the front counts outcomes: only the Errors travel
+            channel_: Channel = object.__getattribute__(self, "_channel")
+            return lambda results: channel_.note("observe", name, (
+                [{"Error": result.get("Error")} for result in results],), {})
         if name in OBSERVER_HOOKS:
             channel: Channel = object.__getattribute__(self, "_channel")
             return lambda *args, **kwargs: channel.note("observe", name, args, kwargs)
