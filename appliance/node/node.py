@@ -21,13 +21,13 @@ from appliance.errors import ApplianceError, NotFound, TooLarge
 from appliance.node.db.queries import ProcessRow, ResultRow
 from appliance.node.guest import ScheduledSlot
 from appliance.node.identity import NodeIdentity
-from appliance.node.observer import NodeObserver
+from appliance.node.observer import NodeObserver, ProgressListener
 from appliance.node.placement import Placement
 from appliance.node.remote_shard import RemoteShard
 from appliance.node.residency import Tally
 from appliance.node.routing import SoleShard
 from appliance.node.settings import NodeSettings
-from appliance.node.shard import ALL_SLOTS, ProgressListener, Receipt, ScheduledEntry, Shard
+from appliance.node.shard import ALL_SLOTS, Receipt, ScheduledEntry, Shard
 from appliance.node.standing import StandingAttestation
 from attestation.evidence import EvidenceProvider
 

@@ -6,8 +6,45 @@ attestation, actor threads for evaluation and checkpoints) and must be cheap and
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
+
+log = logging.getLogger(__name__)
+
+ProgressListener = Callable[[str, int], None]
+"""``listener(process_id, slot)``: results of ``process_id`` up to ``slot`` were stored, or it
+stopped evaluating."""
+
+
+class ProgressListeners:
+    """The progress listeners registered with a shard (front-ends wake their waiting readers
+    with them, holding no thread); a failing listener is logged, never raised."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._listeners: list[ProgressListener] = []
+
+    def add(self, listener: ProgressListener) -> None:
+        """Call ``listener`` from now on."""
+        with self._lock:
+            self._listeners.append(listener)
+
+    def remove(self, listener: ProgressListener) -> None:
+        """Stop calling ``listener``."""
+        with self._lock:
+            self._listeners.remove(listener)
+
+    def notify(self, process_id: str, slot: int) -> None:
+        """Call every listener."""
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(process_id, slot)
+            except Exception:
+                log.exception("progress listener failed")
 
 
 class NodeObserver:

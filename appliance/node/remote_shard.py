@@ -29,7 +29,7 @@ from typing import Any
 from appliance.errors import ApplianceError, ShardUnavailable
 from appliance.logfmt import fields
 from appliance.node.channel import Channel
-from appliance.node.observer import NodeObserver
+from appliance.node.observer import NodeObserver, ProgressListener, ProgressListeners
 from appliance.node.residency import Tally
 from appliance.node.routing import ShardRouter
 from appliance.node.settings import NodeSettings
@@ -49,8 +49,6 @@ START_TIMEOUT_SECONDS = 300.0  # opening a large store and the first attestation
 STOP_TIMEOUT_SECONDS = 60.0
 RESTART_BACKOFF_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
-ProgressListener = Callable[[str, int], None]
-
 
 class RemoteShard:
     """A shard in a process of its own; see the module docstring."""
@@ -59,8 +57,7 @@ class RemoteShard:
         self.index = boot.index
         self._boot = boot
         self._observer = observer
-        self._listeners: list[ProgressListener] = []
-        self._lock = threading.Lock()
+        self._listeners = ProgressListeners()
         self._router: ShardRouter | None = None
         self._closing = threading.Event()
         self._channel: Channel | None = None
@@ -193,13 +190,11 @@ class RemoteShard:
 
     def add_progress_listener(self, listener: ProgressListener) -> None:
         """Call ``listener(process_id, slot)`` when the shard reports progress."""
-        with self._lock:
-            self._listeners.append(listener)
+        self._listeners.add(listener)
 
     def remove_progress_listener(self, listener: ProgressListener) -> None:
         """Stop calling ``listener``."""
-        with self._lock:
-            self._listeners.remove(listener)
+        self._listeners.remove(listener)
 
     # --- what the shard process calls and tells --------------------------------------------------
 
@@ -209,13 +204,7 @@ class RemoteShard:
 
     def progress(self, process_id: str, slot: int) -> None:
         """A process of the shard made progress (note)."""
-        with self._lock:
-            listeners = list(self._listeners)
-        for listener in listeners:
-            try:
-                listener(process_id, slot)
-            except Exception:
-                log.exception("progress listener failed")
+        self._listeners.notify(process_id, slot)
 
     def observe(self, hook: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """The shard observed something for metrics (note)."""

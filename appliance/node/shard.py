@@ -77,7 +77,7 @@ from appliance.node.messenger import (
     push_outbox,
     split_assignment_key,
 )
-from appliance.node.observer import NodeObserver
+from appliance.node.observer import NodeObserver, ProgressListener, ProgressListeners
 from appliance.node.residency import Kind, Residency, Tally
 from appliance.node.results import (
     intents_between,
@@ -118,7 +118,6 @@ PIPELINED_BATCHES = 8
 CHECKPOINTS_KEPT = 2
 # Dry-run copies kept resident in the dry-run workers (least recently used ones are closed).
 DRY_RUN_RESIDENT = 8
-ProgressListener = Callable[[str, int], None]
 """``listener(process_id, slot)``: results up to ``slot`` are stored (or, with ``slot`` =
 :data:`ALL_SLOTS`, the process stopped evaluating). Called from actor threads; must not block."""
 ALL_SLOTS = 2**63
@@ -273,7 +272,7 @@ class Shard:
         self._actors_lock = threading.Lock()
         self._valid_modules: dict[str, None] = {}  # ids whose wasm validated (insertion order)
         self._progress = threading.Condition()
-        self._listeners: list[ProgressListener] = []
+        self._listeners = ProgressListeners()
         self._dry_gate = Gate(settings.dry_run_concurrency, "dry-runs",
                               retry_after=settings.dry_run_wall_clock_seconds)
         self._dry_pool: EvaluatorPool | None = None
@@ -386,22 +385,14 @@ class Shard:
     def add_progress_listener(self, listener: ProgressListener) -> None:
         """Call ``listener(process_id, slot)`` whenever results are stored or a process stops
         evaluating (front-ends wake their waiting readers with it, holding no thread)."""
-        with self._actors_lock:
-            self._listeners.append(listener)
+        self._listeners.add(listener)
 
     def remove_progress_listener(self, listener: ProgressListener) -> None:
         """Stop calling ``listener``."""
-        with self._actors_lock:
-            self._listeners.remove(listener)
+        self._listeners.remove(listener)
 
     def _notify(self, process_id: str, slot: int) -> None:
-        with self._actors_lock:
-            listeners = list(self._listeners)
-        for listener in listeners:
-            try:
-                listener(process_id, slot)
-            except Exception:
-                log.exception("progress listener failed")
+        self._listeners.notify(process_id, slot)
         with self._progress:
             self._progress.notify_all()
 
