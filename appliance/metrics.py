@@ -28,6 +28,7 @@ from prometheus_client.exposition import choose_encoder
 from appliance import __version__
 from appliance.api.connections import HttpObserver
 from appliance.api.http_errors import reason
+from appliance.errors import ShardUnavailable
 from appliance.node.node import Node
 from appliance.node.observer import NodeObserver
 
@@ -102,33 +103,39 @@ class _NodeState:
         self._node = node
 
     def collect(self) -> Iterable[Metric]:
-        """Queue depths from the store, broken processes, and the attestation age."""
+        """Queue depths from the store, broken processes, and the attestation age; what the
+        node cannot read now (its store, a shard that is restarting) is left out of this
+        scrape and logged."""
         try:
-            status = self._node.status()
-        except sqlite3.Error as exc:
-            log.warning("metrics: cannot read the store: %s", exc)
+            gauges = list(self._node_gauges())
+        except (sqlite3.Error, ShardUnavailable) as exc:
+            log.warning("metrics: cannot read the node's state: %s", exc)
         else:
-            yield GaugeMetricFamily(PREFIX + "processes", "Processes hosted by this node.",
-                                    value=status["processes"])
+            yield from gauges
+        age = self._metrics.attestation_age()
+        if age is not None:
             yield GaugeMetricFamily(
-                PREFIX + "schedule_backlog",
-                "Scheduled messages not yet evaluated, over all processes.",
-                value=status["schedule_backlog"])
-            yield GaugeMetricFamily(
-                PREFIX + "outbox_pending",
-                "Outgoing messages waiting for delivery to another node.",
-                value=status["outbox_pending"])
+                PREFIX + "attestation_age_seconds",
+                "Seconds since the last attestation the node made successfully.", value=age)
+
+    def _node_gauges(self) -> Iterable[Metric]:
+        status = self._node.status()
+        yield GaugeMetricFamily(PREFIX + "processes", "Processes hosted by this node.",
+                                value=status["processes"])
+        yield GaugeMetricFamily(
+            PREFIX + "schedule_backlog",
+            "Scheduled messages not yet evaluated, over all processes.",
+            value=status["schedule_backlog"])
+        yield GaugeMetricFamily(
+            PREFIX + "outbox_pending",
+            "Outgoing messages waiting for delivery to another node.",
+            value=status["outbox_pending"])
         yield GaugeMetricFamily(
             PREFIX + "processes_broken",
             "Processes that stopped evaluating since the node started (see the log).",
             value=self._node.broken_count())
         yield from _memory_gauges(self._node)
         yield from _standing_gauges(self._node)
-        age = self._metrics.attestation_age()
-        if age is not None:
-            yield GaugeMetricFamily(
-                PREFIX + "attestation_age_seconds",
-                "Seconds since the last attestation the node made successfully.", value=age)
 
 
 def _memory_gauges(node: Node) -> Iterable[Metric]:

@@ -12,6 +12,7 @@ import pytest
 
 from appliance.ao import items
 from appliance.errors import ShardUnavailable
+from appliance.metrics import NodeMetrics
 from appliance.node.identity import NodeIdentity
 from appliance.node.node import Node, local_shards
 from appliance.node.observer import NodeObserver
@@ -156,18 +157,11 @@ def test_an_outbox_item_another_shard_owns_is_delivered_there_once(tmp_path: Pat
         again.close()
 
 
-class _Restarts(NodeObserver):
-    def __init__(self) -> None:
-        self.restarts = 0
-
-    def shard_restarted(self) -> None:
-        self.restarts += 1
-
-
 def test_a_killed_shard_process_restarts_alone_and_resumes(tmp_path: Path) -> None:
     client = NodeIdentity.load_or_create(tmp_path / "client")
-    observer = _Restarts()
-    node = _sharded(tmp_path / "node", 2, "processes", observer)
+    metrics = NodeMetrics()
+    node = _sharded(tmp_path / "node", 2, "processes", metrics)
+    metrics.attach(node)
     try:
         module = echo_module(client)
         node.ingest(module.raw)
@@ -188,13 +182,15 @@ def test_a_killed_shard_process_restarts_alone_and_resumes(tmp_path: Path) -> No
         os.kill(old_pid, signal.SIGKILL)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # until the front has seen it die and restarted it
+            metrics.exposition()  # a scrape while the shard restarts leaves its gauges out
             try:
                 if victim.pid != old_pid and node.result_now(procs[1].id, before[1].id)[1]:
                     break
             except ShardUnavailable:
                 pass
             time.sleep(0.05)
-        assert victim.pid != old_pid and observer.restarts == 1
+        assert victim.pid != old_pid
+        assert b"ao_appliance_shard_restarts_total 1.0" in metrics.exposition()[0]
         after = [_eval(client, p.id, "after", 2) for p in procs]
         for message in after:
             node.ingest(message.raw)
