@@ -18,8 +18,7 @@ from appliance.ao import items
 from appliance.node.chain import canonical_json
 from appliance.node.cron import CronTick
 from appliance.node.db import queries
-from appliance.node.db.kinds import ItemKind
-from appliance.node.db.queries import store_item, stored_results
+from appliance.node.db.queries import stored_results
 from appliance.node.guest import ScheduledSlot
 from appliance.node.identity import NodeIdentity
 
@@ -56,6 +55,11 @@ class UnsignedResult:
         start = _INTENT.size
         tags = items.decode_tags(blob[start:start + size], count)
         return cls(process_id, slot, tuple(tags), blob[start + size:])
+
+    @property
+    def message_id(self) -> str:
+        """The message this is the result of (its ``Message`` tag; a cron result has none)."""
+        return next((value for name, value in self.tags if name == "Message"), "")
 
     def sign(self, identity: NodeIdentity) -> items.Item:
         """The Result item (target = process, no anchor, deterministic signature)."""
@@ -102,7 +106,6 @@ def unsigned_cron_result(process_id: str, tick: CronTick, result: dict[str, Any]
 def store_cron_result(conn: sqlite3.Connection, seq: int, tick: CronTick,
                       signed: items.Item) -> None:
     """Store a cron message's signed Result as the process's ``seq``-th cron result."""
-    store_item(conn, signed, ItemKind.RESULT)
     queries.insert_cron_result(conn, seq, tick.ordinate, tick.timestamp_ms, tick.cron, tick.rank,
                                tick.block_height, signed)
 
@@ -116,12 +119,12 @@ def intents_between(conn: sqlite3.Connection, process_id: str, first: int,
 
 def record_intents(conn: sqlite3.Connection, intents: list[UnsignedResult]) -> None:
     """Durably record what is about to be signed."""
-    queries.insert_intents(conn, [(i.process_id, i.slot, i.encode()) for i in intents])
+    queries.insert_intents(conn, [(i.process_id, i.slot, i.message_id, i.encode())
+                                  for i in intents])
 
 
 def store_result(conn: sqlite3.Connection, slot: ScheduledSlot, signed: items.Item) -> None:
-    """Store a signed Result item and retire its intent."""
-    store_item(conn, signed, ItemKind.RESULT)
+    """Store a signed Result item in place of its intent."""
     queries.insert_result(conn, slot, signed)
 
 

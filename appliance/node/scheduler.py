@@ -31,7 +31,8 @@ class SchedulerContext:
 
 def assign(conn: sqlite3.Connection, ctx: SchedulerContext, process_id: str, message_id: str,
            push_depth: int) -> ScheduledSlot:
-    """Append ``message_id`` to ``process_id``'s schedule with a signed Assignment item."""
+    """Append ``message_id`` to ``process_id``'s schedule with a signed Assignment item (held
+    in the schedule row)."""
     last = queries.last_slot(conn, process_id)
     if last is None:
         slot, hash_chain, timestamp = 0, first_hash_chain(process_id), _now_ms()
@@ -49,10 +50,9 @@ def assign(conn: sqlite3.Connection, ctx: SchedulerContext, process_id: str, mes
         ("Variant", "ao.TN.1"), ("Message", message_id),
     ]
     assignment = items.sign(ctx.identity, tags=tags)
-    store_item(conn, assignment, ItemKind.ASSIGNMENT)
     scheduled = ScheduledSlot(process_id, slot, message_id, assignment.id, hash_chain, timestamp,
                               ctx.block_height, ctx.attestation_id, push_depth)
-    queries.insert_slot(conn, scheduled)
+    queries.insert_slot(conn, scheduled, assignment)
     return scheduled
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from appliance.ao import items
+from appliance.node.db import queries
 from appliance.node.db.schema import DB_FILE
 from appliance.node.results import UnsignedResult
 from tests.node.test_node_core import _eval, _hosting_one, _node
@@ -41,18 +42,40 @@ def test_a_recorded_intent_is_signed_instead_of_a_different_recomputation(
     recorded = UnsignedResult(proc.id, slot, tuple(original.tags),
                               original.data.replace(b"42", b"43"))
     conn = sqlite3.connect(data / DB_FILE, isolation_level=None)
-    conn.execute("DELETE FROM item_tags WHERE item_row = "
-                 "(SELECT rowid FROM items WHERE id = ?)", (original.id,))
-    conn.execute("DELETE FROM items WHERE id = ?", (original.id,))
-    conn.execute("DELETE FROM results WHERE process_id = ? AND slot = ?", (proc.id, slot))
-    conn.execute("INSERT INTO result_intents (process_id, slot, unsigned) VALUES (?, ?, ?)",
-                 (proc.id, slot, recorded.encode()))
+    conn.execute("UPDATE results SET result_id = NULL, data = x'', raw = NULL, unsigned = ? "
+                 "WHERE process_id = ? AND slot = ?", (recorded.encode(), proc.id, slot))
     conn.close()
     node = _node(data)
     try:
         signed = items.parse_verified(node.result_item(proc.id, msg.id), 1 << 24)
         assert signed.data == recorded.data, "the intent, not the recomputation, is signed"
         assert signed.id != original.id
-        assert node.home.store.one("SELECT count(*) FROM result_intents")[0] == 0
+        assert node.home.store.one("SELECT count(*) FROM results WHERE unsigned IS NOT NULL "
+                                   "OR result_id IS NULL")[0] == 0
+        assert node.item_raw(signed.id) == signed.raw
+        assert node.home.store.one("SELECT count(*) FROM items WHERE id = ?", signed.id)[0] == 0
     finally:
         node.close()
+
+
+def test_an_intent_row_is_not_a_result(tmp_path: Path) -> None:
+    client, data, node, proc = _hosting_one(tmp_path)
+    try:
+        msg = _eval(client, proc.id, "return 6 * 7", 1)
+        slot = node.ingest(msg.raw).slot
+        node.result(proc.id, msg.id)
+    finally:
+        node.close()
+    conn = sqlite3.connect(data / DB_FILE, isolation_level=None)
+    conn.execute("UPDATE results SET result_id = NULL, data = x'', raw = NULL, unsigned = x'01' "
+                 "WHERE process_id = ? AND slot = ?", (proc.id, slot))
+    try:
+        assert queries.intent_blobs(conn, proc.id, slot, slot) == {slot: b"\x01"}
+        assert slot not in queries.stored_results(conn, proc.id, 0, slot)
+        assert queries.result_of(conn, proc.id, msg.id) is None
+        assert [s for s, _ in queries.result_items(conn, proc.id, 0, slot)] == [0]
+        assert [s for s, _ in queries.results_page(conn, proc.id, -1, 99, False, 9)] == [0]
+        assert queries.processes_behind(conn) == [proc.id]
+        assert queries.counts(conn)[1] == 1
+    finally:
+        conn.close()

@@ -35,8 +35,7 @@ def _spawn_and_eval(node: Node, client: NodeIdentity) -> tuple[items.Item, items
     return proc, msg
 
 
-def test_client_items_are_found_by_every_tag_node_items_by_type_and_process(
-        tmp_path: Path) -> None:
+def test_client_items_are_found_by_every_tag_node_items_by_id(tmp_path: Path) -> None:
     client = NodeIdentity.load_or_create(tmp_path / "client")
     node = _node(tmp_path / "node")
     try:
@@ -44,12 +43,34 @@ def test_client_items_are_found_by_every_tag_node_items_by_type_and_process(
         assert _ids(node, ("Name", "tagged"), ("Type", "Process")) == {proc.id}
         assert _ids(node, ("Action", "Eval")) == {msg.id}
         result = items.parse_unverified(node.result_item(proc.id, msg.id))
-        results = _ids(node, ("Type", "Result"), ("Process", proc.id))
-        assert result.id in results and len(results) == 2
-        assert len(_ids(node, ("Type", "Assignment"), ("Process", proc.id))) == 2
-        hash_chain = items.first_tag(result, "Hash-Chain")
-        assert hash_chain and _ids(node, ("Hash-Chain", hash_chain)) == set()
-        assert node.find_items(ids=[result.id], limit=1), "still found by id"
+        _, assignment = node.scheduled(proc.id, msg.id)
+        assert _ids(node, ("Type", "Result")) == set(), "node items have no tag rows"
+        assert _ids(node, ("Type", "Assignment")) == set()
+        both = [result.id, assignment.id, msg.id]
+        found = node.find_items(ids=both, limit=10)
+        assert [items.parse_unverified(raw).id for _, raw in found] == [result.id, assignment.id,
+                                                                         msg.id]
+        assert [r for r, _ in found] == sorted((r for r, _ in found), reverse=True)
+        page = node.find_items(ids=both, after_row=found[0][0], limit=1)
+        assert [items.parse_unverified(raw).id for _, raw in page] == [assignment.id]
+        oldest = node.find_items(ids=both, ascending=True, limit=1)
+        assert [items.parse_unverified(raw).id for _, raw in oldest] == [msg.id]
+
+        def by_id(**filters: object) -> set[str]:
+            rows = node.find_items(ids=both, limit=10, **filters)  # type: ignore[arg-type]
+            return {items.parse_unverified(raw).id for _, raw in rows}
+
+        assert by_id(tags=[("Type", ["Result"], False)]) == {result.id}
+        assert by_id(tags=[("Type", ["Result"], True)]) == {assignment.id, msg.id}
+        assert by_id(tags=[("Process", [proc.id], False)]) == {result.id, assignment.id}
+        hash_chain = items.first_tag(result, "Hash-Chain") or ""
+        assert by_id(tags=[("Hash-Chain", [hash_chain], False)]) == set(), "as before: unindexed"
+        assert by_id(owners=[node.identity.address]) == {result.id, assignment.id}
+        assert by_id(recipients=[proc.id]) == {result.id, msg.id}
+        assert node.item_raw(result.id) == result.raw
+        assert node.item_raw(assignment.id) == assignment.raw
+        assert node.home.store.one("SELECT count(*) FROM items WHERE kind IN "
+                                   "('assignment', 'result')")[0] == 0
     finally:
         node.close()
 

@@ -18,14 +18,29 @@ from appliance.ao import items
 from appliance.node.db.kinds import ItemKind, OutboxStatus
 from appliance.node.guest import ScheduledSlot
 
-# The node's own Assignments and Results are searchable by these tags only. Their other tags
-# hold ids and hashes (Message, Hash-Chain, Previous-Result, ...) whose random values cost an
-# index page each per message: indexing all of them cost a third of the pipeline's throughput.
-# The SU and CU routes find those items by message and slot instead.
+# The node's own Assignments and Results are stored in their schedule and results rows, not in
+# ``items``, and have no tag rows: GraphQL finds them by ``ids`` only, and then matches these
+# tags of theirs (as the tag rows earlier versions wrote for them did). Their other tags hold ids
+# and hashes (Message, Hash-Chain, Previous-Result, ...). The SU and CU routes find them by
+# message and slot.
 NODE_ITEM_TAGS = frozenset({"Type", "Process"})
-_NODE_KINDS = frozenset({ItemKind.ASSIGNMENT, ItemKind.RESULT})
+# GraphQL cursors of node items found by id: above every ``items`` rowid, by table and row.
+NODE_CURSOR_BASE = 1 << 40
+# (cursor offset, raw) of a node item by id, held in its schedule, results or cron_results row.
+_NODE_ITEM = (
+    "SELECT s.rowid * 4, s.assignment FROM schedule s "
+    "WHERE s.assignment_id = ?1 AND s.assignment IS NOT NULL "
+    "UNION ALL SELECT r.rowid * 4 + 1, r.raw FROM results r WHERE r.result_id = ?1 "
+    "AND r.raw IS NOT NULL "
+    "UNION ALL SELECT c.rowid * 4 + 2, c.raw FROM cron_results c WHERE c.result_id = ?1 "
+    "AND c.raw IS NOT NULL")
 _SLOT_COLUMNS = ("s.process_id, s.slot, s.message_id, s.assignment_id, s.hash_chain, "
                  "s.timestamp_ms, s.block_height, s.attestation_id, s.push_depth")
+# Assignments and Results written by earlier versions are ``items`` rows; a results row without
+# a ``result_id`` is an intent, not a stored result.
+_OLD_ASSIGNMENT = "LEFT JOIN items a ON s.assignment IS NULL AND a.id = s.assignment_id"
+_OLD_RESULT = "LEFT JOIN items i ON r.raw IS NULL AND i.id = r.result_id"
+_SIGNED = "r.result_id IS NOT NULL"
 
 
 @dataclass(frozen=True)
@@ -100,18 +115,25 @@ def store_item(conn: sqlite3.Connection, item: items.Item, kind: ItemKind) -> bo
     if cur.rowcount == 0:
         return False
     row = cur.lastrowid
-    only = NODE_ITEM_TAGS if kind in _NODE_KINDS else None
     conn.executemany(
         "INSERT INTO item_tags (item_row, position, name, value) VALUES (?, ?, ?, ?)",
-        [(row, i, name, value) for i, (name, value) in enumerate(item.tags)
-         if only is None or name in only])
+        [(row, i, name, value) for i, (name, value) in enumerate(item.tags)])
     return True
 
 
 def item_raw(conn: sqlite3.Connection, item_id: str) -> bytes | None:
-    """The raw bytes of a stored item."""
+    """The raw bytes of a stored item: an ``items`` row, or a node-signed Assignment or Result
+    held in its schedule or results row."""
     row = conn.execute("SELECT raw FROM items WHERE id = ?", (item_id,)).fetchone()
-    return None if row is None else bytes(row[0])
+    if row is not None:
+        return bytes(row[0])
+    node_item = _node_item(conn, item_id)
+    return None if node_item is None else node_item[1]
+
+
+def _node_item(conn: sqlite3.Connection, item_id: str) -> tuple[int, bytes] | None:
+    row = conn.execute(_NODE_ITEM + " LIMIT 1", (item_id,)).fetchone()
+    return None if row is None else (NODE_CURSOR_BASE + int(row[0]), bytes(row[1]))
 
 
 def load_item(conn: sqlite3.Connection, item_id: str) -> items.Item | None:
@@ -121,7 +143,8 @@ def load_item(conn: sqlite3.Connection, item_id: str) -> items.Item | None:
 
 
 def item_stored(conn: sqlite3.Connection, item_id: str, kind: ItemKind | None = None) -> bool:
-    """Whether the node holds ``item_id`` (of ``kind``, when given)."""
+    """Whether ``items`` holds ``item_id`` (of ``kind``, when given): the node's own Assignments
+    and Results written by this version are not there (:func:`item_raw` finds them)."""
     if kind is None:
         row = conn.execute("SELECT 1 FROM items WHERE id = ?", (item_id,)).fetchone()
     else:
@@ -131,7 +154,7 @@ def item_stored(conn: sqlite3.Connection, item_id: str, kind: ItemKind | None = 
 
 
 def item_created_ms(conn: sqlite3.Connection, item_id: str) -> int | None:
-    """When the node stored an item (ms since the epoch), None when it holds no such item."""
+    """When the node stored an ``items`` row (ms since the epoch), None when there is none."""
     row = conn.execute("SELECT created_ms FROM items WHERE id = ?", (item_id,)).fetchone()
     return None if row is None else int(row[0])
 
@@ -146,7 +169,52 @@ def processes_tagged(conn: sqlite3.Connection, tag_name: str) -> set[str]:
 def find_items(conn: sqlite3.Connection, *, ids: list[str] | None, owners: list[str] | None,
                recipients: list[str] | None, tags: list[tuple[str, list[str], bool]] | None,
                after_row: int | None, ascending: bool, limit: int) -> list[tuple[int, bytes]]:
-    """(row cursor, raw item) of stored items matching every given filter."""
+    """(row cursor, raw item) of stored items matching every given filter, ordered by cursor.
+
+    The node's own Assignments and Results (not in ``items``) are found only when ``ids`` names
+    them; their cursors are above every ``items`` row's.
+    """
+    found = _find_rows(conn, ids=ids, owners=owners, recipients=recipients, tags=tags,
+                       after_row=after_row, ascending=ascending, limit=limit)
+    if ids:
+        found += [(row, raw) for row, raw in _node_items(conn, ids)
+                  if _node_item_matches(row, raw, owners, recipients, tags, after_row, ascending)]
+        found.sort(key=lambda r: r[0], reverse=not ascending)
+    return found[:limit]
+
+
+def _node_items(conn: sqlite3.Connection, ids: list[str]) -> list[tuple[int, bytes]]:
+    """(cursor, raw) of the node items held in schedule and results rows among ``ids``."""
+    found = []
+    for item_id in dict.fromkeys(ids):
+        if not item_stored(conn, item_id):
+            row = _node_item(conn, item_id)
+            if row is not None:
+                found.append(row)
+    return found
+
+
+def _node_item_matches(row: int, raw: bytes, owners: list[str] | None,
+                       recipients: list[str] | None,
+                       tags: list[tuple[str, list[str], bool]] | None, after_row: int | None,
+                       ascending: bool) -> bool:
+    if after_row is not None and (row <= after_row if ascending else row >= after_row):
+        return False
+    item = items.parse_unverified(raw)
+    if owners is not None and item.owner_address not in owners:
+        return False
+    if recipients is not None and (item.target or None) not in recipients:
+        return False
+    for name, values, negate in tags or []:
+        hit = name in NODE_ITEM_TAGS and any(n == name and v in values for n, v in item.tags)
+        if hit == negate:
+            return False
+    return True
+
+
+def _find_rows(conn: sqlite3.Connection, *, ids: list[str] | None, owners: list[str] | None,
+               recipients: list[str] | None, tags: list[tuple[str, list[str], bool]] | None,
+               after_row: int | None, ascending: bool, limit: int) -> list[tuple[int, bytes]]:
     where: list[str] = []
     params: list[Any] = []
     for column, values in (("id", ids), ("owner", owners), ("target", recipients)):
@@ -195,13 +263,14 @@ def last_slot(conn: sqlite3.Connection, process_id: str) -> ScheduledSlot | None
     return None if row is None else slot_row(row)
 
 
-def insert_slot(conn: sqlite3.Connection, s: ScheduledSlot) -> None:
-    """Append a slot to its process's schedule."""
+def insert_slot(conn: sqlite3.Connection, s: ScheduledSlot, assignment: items.Item) -> None:
+    """Append a slot to its process's schedule with its signed Assignment item."""
     conn.execute(
         "INSERT INTO schedule (process_id, slot, message_id, assignment_id, hash_chain, "
-        "timestamp_ms, block_height, attestation_id, push_depth) VALUES (?,?,?,?,?,?,?,?,?)",
+        "timestamp_ms, block_height, attestation_id, push_depth, assignment) "
+        "VALUES (?,?,?,?,?,?,?,?,?,?)",
         (s.process_id, s.slot, s.message_id, s.assignment_id, s.hash_chain, s.timestamp_ms,
-         s.block_height, s.attestation_id, s.push_depth))
+         s.block_height, s.attestation_id, s.push_depth, assignment.raw))
 
 
 def slot_at(conn: sqlite3.Connection, process_id: str, slot: int) -> ScheduledSlot | None:
@@ -248,11 +317,11 @@ def schedule_page(conn: sqlite3.Connection, process_id: str, *, from_ms: int | N
 def schedule_items(conn: sqlite3.Connection, process_id: str, first: int,
                    last: int) -> list[tuple[int, bytes, bytes]]:
     """(slot, raw message item, raw assignment item) of the slots ``first..last``."""
-    rows = conn.execute("SELECT s.slot, m.raw, a.raw FROM schedule s JOIN items m ON "
-                        "m.id = s.message_id JOIN items a ON a.id = s.assignment_id "
+    rows = conn.execute("SELECT s.slot, m.raw, coalesce(s.assignment, a.raw) FROM schedule s "  # noqa: S608
+                        f"JOIN items m ON m.id = s.message_id {_OLD_ASSIGNMENT} "
                         "WHERE s.process_id = ? AND s.slot BETWEEN ? AND ? ORDER BY s.slot",
                         (process_id, first, last))
-    return [(int(slot), bytes(m), bytes(a)) for slot, m, a in rows]
+    return [(int(slot), bytes(m), bytes(a)) for slot, m, a in rows if a is not None]
 
 
 def block_starts(conn: sqlite3.Connection) -> dict[int, int]:
@@ -272,7 +341,8 @@ def block_start(conn: sqlite3.Connection, height: int) -> int | None:
 def processes_behind(conn: sqlite3.Connection) -> list[str]:
     """Processes with scheduled slots that have no stored result."""
     rows = conn.execute("SELECT DISTINCT s.process_id FROM schedule s LEFT JOIN results r "
-                        "ON r.process_id = s.process_id AND r.slot = s.slot WHERE r.slot IS NULL")
+                        "ON r.process_id = s.process_id AND r.slot = s.slot "
+                        "WHERE r.result_id IS NULL")
     return [str(pid) for (pid,) in rows]
 
 
@@ -281,7 +351,8 @@ def process_page(conn: sqlite3.Connection, after: int, limit: int) -> list[Proce
     rows = conn.execute(
         "SELECT p.rowid, p.id, p.module_id, p.owner, p.created_ms, "
         "(SELECT coalesce(max(s.slot) + 1, 0) FROM schedule s WHERE s.process_id = p.id), "
-        "(SELECT coalesce(max(r.slot) + 1, 0) FROM results r WHERE r.process_id = p.id), "
+        "(SELECT coalesce(max(r.slot) + 1, 0) FROM results r WHERE r.process_id = p.id "
+        "AND r.result_id IS NOT NULL), "
         "(SELECT max(c.slot) FROM checkpoints c WHERE c.process_id = p.id) "
         "FROM processes p WHERE p.rowid > ? ORDER BY p.rowid LIMIT ?", (after, limit))
     return [ProcessRow(int(r[0]), str(r[1]), str(r[2]), str(r[3]), int(r[4]), int(r[5]),
@@ -298,7 +369,7 @@ def counts(conn: sqlite3.Connection) -> tuple[int, int, int]:
     processes = conn.execute("SELECT count(*) FROM processes").fetchone()
     pending = conn.execute(
         "SELECT count(*) FROM schedule s LEFT JOIN results r ON r.process_id = s.process_id "
-        "AND r.slot = s.slot WHERE r.slot IS NULL").fetchone()
+        "AND r.slot = s.slot WHERE r.result_id IS NULL").fetchone()
     outbox = conn.execute("SELECT count(*) FROM outbox WHERE status IN (?, ?)",
                           (str(OutboxStatus.PENDING_REMOTE),
                            str(OutboxStatus.FORWARDING))).fetchone()
@@ -307,44 +378,48 @@ def counts(conn: sqlite3.Connection) -> tuple[int, int, int]:
 
 # --- results and intents ---------------------------------------------------------------------
 
-_RESULTS = ("SELECT r.process_id, r.slot, r.message_id, r.result_id, r.data, i.raw "
-            "FROM results r JOIN items i ON i.id = r.result_id ")
+_RESULT_COLUMNS = ("r.process_id, r.slot, r.message_id, r.result_id, r.data, "
+                   "coalesce(r.raw, i.raw)")
 
 
-def _result(row: tuple[Any, ...]) -> ResultRow:
-    pid, slot, mid, rid, data, raw = row
-    return ResultRow(str(pid), int(slot), str(mid), str(rid), bytes(data), bytes(raw))
+def _results(rows: Iterable[tuple[Any, ...]]) -> list[ResultRow]:
+    return [ResultRow(str(pid), int(slot), str(mid), str(rid), bytes(data), bytes(raw))
+            for pid, slot, mid, rid, data, raw in rows if raw is not None]
 
 
 def result_of(conn: sqlite3.Connection, process_id: str, message_id: str) -> ResultRow | None:
     """The stored result of ``message_id``."""
-    row = conn.execute(_RESULTS + "WHERE r.process_id = ? AND r.message_id = ?",
-                       (process_id, message_id)).fetchone()
-    return None if row is None else _result(row)
+    rows = conn.execute(
+        f"SELECT {_RESULT_COLUMNS} FROM schedule s JOIN results r ON "  # noqa: S608
+        f"r.process_id = s.process_id AND r.slot = s.slot {_OLD_RESULT} "
+        f"WHERE s.process_id = ? AND s.message_id = ? AND {_SIGNED}", (process_id, message_id))
+    found = _results(rows)
+    return found[0] if found else None
 
 
 def results_from(conn: sqlite3.Connection, process_id: str, from_slot: int,
                  limit: int) -> list[ResultRow]:
     """Up to ``limit`` stored results of a process with slot ≥ ``from_slot``, by slot."""
-    rows = conn.execute(_RESULTS + "WHERE r.process_id = ? AND r.slot >= ? ORDER BY r.slot "
-                        "LIMIT ?", (process_id, from_slot, limit)).fetchall()
-    return [_result(row) for row in rows]
+    rows = conn.execute(f"SELECT {_RESULT_COLUMNS} FROM results r {_OLD_RESULT} "  # noqa: S608
+                        f"WHERE r.process_id = ? AND r.slot >= ? AND {_SIGNED} ORDER BY r.slot "
+                        "LIMIT ?", (process_id, from_slot, limit))
+    return _results(rows)
 
 
 def result_items(conn: sqlite3.Connection, process_id: str, first: int,
                  last: int) -> list[tuple[int, bytes]]:
     """(slot, raw signed Result item) of the stored results in slots ``first..last``."""
-    rows = conn.execute("SELECT r.slot, i.raw FROM results r JOIN items i ON "
-                        "i.id = r.result_id WHERE r.process_id = ? AND r.slot BETWEEN ? "
-                        "AND ? ORDER BY r.slot", (process_id, first, last))
-    return [(int(slot), bytes(raw)) for slot, raw in rows]
+    rows = conn.execute(f"SELECT r.slot, coalesce(r.raw, i.raw) FROM results r {_OLD_RESULT} "  # noqa: S608
+                        f"WHERE r.process_id = ? AND r.slot BETWEEN ? AND ? AND {_SIGNED} "
+                        "ORDER BY r.slot", (process_id, first, last))
+    return [(int(slot), bytes(raw)) for slot, raw in rows if raw is not None]
 
 
 def results_page(conn: sqlite3.Connection, process_id: str, low: int, high: int,
                  descending: bool, limit: int) -> list[tuple[int, bytes]]:
     """(slot, result data) with ``low < slot < high``, ascending or descending."""
     order = "DESC" if descending else "ASC"
-    sql = f"SELECT slot, data FROM results WHERE process_id = ? AND slot > ? AND slot < ? ORDER BY slot {order} LIMIT ?"  # noqa: E501, S608 - only ASC/DESC is interpolated
+    sql = f"SELECT slot, data FROM results WHERE process_id = ? AND slot > ? AND slot < ? AND result_id IS NOT NULL ORDER BY slot {order} LIMIT ?"  # noqa: E501, S608 - only ASC/DESC is interpolated
     return [(int(slot), bytes(data))
             for slot, data in conn.execute(sql, (process_id, low, high, limit))]
 
@@ -353,32 +428,39 @@ def stored_results(conn: sqlite3.Connection, process_id: str, first: int,
                    last: int) -> dict[int, tuple[str, bytes]]:
     """The stored (result id, data) of the slots ``first..last``, keyed by slot."""
     rows = conn.execute("SELECT slot, result_id, data FROM results WHERE process_id = ? AND "
-                        "slot BETWEEN ? AND ?", (process_id, first, last)).fetchall()
+                        "slot BETWEEN ? AND ? AND result_id IS NOT NULL",
+                        (process_id, first, last)).fetchall()
     return {int(slot): (str(rid), bytes(data)) for slot, rid, data in rows}
 
 
 def insert_result(conn: sqlite3.Connection, s: ScheduledSlot, signed: items.Item) -> None:
-    """Record a stored signed Result item as ``s``'s result and retire its intent."""
-    conn.execute("INSERT INTO results (process_id, slot, message_id, result_id, data) "
-                 "VALUES (?, ?, ?, ?, ?)",
-                 (s.process_id, s.slot, s.message_id, signed.id, signed.data))
-    conn.execute("DELETE FROM result_intents WHERE process_id = ? AND slot = ?",
-                 (s.process_id, s.slot))
+    """Store a signed Result item as ``s``'s result, in the row holding its intent (a slot
+    without one gets a new row; a slot with a signed Result already is an error)."""
+    cur = conn.execute("UPDATE results SET result_id = ?, data = ?, raw = ?, unsigned = NULL "
+                       "WHERE process_id = ? AND slot = ? AND result_id IS NULL",
+                       (signed.id, signed.data, signed.raw, s.process_id, s.slot))
+    if cur.rowcount == 0:
+        conn.execute("INSERT INTO results (process_id, slot, message_id, result_id, data, raw) "
+                     "VALUES (?, ?, ?, ?, ?, ?)",
+                     (s.process_id, s.slot, s.message_id, signed.id, signed.data, signed.raw))
 
 
 def intent_blobs(conn: sqlite3.Connection, process_id: str, first: int,
                  last: int) -> dict[int, bytes]:
     """The recorded intent blobs of the slots ``first..last``, keyed by slot."""
-    rows = conn.execute("SELECT slot, unsigned FROM result_intents WHERE process_id = ? AND "
-                        "slot BETWEEN ? AND ?", (process_id, first, last)).fetchall()
+    rows = conn.execute("SELECT slot, unsigned FROM results WHERE process_id = ? AND "
+                        "slot BETWEEN ? AND ? AND result_id IS NULL",
+                        (process_id, first, last)).fetchall()
     return {int(slot): bytes(blob) for slot, blob in rows}
 
 
-def insert_intents(conn: sqlite3.Connection, intents: list[tuple[str, int, bytes]]) -> None:
-    """Record (process, slot, encoded unsigned result) intents (kept when already there)."""
+def insert_intents(conn: sqlite3.Connection,
+                   intents: list[tuple[str, int, str, bytes]]) -> None:
+    """Record (process, slot, message, encoded unsigned result) intents as results rows without
+    a Result yet (a slot that has a row already keeps it)."""
     conn.executemany(
-        "INSERT OR IGNORE INTO result_intents (process_id, slot, unsigned) VALUES (?, ?, ?)",
-        intents)
+        "INSERT OR IGNORE INTO results (process_id, slot, message_id, data, unsigned) "
+        "VALUES (?, ?, ?, x'', ?)", intents)
 
 
 # --- cron results ----------------------------------------------------------------------------
@@ -387,9 +469,9 @@ def insert_cron_result(conn: sqlite3.Connection, seq: int, after_slot: int, time
                        cron: str, rank: int, block_height: int, signed: items.Item) -> None:
     """Record a stored signed cron Result as its process's ``seq``-th cron result."""
     conn.execute("INSERT INTO cron_results (process_id, seq, after_slot, timestamp_ms, cron, "
-                 "rank, block_height, result_id, data) VALUES (?,?,?,?,?,?,?,?,?)",
+                 "rank, block_height, result_id, data, raw) VALUES (?,?,?,?,?,?,?,?,?,?)",
                  (signed.target, seq, after_slot, timestamp_ms, cron, rank, block_height,
-                  signed.id, signed.data))
+                  signed.id, signed.data, signed.raw))
 
 
 def cron_position(conn: sqlite3.Connection, process_id: str,
@@ -454,10 +536,11 @@ def cron_page(conn: sqlite3.Connection, process_id: str, *, after: tuple[int, st
 def cron_result_items(conn: sqlite3.Connection, process_id: str, first_slot: int,
                       last_slot: int) -> list[bytes]:
     """Raw cron Result items after slots ``first_slot..last_slot``, in chain order."""
-    rows = conn.execute("SELECT i.raw FROM cron_results c JOIN items i ON i.id = c.result_id "
-                        "WHERE c.process_id = ? AND c.after_slot BETWEEN ? AND ? ORDER BY c.seq",
+    rows = conn.execute("SELECT coalesce(c.raw, i.raw) FROM cron_results c LEFT JOIN items i "
+                        "ON c.raw IS NULL AND i.id = c.result_id WHERE c.process_id = ? AND "
+                        "c.after_slot BETWEEN ? AND ? ORDER BY c.seq",
                         (process_id, first_slot, last_slot))
-    return [bytes(r[0]) for r in rows]
+    return [bytes(r[0]) for r in rows if r[0] is not None]
 
 
 # --- checkpoints -----------------------------------------------------------------------------

@@ -18,7 +18,18 @@ PAGE_SIZE = 1024
 # ``item_tags.item_row`` is ``items.rowid``: new items get increasing rowids, so a message's tag
 # rows append to the table instead of landing on random pages as item-id keys did. (GraphQL
 # cursors are rowids too: never VACUUM this database, which may renumber them.)
-SCHEMA = """
+#
+# The node's own signed items live in the row written with them, not in ``items``: an
+# Assignment's raw bytes in its ``schedule`` row (``assignment``), a Result's in its ``results``
+# or ``cron_results`` row (``raw``). A ``results`` row is first written as the slot's intent
+# (``unsigned``, no ``result_id``) and completed when the signed Result is stored. Rows written
+# by earlier versions have these columns NULL: their items are ``items`` rows (read as a
+# fallback), and their intents were moved into ``results`` by :func:`migrate`.
+_RESULTS_TABLE = """CREATE TABLE IF NOT EXISTS results (
+    process_id TEXT NOT NULL, slot INTEGER NOT NULL, message_id TEXT NOT NULL,
+    result_id TEXT UNIQUE, data BLOB NOT NULL, raw BLOB, unsigned BLOB,
+    PRIMARY KEY (process_id, slot))"""
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS items (
     id TEXT PRIMARY KEY, raw BLOB NOT NULL, owner TEXT NOT NULL, target TEXT,
     kind TEXT NOT NULL, created_ms INTEGER NOT NULL);
@@ -34,15 +45,8 @@ CREATE TABLE IF NOT EXISTS schedule (
     process_id TEXT NOT NULL, slot INTEGER NOT NULL, message_id TEXT NOT NULL,
     assignment_id TEXT NOT NULL, hash_chain TEXT NOT NULL, timestamp_ms INTEGER NOT NULL,
     block_height INTEGER NOT NULL, attestation_id TEXT NOT NULL, push_depth INTEGER NOT NULL,
-    PRIMARY KEY (process_id, slot), UNIQUE (process_id, message_id));
-CREATE TABLE IF NOT EXISTS result_intents (
-    process_id TEXT NOT NULL, slot INTEGER NOT NULL, unsigned BLOB NOT NULL,
-    PRIMARY KEY (process_id, slot));
-CREATE TABLE IF NOT EXISTS results (
-    process_id TEXT NOT NULL, slot INTEGER NOT NULL, message_id TEXT NOT NULL,
-    result_id TEXT NOT NULL UNIQUE, data BLOB NOT NULL,
-    PRIMARY KEY (process_id, slot));
-CREATE INDEX IF NOT EXISTS results_by_message ON results (process_id, message_id);
+    assignment BLOB, PRIMARY KEY (process_id, slot), UNIQUE (process_id, message_id));
+{_RESULTS_TABLE};
 CREATE TABLE IF NOT EXISTS checkpoints (
     process_id TEXT NOT NULL, slot INTEGER NOT NULL, file TEXT NOT NULL, sha256 TEXT NOT NULL,
     raw_size INTEGER NOT NULL, clock INTEGER NOT NULL, item_id TEXT NOT NULL,
@@ -57,8 +61,16 @@ CREATE TABLE IF NOT EXISTS cron_results (
     process_id TEXT NOT NULL, seq INTEGER NOT NULL, after_slot INTEGER NOT NULL,
     timestamp_ms INTEGER NOT NULL, cron TEXT NOT NULL, rank INTEGER NOT NULL,
     block_height INTEGER NOT NULL, result_id TEXT NOT NULL UNIQUE, data BLOB NOT NULL,
-    PRIMARY KEY (process_id, seq));
+    raw BLOB, PRIMARY KEY (process_id, seq));
 CREATE INDEX IF NOT EXISTS cron_results_by_slot ON cron_results (process_id, after_slot);
+"""
+# Created once the columns they name exist (an earlier version's tables get them in migrate).
+# Assignments stored in ``items`` (by earlier versions) are found there, so only the ones held in
+# ``schedule`` are indexed by id; a Result's id is its row's UNIQUE ``result_id``.
+INDEXES = """
+CREATE INDEX IF NOT EXISTS schedule_by_assignment ON schedule (assignment_id)
+    WHERE assignment IS NOT NULL;
+DROP INDEX IF EXISTS results_by_message;
 """
 
 
@@ -80,6 +92,51 @@ def migrate(conn: sqlite3.Connection) -> None:
     conn.executescript(SCHEMA)
     _migrate_tags(conn)
     _migrate_checkpoint_crons(conn)
+    _migrate_node_items(conn)
+    conn.executescript(INDEXES)
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {str(row[1]) for row in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def _migrate_node_items(conn: sqlite3.Connection) -> None:
+    """Give ``schedule``, ``results`` and ``cron_results`` the columns holding the node's own
+    items, and move recorded intents (``result_intents``) into ``results`` rows.
+
+    ``results`` is rebuilt when it comes from an earlier version: its ``result_id`` was NOT NULL,
+    which an intent row (no Result yet) cannot satisfy. Its rows keep their values; their Result
+    items stay in ``items``.
+    """
+    if "assignment" not in _columns(conn, "schedule"):
+        conn.execute("ALTER TABLE schedule ADD COLUMN assignment BLOB")
+    if "raw" not in _columns(conn, "cron_results"):
+        conn.execute("ALTER TABLE cron_results ADD COLUMN raw BLOB")
+    old_results = "unsigned" not in _columns(conn, "results")
+    old_intents = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                               "name = 'result_intents'").fetchone() is not None
+    if not old_results and not old_intents:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if old_results:
+            conn.execute("ALTER TABLE results RENAME TO results_before")
+            conn.execute("DROP INDEX IF EXISTS results_by_message")
+            conn.execute(_RESULTS_TABLE)
+            conn.execute("INSERT INTO results (process_id, slot, message_id, result_id, data) "
+                         "SELECT process_id, slot, message_id, result_id, data "
+                         "FROM results_before ORDER BY rowid")
+            conn.execute("DROP TABLE results_before")
+        if old_intents:
+            conn.execute("INSERT OR IGNORE INTO results (process_id, slot, message_id, data, "
+                         "unsigned) SELECT i.process_id, i.slot, s.message_id, x'', i.unsigned "
+                         "FROM result_intents i JOIN schedule s ON s.process_id = i.process_id "
+                         "AND s.slot = i.slot")
+            conn.execute("DROP TABLE result_intents")
+        conn.execute("COMMIT")
+    except sqlite3.Error:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def _migrate_checkpoint_crons(conn: sqlite3.Connection) -> None:
