@@ -33,7 +33,12 @@ def assign(conn: sqlite3.Connection, ctx: SchedulerContext, process_id: str, mes
            push_depth: int) -> ScheduledSlot:
     """Append ``message_id`` to ``process_id``'s schedule with a signed Assignment item (held
     in the schedule row)."""
-    last = queries.last_slot(conn, process_id)
+    return _append(conn, ctx, queries.last_slot(conn, process_id), process_id, message_id,
+                   push_depth)
+
+
+def _append(conn: sqlite3.Connection, ctx: SchedulerContext, last: ScheduledSlot | None,
+            process_id: str, message_id: str, push_depth: int) -> ScheduledSlot:
     if last is None:
         slot, hash_chain, timestamp = 0, first_hash_chain(process_id), _now_ms()
     else:
@@ -75,14 +80,16 @@ def create_process(conn: sqlite3.Connection, ctx: SchedulerContext, process: ite
 def schedule_message(conn: sqlite3.Connection, ctx: SchedulerContext, message: items.Item,
                      process_id: str, push_depth: int) -> int:
     """Store a message for a hosted process and schedule it (idempotent per message id)."""
-    if not queries.process_hosted(conn, process_id):
+    # A hosted process has its slot 0 from the transaction that registered it.
+    last = queries.last_slot(conn, process_id)
+    if last is None:
         raise NotFound(f"process {process_id} is not hosted on this node")
     # A message that was not stored before cannot hold a slot yet (slots name stored items).
     if not store_item(conn, message, ItemKind.MESSAGE):
         slot = existing_slot(conn, process_id, message.id)
         if slot is not None:
             return slot
-    return assign(conn, ctx, process_id, message.id, push_depth).slot
+    return _append(conn, ctx, last, process_id, message.id, push_depth).slot
 
 
 _now_ms = queries.now_ms
