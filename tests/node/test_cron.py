@@ -169,6 +169,10 @@ def test_aos_cron_ticks_pushes_its_outbox_and_replays_identically(tmp_path: Path
         assert "cron" in report.steps[-1].detail
         stored = node.home.store.all("SELECT seq, result_id FROM cron_results WHERE process_id = ?",
                                 proc.id)
+        cron_id = str(stored[0][1])  # held in its cron_results row, found by id as any item
+        [(_, cron_raw)] = node.find_items(ids=[cron_id], limit=2)
+        assert items.parse_unverified(node.item_raw(cron_id)).id == cron_id
+        assert cron_raw == node.item_raw(cron_id)
     finally:
         node.close()
     # replay from slot 0 (no checkpoint) and from a checkpoint re-derive the same cron results
