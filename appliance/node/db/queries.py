@@ -338,21 +338,26 @@ def block_start(conn: sqlite3.Connection, height: int) -> int | None:
     return None if row is None or row[0] is None else int(row[0])
 
 
+# Per process ``p``: its last slot, its last slot with a stored result (the newest results row
+# is read first: only an intent row is skipped).
+_LAST_SLOT = "SELECT max(s.slot) FROM schedule s WHERE s.process_id = p.id"
+_LAST_RESULT = ("SELECT r.slot FROM results r WHERE r.process_id = p.id AND "
+                "r.result_id IS NOT NULL ORDER BY r.slot DESC LIMIT 1")
+
+
 def processes_behind(conn: sqlite3.Connection) -> list[str]:
-    """Processes with scheduled slots that have no stored result."""
-    rows = conn.execute("SELECT DISTINCT s.process_id FROM schedule s LEFT JOIN results r "
-                        "ON r.process_id = s.process_id AND r.slot = s.slot "
-                        "WHERE r.result_id IS NULL")
+    """Processes with scheduled slots that have no stored result (results are stored in slot
+    order, so: whose last slot has none)."""
+    rows = conn.execute(f"SELECT p.id FROM processes p WHERE ({_LAST_SLOT}) > "  # noqa: S608
+                        f"coalesce(({_LAST_RESULT}), -1)")
     return [str(pid) for (pid,) in rows]
 
 
 def process_page(conn: sqlite3.Connection, after: int, limit: int) -> list[ProcessRow]:
     """Hosted processes in creation order, after cursor ``after`` (0 for the first page)."""
     rows = conn.execute(
-        "SELECT p.rowid, p.id, p.module_id, p.owner, p.created_ms, "
-        "(SELECT coalesce(max(s.slot) + 1, 0) FROM schedule s WHERE s.process_id = p.id), "
-        "(SELECT coalesce(max(r.slot) + 1, 0) FROM results r WHERE r.process_id = p.id "
-        "AND r.result_id IS NOT NULL), "
+        "SELECT p.rowid, p.id, p.module_id, p.owner, p.created_ms, "  # noqa: S608
+        f"coalesce(({_LAST_SLOT}) + 1, 0), coalesce(({_LAST_RESULT}) + 1, 0), "
         "(SELECT max(c.slot) FROM checkpoints c WHERE c.process_id = p.id) "
         "FROM processes p WHERE p.rowid > ? ORDER BY p.rowid LIMIT ?", (after, limit))
     return [ProcessRow(int(r[0]), str(r[1]), str(r[2]), str(r[3]), int(r[4]), int(r[5]),
@@ -367,9 +372,8 @@ def process_ids(conn: sqlite3.Connection) -> list[str]:
 def counts(conn: sqlite3.Connection) -> tuple[int, int, int]:
     """(hosted processes, slots without a result, outbox items pending delivery elsewhere)."""
     processes = conn.execute("SELECT count(*) FROM processes").fetchone()
-    pending = conn.execute(
-        "SELECT count(*) FROM schedule s LEFT JOIN results r ON r.process_id = s.process_id "
-        "AND r.slot = s.slot WHERE r.result_id IS NULL").fetchone()
+    pending = conn.execute("SELECT (SELECT count(*) FROM schedule) - (SELECT count(*) FROM "
+                           "results WHERE result_id IS NOT NULL)").fetchone()
     outbox = conn.execute("SELECT count(*) FROM outbox WHERE status IN (?, ?)",
                           (str(OutboxStatus.PENDING_REMOTE),
                            str(OutboxStatus.FORWARDING))).fetchone()
