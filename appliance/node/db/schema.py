@@ -25,9 +25,9 @@ MIGRATION_CACHE_KIB = 256 * 1024
 # The node's own signed items live in the row written with them, not in ``items``: an
 # Assignment's raw bytes in its ``schedule`` row (``assignment``), a Result's in its ``results``
 # or ``cron_results`` row (``raw``). A ``results`` row is first written as the slot's intent
-# (``unsigned``, no ``result_id``) and completed when the signed Result is stored. Rows written
-# by earlier versions have these columns NULL: their items are ``items`` rows (read as a
-# fallback), and their intents were moved into ``results`` by :func:`migrate`.
+# (``unsigned``, no ``result_id``, empty ``data``) and completed when the signed Result is
+# stored. Rows written by earlier versions have these columns NULL: their items are ``items``
+# rows (read as a fallback), and their intents were moved into ``results`` by :func:`migrate`.
 _RESULTS_TABLE = """CREATE TABLE IF NOT EXISTS results (
     process_id TEXT NOT NULL, slot INTEGER NOT NULL, message_id TEXT NOT NULL,
     result_id TEXT UNIQUE, data BLOB NOT NULL, raw BLOB, unsigned BLOB,
