@@ -458,6 +458,8 @@ class EvaluatorPool:
         self._on_retire = on_retire
         self._stopping = threading.Event()
         self._reaper: threading.Thread | None = None
+        with self._placing:
+            self._replenish()
 
     @property
     def worker_count(self) -> int:
@@ -469,6 +471,20 @@ class EvaluatorPool:
         """Workers serving a call right now."""
         with self._placing:
             return sum(h.lock.locked() for h in self._workers)
+
+    def _spare(self, handle: _WorkerHandle) -> bool:
+        """An extra worker hosting no process (under ``_placing``)."""
+        return handle.extra and not handle.hosted
+
+    def _replenish(self) -> None:
+        """With moves on, start a spare (an extra worker placed nothing yet, so that the next
+        move finds a running worker) unless one exists or the extras are at their limit
+        (under ``_placing``)."""
+        if self._move_after is None or len(self._workers) >= 2 * self._base \
+                or any(self._spare(h) for h in self._workers):
+            return
+        self._workers.append(_WorkerHandle(self._cache_dir, self._generation, extra=True))
+        self._start_reaper()
 
     def _for(self, process_id: str) -> _WorkerHandle:
         with self._placing:
@@ -517,7 +533,7 @@ class EvaluatorPool:
             if self._placement.get(process_id) is not old:
                 return None
             idle = sorted((h for h in self._workers if h is not old and not h.lock.locked()),
-                          key=lambda h: h.hosted)
+                          key=lambda h: (self._spare(h), h.hosted))
             target = next((h for h in idle if h.lock.acquire(blocking=False)), None)
             if target is None:
                 if len(self._workers) >= 2 * self._base:
@@ -534,6 +550,7 @@ class EvaluatorPool:
                 old.stale.add(process_id)  # closed before old's next request
             with target.mutex:
                 target.stale.discard(process_id)
+            self._replenish()
         if self._on_move is not None:
             self._on_move(process_id)
         return target
@@ -554,6 +571,8 @@ class EvaluatorPool:
                 if handle.lock.locked() or time.monotonic() - handle.last_used < self._extra_idle:
                     continue
                 with self._placing:
+                    if self._last_spare(handle):
+                        continue
                     hosted = [pid for pid, h in self._placement.items() if h is handle]
                 if hosted and self._on_retire is not None:
                     self._on_retire(hosted)
@@ -561,13 +580,19 @@ class EvaluatorPool:
                     continue
                 try:
                     with self._placing:
-                        if handle.hosted:
+                        if handle.hosted or self._last_spare(handle):
                             continue
                         handle.retired = True
                         self._workers.remove(handle)
                     handle.stop_held()
                 finally:
                     handle.lock.release()
+
+    def _last_spare(self, handle: _WorkerHandle) -> bool:
+        """``handle`` is the spare the pool keeps: moves are on, it hosts nothing and no other
+        extra is spare (under ``_placing``)."""
+        return self._move_after is not None and self._spare(handle) and not any(
+            self._spare(h) for h in self._workers if h is not handle)
 
     def generation(self, process_id: str) -> int:
         """Changes whenever the worker hosting ``process_id`` was restarted or changed."""
