@@ -213,8 +213,16 @@ class _Worker:
             instance.close()
 
 
+_READY = "ready"
+"""What a worker sends once it can serve requests, before any reply."""
+
+
 def _serve(conn: Connection, cache_dir: Path) -> None:
     worker = _Worker(cache_dir)
+    try:
+        conn.send(_READY)
+    except (BrokenPipeError, EOFError, OSError):
+        return
     while True:
         try:
             request = conn.recv()
@@ -302,13 +310,19 @@ class _WorkerHandle:
     """The parent's side of one worker process. ``lock`` is held from a request until its
     reply is read; ``holder``/``held_since`` say by which process and since when (``None``
     while free or just taken). ``hosted`` and ``retired`` are guarded by the pool's placement
-    lock, ``stale`` (instances to close before the next request) by ``mutex``."""
+    lock, ``stale`` (instances to close before the next request) by ``mutex``. The worker's
+    :data:`_READY` is read before its first reply; with ``boot_held``, by a thread of its own
+    that holds ``lock`` (``booting``) until then, so that a started worker looks busy, not idle,
+    until it can serve. ``on_free`` is called whenever ``lock`` is let go."""
 
     def __init__(self, cache_dir: Path, generations: Callable[[], int], *,
-                 extra: bool = False) -> None:
-        self._cache_dir, self._generations = cache_dir, generations
+                 extra: bool = False, boot_held: bool = False,
+                 on_free: Callable[[], None] = lambda: None) -> None:
+        self._cache_dir, self._generations, self._on_free = cache_dir, generations, on_free
         self.extra = extra
         self.lock = threading.Lock()
+        self.booting = False
+        self._ready = False
         self.mutex = threading.Lock()
         self.stale: set[str] = set()
         self.holder = ""
@@ -316,7 +330,32 @@ class _WorkerHandle:
         self.last_used = time.monotonic()
         self.hosted = 0
         self.retired = False
+        if boot_held:
+            self.lock.acquire()
+            self.booting = True
         self._start()
+        if boot_held:
+            threading.Thread(target=self._boot, name="evaluator-boot", daemon=True).start()
+
+    def _boot(self) -> None:
+        try:
+            with contextlib.suppress(WorkerCrashed):  # the next request restarts it
+                self._read_ready()
+        finally:
+            self.booting = False
+            self.release()
+
+    def _read_ready(self) -> None:
+        """Read the worker's :data:`_READY` unless read already (``lock`` held)."""
+        if self._ready:
+            return
+        try:
+            ready = self.conn.recv()
+        except (EOFError, OSError):
+            raise WorkerCrashed("evaluation worker died while starting") from None
+        if ready != _READY:
+            raise WorkerCrashed(f"evaluation worker started with {ready!r}")
+        self._ready = True
 
     def _start(self) -> None:
         parent, child = multiprocessing.Pipe()
@@ -325,6 +364,7 @@ class _WorkerHandle:
             self.proc = _WorkerProcess(child, self._cache_dir)
         finally:
             child.close()
+        self._ready = False
         with self.mutex:
             self.stale.clear()  # a new worker process holds no instance
         self.generation = self._generations()
@@ -362,6 +402,7 @@ class _WorkerHandle:
         self.holder, self.held_since = "", None
         self.last_used = time.monotonic()
         self.lock.release()
+        self._on_free()
 
     def call(self, method: str, *args: Any) -> Any:
         """Send a request and wait for its reply (``lock`` held by the caller; released)."""
@@ -373,8 +414,9 @@ class _WorkerHandle:
         with self.mutex:
             closes, self.stale = sorted(self.stale), set()
         try:
+            self._read_ready()
             self.conn.send((method, args, closes))
-        except (EOFError, OSError, BrokenPipeError):
+        except (EOFError, OSError, BrokenPipeError, WorkerCrashed):
             self._crashed()
         except BaseException:
             self.release()
@@ -448,7 +490,9 @@ class EvaluatorPool:
         self._cache_dir = cache_dir
         self._generation = itertools.count().__next__
         self._base = max(1, workers)
-        self._workers = [_WorkerHandle(cache_dir, self._generation)
+        self._freed = threading.Condition()
+        self._frees = 0  # how many times a worker was let go (under _freed)
+        self._workers = [_WorkerHandle(cache_dir, self._generation, on_free=self._free)
                          for _ in range(self._base)]
         self._placement: dict[str, _WorkerHandle] = {}
         self._placing = threading.Lock()
@@ -470,7 +514,23 @@ class EvaluatorPool:
     def held_workers(self) -> int:
         """Workers serving a call right now."""
         with self._placing:
-            return sum(h.lock.locked() for h in self._workers)
+            return sum(h.lock.locked() and not h.booting for h in self._workers)
+
+    def _free(self) -> None:
+        with self._freed:
+            self._frees += 1
+            self._freed.notify_all()
+
+    def _wait_free(self, frees: int, timeout: float) -> None:
+        """Wait until a worker was let go since the count was ``frees`` (at most ``timeout``)."""
+        with self._freed:
+            self._freed.wait_for(lambda: self._frees != frees, timeout=timeout)
+
+    def _extra(self) -> None:
+        """Start an extra worker, held until it can serve (under ``_placing``)."""
+        self._workers.append(_WorkerHandle(self._cache_dir, self._generation, extra=True,
+                                           boot_held=True, on_free=self._free))
+        self._start_reaper()
 
     def _spare(self, handle: _WorkerHandle) -> bool:
         """An extra worker hosting no process (under ``_placing``)."""
@@ -483,8 +543,7 @@ class EvaluatorPool:
         if self._move_after is None or len(self._workers) >= 2 * self._base \
                 or any(self._spare(h) for h in self._workers):
             return
-        self._workers.append(_WorkerHandle(self._cache_dir, self._generation, extra=True))
-        self._start_reaper()
+        self._extra()
 
     def _for(self, process_id: str) -> _WorkerHandle:
         with self._placing:
@@ -506,6 +565,8 @@ class EvaluatorPool:
         patience = self._move_after if move else None
         while True:
             handle = self._for(process_id)
+            with self._freed:
+                frees = self._frees
             if not handle.take(process_id, patience):
                 assert patience is not None
                 target = self._move(process_id, handle)
@@ -518,17 +579,18 @@ class EvaluatorPool:
                 with self._placing:
                     if self._placement.get(process_id) is not handle:
                         continue
-                # nowhere to go: wait for this worker a while longer, then look again
-                if not handle.lock.acquire(timeout=patience):
-                    continue
-                handle.held(process_id)
+                # nowhere to go yet: look again once a worker is let go or has started
+                self._wait_free(frees, patience)
+                continue
             if not handle.retired:
                 return handle
             handle.release()
 
     def _move(self, process_id: str, old: _WorkerHandle) -> _WorkerHandle | None:
-        """Place ``process_id`` on an idle worker (or a new extra one) and return it held;
-        ``None`` when every worker is busy and no more may start."""
+        """Place ``process_id`` on an idle worker and return it held; ``None`` when every worker
+        is busy (an extra one is started then, if the limit allows: the first worker let go or
+        started takes the process, so a move never waits on a starting worker while another
+        frees up)."""
         with self._placing:
             if self._placement.get(process_id) is not old:
                 return None
@@ -536,12 +598,9 @@ class EvaluatorPool:
                           key=lambda h: (self._spare(h), h.hosted))
             target = next((h for h in idle if h.lock.acquire(blocking=False)), None)
             if target is None:
-                if len(self._workers) >= 2 * self._base:
-                    return None
-                target = _WorkerHandle(self._cache_dir, self._generation, extra=True)
-                target.lock.acquire()
-                self._workers.append(target)
-                self._start_reaper()
+                if len(self._workers) < 2 * self._base:
+                    self._extra()
+                return None
             target.held(process_id)
             old.hosted -= 1
             target.hosted += 1
