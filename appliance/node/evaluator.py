@@ -7,10 +7,10 @@ placed on it and evaluates their batches serially; the parent keeps I/O, signing
 A crash of a worker (say, a runtime fault) costs only a respawn and a replay from checkpoint.
 
 Isolation: a process whose call would wait behind another process's evaluation for longer than
-the pool's ``move_after`` seconds moves to an idle worker, or to an extra one started for it (at
-most as many extras as base workers; an extra idle for ``extra_idle_seconds`` is stopped), and
-is reopened there from its checkpoint, as after a crash. A message that runs to its limit then
-delays only its own process.
+the pool's ``move_after`` seconds moves to an idle worker, preferably one already running (a
+spare is kept started for that; at most as many extras as base workers; an extra idle for
+``extra_idle_seconds`` is stopped, but for one spare), and is reopened there from its checkpoint,
+as after a crash. A message that runs to its limit then delays only its own process.
 """
 
 from __future__ import annotations
@@ -466,7 +466,7 @@ class _WorkerHandle:
 MOVE_AFTER_SECONDS = 0.5
 """Default patience before a process moves off a worker another process's call holds."""
 EXTRA_IDLE_SECONDS = 60.0
-"""An extra worker unused this long is emptied (``on_retire``) and stopped."""
+"""An extra worker unused this long is emptied (``on_retire``) and stopped, but for the spare."""
 
 
 class EvaluatorPool:
@@ -474,13 +474,16 @@ class EvaluatorPool:
 
     A process stays on the worker it was placed on (a base worker not held long, hosting the
     fewest processes). With ``move_after`` set, a call that would wait longer than that for a
-    worker another process's call holds moves the process instead: to an idle worker, or to
-    an extra one started for it (at most ``workers`` extras). ``open`` just runs there; the
-    other calls raise :class:`ProcessMoved`, and the caller reopens the process from its
-    checkpoint. ``on_move(process_id)`` is called for every move. An extra worker unused for
-    ``extra_idle_seconds`` is stopped once it hosts nothing: ``on_retire(process_ids)`` (from
-    the pool's own thread; must not raise) is asked to close what it hosts, and processes it
-    leaves open keep the worker running until the next look.
+    worker another process's call holds moves the process instead: to an idle worker (a
+    regular one before the spare). With moves on, the pool keeps a *spare*: an extra worker
+    started and hosting nothing (started with the pool, and again when a move takes it). When
+    no worker is idle, an extra one is started (at most ``workers`` extras, the spare
+    included), and the process goes to the first worker let go or started. ``open`` just runs
+    there; the other calls raise :class:`ProcessMoved`, and the caller reopens the process from
+    its checkpoint. ``on_move(process_id)`` is called for every move. An extra worker unused
+    for ``extra_idle_seconds`` is stopped once it hosts nothing, unless it is the last spare:
+    ``on_retire(process_ids)`` (from the pool's own thread; must not raise) is asked to close
+    what it hosts, and processes it leaves open keep the worker running until the next look.
     """
 
     def __init__(self, workers: int, cache_dir: Path, *, move_after: float | None = None,
