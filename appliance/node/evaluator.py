@@ -648,7 +648,8 @@ class EvaluatorPool:
                         self._workers.remove(handle)
                     handle.stop_held()
                 finally:
-                    handle.lock.release()
+                    handle.lock.release()  # not release(): that would count as a use
+                    self._free()
 
     def _last_spare(self, handle: _WorkerHandle) -> bool:
         """``handle`` is the spare the pool keeps: moves are on, it hosts nothing and no other
