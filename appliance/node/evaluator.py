@@ -566,13 +566,14 @@ class EvaluatorPool:
         raises :class:`ProcessMoved` (the instance stayed behind), else the new worker is
         returned held."""
         patience = self._move_after if move else None
+        may_start = True  # an extra worker, once, when no worker is idle
         while True:
             handle = self._for(process_id)
             with self._freed:
                 frees = self._frees
             if not handle.take(process_id, patience):
                 assert patience is not None
-                target = self._move(process_id, handle)
+                target = self._move(process_id, handle, may_start=may_start)
                 if target is not None:
                     if not reopen:
                         return target
@@ -583,17 +584,19 @@ class EvaluatorPool:
                     if self._placement.get(process_id) is not handle:
                         continue
                 # nowhere to go yet: look again once a worker is let go or has started
+                may_start = False
                 self._wait_free(frees, patience)
                 continue
             if not handle.retired:
                 return handle
             handle.release()
 
-    def _move(self, process_id: str, old: _WorkerHandle) -> _WorkerHandle | None:
+    def _move(self, process_id: str, old: _WorkerHandle, *, may_start: bool
+              ) -> _WorkerHandle | None:
         """Place ``process_id`` on an idle worker and return it held; ``None`` when every worker
-        is busy (an extra one is started then, if the limit allows: the first worker let go or
-        started takes the process, so a move never waits on a starting worker while another
-        frees up)."""
+        is busy (with ``may_start``, an extra one is started then if the limit allows: the
+        first worker let go or started takes the process, so a move never waits on a starting
+        worker while another frees up)."""
         with self._placing:
             if self._placement.get(process_id) is not old:
                 return None
@@ -601,7 +604,7 @@ class EvaluatorPool:
                           key=lambda h: (self._spare(h), h.hosted))
             target = next((h for h in idle if h.lock.acquire(blocking=False)), None)
             if target is None:
-                if len(self._workers) < 2 * self._base:
+                if may_start and len(self._workers) < 2 * self._base:
                     self._extra()
                 return None
             target.held(process_id)
