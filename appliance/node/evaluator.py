@@ -7,10 +7,10 @@ placed on it and evaluates their batches serially; the parent keeps I/O, signing
 A crash of a worker (say, a runtime fault) costs only a respawn and a replay from checkpoint.
 
 Isolation: a process whose call would wait behind another process's evaluation for longer than
-the pool's ``move_after`` seconds moves to an idle worker, or to an extra one started for it (at
-most as many extras as base workers; an extra idle for ``extra_idle_seconds`` is stopped), and
-is reopened there from its checkpoint, as after a crash. A message that runs to its limit then
-delays only its own process.
+the pool's ``move_after`` seconds moves to an idle worker, preferably one already running (a
+spare is kept started for that; at most as many extras as base workers; an extra idle for
+``extra_idle_seconds`` is stopped, but for one spare), and is reopened there from its checkpoint,
+as after a crash. A message that runs to its limit then delays only its own process.
 """
 
 from __future__ import annotations
@@ -19,7 +19,10 @@ import contextlib
 import gzip
 import hashlib
 import itertools
+import json
 import multiprocessing
+import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -210,8 +213,16 @@ class _Worker:
             instance.close()
 
 
+_READY = "ready"
+"""What a worker sends once it can serve requests, before any reply."""
+
+
 def _serve(conn: Connection, cache_dir: Path) -> None:
     worker = _Worker(cache_dir)
+    try:
+        conn.send(_READY)
+    except (BrokenPipeError, EOFError, OSError):
+        return
     while True:
         try:
             request = conn.recv()
@@ -232,6 +243,43 @@ def _serve(conn: Connection, cache_dir: Path) -> None:
             conn.send(reply)
         except (BrokenPipeError, EOFError, OSError):
             return  # the node went away (for example kill -9); nothing left to answer
+
+
+_BOOT = ("import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
+         "from appliance.node.evaluator import _worker_main; _worker_main()")
+"""A worker's whole start-up: the parent's import path, then this module alone. Not
+multiprocessing's spawn, which would also import the parent's main module in every worker
+(``appliance.cli`` behind the ``ao-appliance`` script: 0.9 s of CPU and 60 MB more RSS)."""
+
+
+def _worker_main() -> None:
+    """The worker process's entry (see :data:`_BOOT`): serve the connection whose descriptor
+    and cache directory the parent passed."""
+    _serve(Connection(int(sys.argv[2])), Path(sys.argv[3]))
+
+
+class _WorkerProcess:
+    """One worker interpreter started with :data:`_BOOT`, serving the other end of ``conn``
+    (``multiprocessing.Process``'s ``pid``/``join``/``is_alive``/``kill``)."""
+
+    def __init__(self, child: Connection, cache_dir: Path) -> None:
+        fd = child.fileno()
+        self._popen = subprocess.Popen(
+            [sys.executable, "-c", _BOOT, json.dumps(sys.path), str(fd), str(cache_dir)],
+            pass_fds=(fd,), stdin=subprocess.DEVNULL)
+        self.pid = self._popen.pid
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for it to exit (at most ``timeout`` seconds)."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._popen.wait(timeout)
+
+    def is_alive(self) -> bool:
+        return self._popen.poll() is None
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self._popen.kill()
 
 
 class WorkerCrashed(EvaluationError):
@@ -262,13 +310,19 @@ class _WorkerHandle:
     """The parent's side of one worker process. ``lock`` is held from a request until its
     reply is read; ``holder``/``held_since`` say by which process and since when (``None``
     while free or just taken). ``hosted`` and ``retired`` are guarded by the pool's placement
-    lock, ``stale`` (instances to close before the next request) by ``mutex``."""
+    lock, ``stale`` (instances to close before the next request) by ``mutex``. The worker's
+    :data:`_READY` is read before its first reply; with ``boot_held``, by a thread of its own
+    that holds ``lock`` (``booting``) until then, so that a started worker looks busy, not idle,
+    until it can serve. ``on_free`` is called whenever ``lock`` is let go."""
 
-    def __init__(self, ctx: Any, cache_dir: Path, generations: Callable[[], int], *,
-                 extra: bool = False) -> None:
-        self._ctx, self._cache_dir, self._generations = ctx, cache_dir, generations
+    def __init__(self, cache_dir: Path, generations: Callable[[], int], *,
+                 extra: bool = False, boot_held: bool = False,
+                 on_free: Callable[[], None] = lambda: None) -> None:
+        self._cache_dir, self._generations, self._on_free = cache_dir, generations, on_free
         self.extra = extra
         self.lock = threading.Lock()
+        self.booting = False
+        self._ready = False
         self.mutex = threading.Lock()
         self.stale: set[str] = set()
         self.holder = ""
@@ -276,15 +330,41 @@ class _WorkerHandle:
         self.last_used = time.monotonic()
         self.hosted = 0
         self.retired = False
+        if boot_held:
+            self.lock.acquire()
+            self.booting = True
         self._start()
+        if boot_held:
+            threading.Thread(target=self._boot, name="evaluator-boot", daemon=True).start()
+
+    def _boot(self) -> None:
+        try:
+            with contextlib.suppress(WorkerCrashed):  # the next request restarts it
+                self._read_ready()
+        finally:
+            self.booting = False
+            self.release()
+
+    def _read_ready(self) -> None:
+        """Read the worker's :data:`_READY` unless read already (``lock`` held)."""
+        if self._ready:
+            return
+        try:
+            ready = self.conn.recv()
+        except (EOFError, OSError):
+            raise WorkerCrashed("evaluation worker died while starting") from None
+        if ready != _READY:
+            raise WorkerCrashed(f"evaluation worker started with {ready!r}")
+        self._ready = True
 
     def _start(self) -> None:
-        parent, child = self._ctx.Pipe()
+        parent, child = multiprocessing.Pipe()
         self.conn: Connection = parent
-        self.proc = self._ctx.Process(target=_serve, args=(child, self._cache_dir),
-                                      name="ao-evaluator", daemon=True)
-        self.proc.start()
-        child.close()
+        try:
+            self.proc = _WorkerProcess(child, self._cache_dir)
+        finally:
+            child.close()
+        self._ready = False
         with self.mutex:
             self.stale.clear()  # a new worker process holds no instance
         self.generation = self._generations()
@@ -322,6 +402,7 @@ class _WorkerHandle:
         self.holder, self.held_since = "", None
         self.last_used = time.monotonic()
         self.lock.release()
+        self._on_free()
 
     def call(self, method: str, *args: Any) -> Any:
         """Send a request and wait for its reply (``lock`` held by the caller; released)."""
@@ -333,8 +414,9 @@ class _WorkerHandle:
         with self.mutex:
             closes, self.stale = sorted(self.stale), set()
         try:
+            self._read_ready()
             self.conn.send((method, args, closes))
-        except (EOFError, OSError, BrokenPipeError):
+        except (EOFError, OSError, BrokenPipeError, WorkerCrashed):
             self._crashed()
         except BaseException:
             self.release()
@@ -384,7 +466,7 @@ class _WorkerHandle:
 MOVE_AFTER_SECONDS = 0.5
 """Default patience before a process moves off a worker another process's call holds."""
 EXTRA_IDLE_SECONDS = 60.0
-"""An extra worker unused this long is emptied (``on_retire``) and stopped."""
+"""An extra worker unused this long is emptied (``on_retire``) and stopped, but for the spare."""
 
 
 class EvaluatorPool:
@@ -392,24 +474,28 @@ class EvaluatorPool:
 
     A process stays on the worker it was placed on (a base worker not held long, hosting the
     fewest processes). With ``move_after`` set, a call that would wait longer than that for a
-    worker another process's call holds moves the process instead: to an idle worker, or to
-    an extra one started for it (at most ``workers`` extras). ``open`` just runs there; the
-    other calls raise :class:`ProcessMoved`, and the caller reopens the process from its
-    checkpoint. ``on_move(process_id)`` is called for every move. An extra worker unused for
-    ``extra_idle_seconds`` is stopped once it hosts nothing: ``on_retire(process_ids)`` (from
-    the pool's own thread; must not raise) is asked to close what it hosts, and processes it
-    leaves open keep the worker running until the next look.
+    worker another process's call holds moves the process instead: to an idle worker (a
+    regular one before the spare). With moves on, the pool keeps a *spare*: an extra worker
+    started and hosting nothing (started with the pool, and again when a move takes it). When
+    no worker is idle, an extra one is started (at most ``workers`` extras, the spare
+    included), and the process goes to the first worker let go or started. ``open`` just runs
+    there; the other calls raise :class:`ProcessMoved`, and the caller reopens the process from
+    its checkpoint. ``on_move(process_id)`` is called for every move. An extra worker unused
+    for ``extra_idle_seconds`` is stopped once it hosts nothing, unless it is the last spare:
+    ``on_retire(process_ids)`` (from the pool's own thread; must not raise) is asked to close
+    what it hosts, and processes it leaves open keep the worker running until the next look.
     """
 
     def __init__(self, workers: int, cache_dir: Path, *, move_after: float | None = None,
                  extra_idle_seconds: float = EXTRA_IDLE_SECONDS,
                  on_move: Callable[[str], None] | None = None,
                  on_retire: Callable[[list[str]], None] | None = None) -> None:
-        self._ctx = multiprocessing.get_context("spawn")
         self._cache_dir = cache_dir
         self._generation = itertools.count().__next__
         self._base = max(1, workers)
-        self._workers = [_WorkerHandle(self._ctx, cache_dir, self._generation)
+        self._freed = threading.Condition()
+        self._frees = 0  # how many times a worker was let go (under _freed)
+        self._workers = [_WorkerHandle(cache_dir, self._generation, on_free=self._free)
                          for _ in range(self._base)]
         self._placement: dict[str, _WorkerHandle] = {}
         self._placing = threading.Lock()
@@ -419,6 +505,8 @@ class EvaluatorPool:
         self._on_retire = on_retire
         self._stopping = threading.Event()
         self._reaper: threading.Thread | None = None
+        with self._placing:
+            self._replenish()
 
     @property
     def worker_count(self) -> int:
@@ -429,7 +517,36 @@ class EvaluatorPool:
     def held_workers(self) -> int:
         """Workers serving a call right now."""
         with self._placing:
-            return sum(h.lock.locked() for h in self._workers)
+            return sum(h.lock.locked() and not h.booting for h in self._workers)
+
+    def _free(self) -> None:
+        with self._freed:
+            self._frees += 1
+            self._freed.notify_all()
+
+    def _wait_free(self, frees: int, timeout: float) -> None:
+        """Wait until a worker was let go since the count was ``frees`` (at most ``timeout``)."""
+        with self._freed:
+            self._freed.wait_for(lambda: self._frees != frees, timeout=timeout)
+
+    def _extra(self) -> None:
+        """Start an extra worker, held until it can serve (under ``_placing``)."""
+        self._workers.append(_WorkerHandle(self._cache_dir, self._generation, extra=True,
+                                           boot_held=True, on_free=self._free))
+        self._start_reaper()
+
+    def _spare(self, handle: _WorkerHandle) -> bool:
+        """An extra worker hosting no process (under ``_placing``)."""
+        return handle.extra and not handle.hosted
+
+    def _replenish(self) -> None:
+        """With moves on, start a spare (an extra worker placed nothing yet, so that the next
+        move finds a running worker) unless one exists or the extras are at their limit
+        (under ``_placing``)."""
+        if self._move_after is None or len(self._workers) >= 2 * self._base \
+                or any(self._spare(h) for h in self._workers):
+            return
+        self._extra()
 
     def _for(self, process_id: str) -> _WorkerHandle:
         with self._placing:
@@ -449,11 +566,14 @@ class EvaluatorPool:
         raises :class:`ProcessMoved` (the instance stayed behind), else the new worker is
         returned held."""
         patience = self._move_after if move else None
+        may_start = True  # an extra worker, once, when no worker is idle
         while True:
             handle = self._for(process_id)
+            with self._freed:
+                frees = self._frees
             if not handle.take(process_id, patience):
                 assert patience is not None
-                target = self._move(process_id, handle)
+                target = self._move(process_id, handle, may_start=may_start)
                 if target is not None:
                     if not reopen:
                         return target
@@ -463,31 +583,30 @@ class EvaluatorPool:
                 with self._placing:
                     if self._placement.get(process_id) is not handle:
                         continue
-                # nowhere to go: wait for this worker a while longer, then look again
-                if not handle.lock.acquire(timeout=patience):
-                    continue
-                handle.held(process_id)
+                # nowhere to go yet: look again once a worker is let go or has started
+                may_start = False
+                self._wait_free(frees, patience)
+                continue
             if not handle.retired:
                 return handle
             handle.release()
 
-    def _move(self, process_id: str, old: _WorkerHandle) -> _WorkerHandle | None:
-        """Place ``process_id`` on an idle worker (or a new extra one) and return it held;
-        ``None`` when every worker is busy and no more may start."""
+    def _move(self, process_id: str, old: _WorkerHandle, *, may_start: bool
+              ) -> _WorkerHandle | None:
+        """Place ``process_id`` on an idle worker and return it held; ``None`` when every worker
+        is busy (with ``may_start``, an extra one is started then if the limit allows: the
+        first worker let go or started takes the process, so a move never waits on a starting
+        worker while another frees up)."""
         with self._placing:
             if self._placement.get(process_id) is not old:
                 return None
             idle = sorted((h for h in self._workers if h is not old and not h.lock.locked()),
-                          key=lambda h: h.hosted)
+                          key=lambda h: (self._spare(h), h.hosted))
             target = next((h for h in idle if h.lock.acquire(blocking=False)), None)
             if target is None:
-                if len(self._workers) >= 2 * self._base:
-                    return None
-                target = _WorkerHandle(self._ctx, self._cache_dir, self._generation,
-                                       extra=True)
-                target.lock.acquire()
-                self._workers.append(target)
-                self._start_reaper()
+                if may_start and len(self._workers) < 2 * self._base:
+                    self._extra()
+                return None
             target.held(process_id)
             old.hosted -= 1
             target.hosted += 1
@@ -496,6 +615,7 @@ class EvaluatorPool:
                 old.stale.add(process_id)  # closed before old's next request
             with target.mutex:
                 target.stale.discard(process_id)
+            self._replenish()
         if self._on_move is not None:
             self._on_move(process_id)
         return target
@@ -516,6 +636,8 @@ class EvaluatorPool:
                 if handle.lock.locked() or time.monotonic() - handle.last_used < self._extra_idle:
                     continue
                 with self._placing:
+                    if self._last_spare(handle):
+                        continue
                     hosted = [pid for pid, h in self._placement.items() if h is handle]
                 if hosted and self._on_retire is not None:
                     self._on_retire(hosted)
@@ -523,13 +645,20 @@ class EvaluatorPool:
                     continue
                 try:
                     with self._placing:
-                        if handle.hosted:
+                        if handle.hosted or self._last_spare(handle):
                             continue
                         handle.retired = True
                         self._workers.remove(handle)
                     handle.stop_held()
                 finally:
-                    handle.lock.release()
+                    handle.lock.release()  # not release(): that would count as a use
+                    self._free()
+
+    def _last_spare(self, handle: _WorkerHandle) -> bool:
+        """``handle`` is the spare the pool keeps: moves are on, it hosts nothing and no other
+        extra is spare (under ``_placing``)."""
+        return self._move_after is not None and self._spare(handle) and not any(
+            self._spare(h) for h in self._workers if h is not handle)
 
     def generation(self, process_id: str) -> int:
         """Changes whenever the worker hosting ``process_id`` was restarted or changed."""

@@ -1,18 +1,22 @@
 """Isolation: a message that runs to its limit delays only its own process. Real worker
 processes and the loop module (tests/support/modules.py): while two processes loop on a node
-with two workers, a third moves to an extra worker and is answered, its state intact."""
+with two workers, a third moves to an extra worker (the spare) and is answered, its state
+intact; the pool's spare worker is kept, taken and started again."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import wasmtime
 
 from appliance.compute import ComputeLimits, jsjson
+from appliance.errors import EvaluationError
 from appliance.metrics import NodeMetrics
-from appliance.node.evaluator import EvaluatorPool, ProcessMoved
+from appliance.node.evaluator import EvaluatorPool, PendingCall, ProcessMoved
 from tests.node.test_node_core import _eval, _process
 from tests.support.echo import ECHO_FORMAT
 from tests.support.modules import LOOP_DATA, LOOP_WAT, loop_node
@@ -68,7 +72,8 @@ def test_a_process_is_answered_while_two_others_loop_and_its_state_survives_the_
         assert answered["Output"] == "4", "the moved process lost its state"
         assert answered["Error"] is None
         assert _moves(metrics) >= 1
-        assert pool.worker_count > 2, "an extra worker took the third process"
+        assert pool.generation(third.id) not in {
+            pool.generation(looper_a.id), pool.generation(looper_b.id)}, "it left the loopers"
 
         for proc, message in zip((looper_a, looper_b), loops, strict=True):
             stopped = node.result(proc.id, message.id)
@@ -89,7 +94,7 @@ def _batch(data: str) -> list[tuple[bytes, bytes]]:
     return [(jsjson.stringify(msg), b"{}")]
 
 
-def test_a_pool_moves_a_process_off_a_busy_worker_and_stops_the_extra_once_unused(
+def test_a_pool_moves_a_process_off_a_busy_worker_and_empties_the_extra_once_unused(
         tmp_path: Path) -> None:
     module = tmp_path / "loop.wasm"
     module.write_bytes(wasmtime.wat2wasm(LOOP_WAT))
@@ -105,6 +110,7 @@ def test_a_pool_moves_a_process_off_a_busy_worker_and_stops_the_extra_once_unuse
     pool = EvaluatorPool(1, tmp_path / "cache", move_after=0.2, extra_idle_seconds=0.5,
                          on_move=moved.append, on_retire=retire)
     try:
+        assert pool.worker_count == 2, "the base worker and a spare"
         pool.open("looper", module, ECHO_FORMAT, limits, None)
         pool.open("other", module, ECHO_FORMAT, limits, None)
         assert pool.evaluate("other", _batch("x"))[0]["Output"] == "1"
@@ -119,13 +125,57 @@ def test_a_pool_moves_a_process_off_a_busy_worker_and_stops_the_extra_once_unuse
         assert pool.generation("other") != pool.generation("looper")
         pool.open("other", module, ECHO_FORMAT, limits, None)  # reopened: a fresh count
         assert pool.evaluate("other", _batch("y"))[0]["Output"] == "1"
-        assert pool.worker_count == 2
-        _until("the unused extra worker to stop", lambda: pool.worker_count == 1)
-        assert retired == [["other"]]
+        assert pool.worker_count == 2, "the spare took it; one extra at most beside one base"
+        _until("the unused extra worker to be emptied", lambda: retired == [["other"]])
+        assert pool.worker_count == 2, "the emptied extra stays as the spare"
         stopped = looping.result()[0]
         assert stopped["Error"] == "wall-clock limit exceeded (5 s)"
         pool.open("other", module, ECHO_FORMAT, limits, None)  # back on the base worker
         assert pool.generation("other") == pool.generation("looper")
         assert pool.evaluate("other", _batch("z"))[0]["Output"] == "1"
     finally:
+        pool.stop()
+
+
+def test_a_pool_keeps_one_spare_worker_replenishes_it_when_taken_and_stops_surplus_extras(
+        tmp_path: Path) -> None:
+    module = tmp_path / "loop.wasm"
+    module.write_bytes(wasmtime.wat2wasm(LOOP_WAT))
+    limits = ComputeLimits(wall_clock_seconds=5.0)  # as above
+    retired: list[str] = []
+
+    def retire(process_ids: list[str]) -> None:
+        retired.extend(process_ids)
+        for pid in process_ids:
+            pool.close(pid)
+
+    without = EvaluatorPool(2, tmp_path / "cache")
+    try:
+        assert without.worker_count == 2, "no moves, no spare"
+    finally:
+        without.stop()
+    pool = EvaluatorPool(2, tmp_path / "cache", move_after=0.2, extra_idle_seconds=0.5,
+                         on_retire=retire)
+    loops: list[PendingCall] = []
+    try:
+        assert pool.worker_count == 3, "two base workers and a spare"
+        for pid in ("looper-a", "looper-b", "other"):  # "other" shares looper-a's worker
+            pool.open(pid, module, ECHO_FORMAT, limits, None)
+        assert pool.generation("other") == pool.generation("looper-a")
+        assert pool.worker_count == 3, "new processes go to base workers, not the spare"
+        loops = [pool.begin_evaluate(pid, _batch(LOOP_DATA)) for pid in ("looper-a", "looper-b")]
+        with pytest.raises(ProcessMoved):
+            pool.evaluate("other", _batch("y"))
+        assert pool.generation("other") not in {pool.generation("looper-a"),
+                                                pool.generation("looper-b")}
+        assert pool.worker_count == 4, "the spare was taken and a new one started"
+        pool.open("other", module, ECHO_FORMAT, limits, None)
+        assert pool.evaluate("other", _batch("z"))[0]["Output"] == "1", "on the old spare"
+        _until("the surplus extra to stop", lambda: pool.worker_count == 3)
+        assert retired == ["other"]
+        assert pool.worker_count == 3, "one spare stays"
+    finally:
+        for pending in loops:  # each holds its worker until its reply is taken
+            with contextlib.suppress(EvaluationError):
+                pending.result()
         pool.stop()
