@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from appliance.ao import items
 from appliance.ao.encoding import b64url_decode
 from appliance.errors import ApplianceError, NotFound, NotHosted
+from appliance.logfmt import fields
 
 log = logging.getLogger("appliance.peers")
 
@@ -335,14 +336,12 @@ class PeerDirectory:
     @staticmethod
     def _log(state: PeerState, change: str | None) -> None:
         loc = state.location
-        if change in ("learned", "moved") and loc is not None:
-            log.info("peer %s %s: node %s at %s (ttl %d ms)", state.url, change, loc.address,
-                     loc.url, loc.ttl_ms)
-        elif change == "reachable" and loc is not None:
-            log.info("peer %s reachable again: node %s", state.url, loc.address)
+        if change in ("learned", "moved", "reachable") and loc is not None:
+            log.info("%s", fields(f"peer {change}", peer=state.url, address=loc.address,
+                                  location=loc.url, ttl_ms=loc.ttl_ms))
         elif change == "unreachable":
-            log.warning("peer %s unreachable (retrying with back-off): %s", state.url,
-                        state.error)
+            log.warning("%s", fields("peer unreachable", peer=state.url, error=state.error,
+                                     retry="with back-off"))
 
     def start(self) -> None:
         """Start learning every peer in the background."""

@@ -188,14 +188,15 @@ def test_directory_learns_logs_once_and_skips_itself(
         assert directory.refresh("http://self:2").error == \
             f"http://self:2 is this node itself ({a.address})"
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 2 and "http://b:1 unreachable" in warnings[0].getMessage()
+    assert len(warnings) == 2
+    assert warnings[0].getMessage().startswith("peer unreachable peer=http://b:1 error=")
     _peer(canned, "http://b:1", b)
     state = directory.refresh("http://b:1")
     assert state.address == b.address and state.location is not None
     assert state.location.url == "http://b:1"
     learned = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
-    assert learned == [f"peer http://b:1 learned: node {b.address} at http://b:1 "
-                       f"(ttl {WEEK_MS} ms)"]
+    assert learned == [f"peer learned peer=http://b:1 address={b.address} "
+                       f"location=http://b:1 ttl_ms={WEEK_MS}"]
     assert directory.by_address(b.address) == state
     assert directory.by_address(a.address) is None
     described = directory.describe()[0]
