@@ -247,7 +247,7 @@ async def _serve(node: Node, config: AppConfig, metrics: NodeMetrics | None,
         event["metrics"] = f"{metrics_host}:{metrics_port}"
     if config.listen.grpc is not None or config.listen.grpc_unix is not None:
         server = await start_grpc(node, config,
-                                  registry=metrics.registry if metrics else None)
+                                  registry=metrics.registry if metrics else None, peers=peers)
         cleanups.append(lambda: server.stop(5))
         event["grpc"] = server.bound_address
     stop = asyncio.Event()

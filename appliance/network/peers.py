@@ -361,10 +361,12 @@ class PeerDirectory:
             self._stop.wait(next_delay(state, self.refresh_seconds))
 
     def close(self, timeout: float = 1.0) -> None:
-        """Stop the background threads (a call in flight ends with its own timeout)."""
+        """Stop the background threads, waiting ``timeout`` in all (a call in flight ends with
+        its own timeout; the threads are daemons)."""
         self._stop.set()
+        deadline = time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(timeout)
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     # --- reading -------------------------------------------------------------------------
 

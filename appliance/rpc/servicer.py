@@ -19,7 +19,8 @@ import grpc
 from appliance import __version__
 from appliance.ao import items
 from appliance.api.waiters import ResultWaiters, await_result
-from appliance.errors import BadRequest
+from appliance.errors import BadRequest, NotFound, NotHosted
+from appliance.network.peers import PeerDirectory
 from appliance.node.db.queries import ResultRow
 from appliance.node.node import Node, Receipt
 from appliance.rpc.gen import operator_pb2 as pb
@@ -66,8 +67,9 @@ class OperatorService(pb_grpc.OperatorServicer):
     """
 
     def __init__(self, node: Node, poll_seconds: float = POLL_SECONDS,
-                 max_result_waiters: int = 256) -> None:
+                 max_result_waiters: int = 256, peers: PeerDirectory | None = None) -> None:
         self.node = node
+        self.peers = peers
         self.poll_seconds = poll_seconds
         self.closing = asyncio.Event()
         self.waiters = ResultWaiters(max_result_waiters)
@@ -120,7 +122,12 @@ class OperatorService(pb_grpc.OperatorServicer):
         got = items.first_tag(item, "Type")
         if got != kind:
             raise BadRequest(f"{rpc} takes a {kind} item; got Type {got!r}")
-        return self.node.ingest(raw)
+        try:
+            return self.node.ingest(raw)
+        except (NotHosted, NotFound) as exc:
+            if self.peers is None:
+                raise
+            raise self.peers.explain(raw, exc) from None
 
     async def _submit(self, request: pb.SubmitItemRequest, kind: str,
                       rpc: str) -> pb.SubmitItemResponse:

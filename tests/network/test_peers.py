@@ -30,8 +30,10 @@ from appliance.network.peers import (
     parse_location,
 )
 from appliance.node.identity import NodeIdentity
+from appliance.rpc.servicer import OperatorService
 from attestation.providers import EmulatedProvider
 from tests.integration.inproc import serve_in_thread
+from tests.rpc.support import make_node
 
 WEEK_MS = str(7 * 24 * 3600 * 1000)
 
@@ -239,6 +241,25 @@ def test_refusals_name_the_scheduling_node(keys: tuple[NodeIdentity, NodeIdentit
     other = NotFound("module missing")
     assert directory.explain(process.raw, other) is other
     assert directory.explain(b"garbage", original) is original
+
+
+def test_grpc_refusals_name_the_scheduling_node(keys: tuple[NodeIdentity, NodeIdentity],
+                                                tmp_path: Path) -> None:
+    a, b = keys
+    canned = Canned()
+    _peer(canned, "http://b:1", b)
+    node = make_node(tmp_path)
+    try:
+        directory = PeerDirectory(["http://b:1"], node.identity.address, transport=canned)
+        directory.refresh("http://b:1")
+        process = items.sign(a, tags=[("Data-Protocol", "ao"), ("Type", "Process"),
+                                      ("Module", "m" * 43), ("Scheduler", b.address)])
+        with pytest.raises(NotHosted, match="at http://b:1; send it there"):
+            OperatorService(node, peers=directory)._ingest(process.raw, "Process", "Spawn")
+        with pytest.raises(NotHosted, match="process names scheduler"):
+            OperatorService(node)._ingest(process.raw, "Process", "Spawn")
+    finally:
+        node.close()
 
 
 def test_fetch_from_a_real_node(tmp_path: Path) -> None:
