@@ -417,10 +417,12 @@ class PeerDirectory:
                 answer = self.transport.get_json(f"{peer.url}/processes/{process_id}")
             except PeerUnreachable:
                 continue
-            tags = answer.get("tags") if isinstance(answer, dict) else None
-            scheduler = next((t.get("value") for t in tags or [] if isinstance(t, dict)
-                              and t.get("name") == "Scheduler"), None)
-            if answer.get("process_id") == process_id and scheduler == peer.address:
+            if not isinstance(answer, dict) or answer.get("process_id") != process_id:
+                continue
+            tags = answer.get("tags")
+            scheduler = next((t.get("value") for t in (tags if isinstance(tags, list) else [])
+                              if isinstance(t, dict) and t.get("name") == "Scheduler"), None)
+            if scheduler == peer.address:
                 return peer
         return None
 

@@ -20,7 +20,7 @@ from appliance import __version__
 from appliance.ao import items
 from appliance.api.waiters import ResultWaiters, await_result
 from appliance.errors import BadRequest, NotFound, NotHosted
-from appliance.network.peers import PeerDirectory
+from appliance.network.peers import PeerDirectory, PeerState
 from appliance.node.db.queries import ResultRow
 from appliance.node.node import Node, Receipt
 from appliance.rpc.gen import operator_pb2 as pb
@@ -59,6 +59,15 @@ def _entry(row: ResultRow) -> pb.ResultEntry:
                           result_item=row.raw)
 
 
+def _peer(state: PeerState) -> pb.Peer:
+    loc = state.location
+    return pb.Peer(url=state.url, address=loc.address if loc else "",
+                   location=loc.url if loc else "", ttl_ms=loc.ttl_ms if loc else 0,
+                   state={None: "unknown", True: "reachable", False: "unreachable"}[
+                       state.reachable],
+                   last_seen_ms=state.last_seen_ms or 0, error=state.error or "")
+
+
 class OperatorService(pb_grpc.OperatorServicer):
     """The Operator servicer bound to one node.
 
@@ -91,7 +100,8 @@ class OperatorService(pb_grpc.OperatorServicer):
             outbox_pending=counters["outbox_pending"],
             outbox_by_status=node.outbox_by_status(),
             config_digest=node.config_digest.hex(), block_height=node.settings.block_height,
-            timestamp_ms=now_ms)
+            timestamp_ms=now_ms, peers=[_peer(p) for p in self.peers.peers()]
+            if self.peers is not None else [])
 
     async def GetStatus(self, request: pb.GetStatusRequest, context: Any
                         ) -> pb.GetStatusResponse:

@@ -231,13 +231,18 @@ def test_refusals_name_the_scheduling_node(keys: tuple[NodeIdentity, NodeIdentit
     assert directory.explain(msg.raw, original) is original  # the miss is remembered:
     asked = [c for c in canned.calls if "/processes/" in c]
     assert len(asked) == 1  # not asked again
+    for odd in ([], "x", {"process_id": process.id, "tags": "x"},
+                {"process_id": process.id, "tags": [{"name": "Scheduler", "value": "z" * 43}]}):
+        directory._misses.clear()
+        canned.answers[f"http://b:1/processes/{process.id}"] = odd
+        assert directory.explain(msg.raw, original) is original  # not b's: ignored
     directory._misses.clear()
     canned.answers[f"http://b:1/processes/{process.id}"] = {
         "process_id": process.id, "tags": [{"name": "Scheduler", "value": b.address}]}
     located = directory.explain(msg.raw, original)
     assert isinstance(located, NotHosted) and "at http://b:1; send it there" in str(located)
     assert isinstance(directory.explain(msg.raw, original), NotHosted)  # remembered
-    assert len([c for c in canned.calls if "/processes/" in c]) == 2
+    assert len([c for c in canned.calls if "/processes/" in c]) == 6
     other = NotFound("module missing")
     assert directory.explain(process.raw, other) is other
     assert directory.explain(b"garbage", original) is original
@@ -258,6 +263,11 @@ def test_grpc_refusals_name_the_scheduling_node(keys: tuple[NodeIdentity, NodeId
             OperatorService(node, peers=directory)._ingest(process.raw, "Process", "Spawn")
         with pytest.raises(NotHosted, match="process names scheduler"):
             OperatorService(node)._ingest(process.raw, "Process", "Spawn")
+        [peer] = OperatorService(node, peers=directory)._status().peers
+        assert (peer.url, peer.address, peer.location, peer.state, peer.error) == \
+            ("http://b:1", b.address, "http://b:1", "reachable", "")
+        assert peer.ttl_ms == int(WEEK_MS) and peer.last_seen_ms > 0
+        assert list(OperatorService(node)._status().peers) == []
     finally:
         node.close()
 
