@@ -259,15 +259,18 @@ class PeerState:
 def after_fetch(state: PeerState, outcome: Location | str, now_ms: int
                 ) -> tuple[PeerState, str | None]:
     """The state after one attempt (a Location, or why it failed) and what to log about it:
-    ``learned``, ``moved`` (another address or URL), ``unreachable`` or ``reachable`` — each
-    only on a change of state, never once per retry."""
+    ``learned``, ``replaced`` (another node address answers at the URL), ``moved`` (its record
+    names another URL), ``unreachable`` or ``reachable``: each only on a change of state, never
+    once per retry."""
     if isinstance(outcome, Location):
         new = replace(state, location=outcome, last_seen_ms=now_ms, reachable=True, error=None,
                       failures=0)
         old = state.location
         if old is None:
             return new, "learned"
-        if (old.address, old.url) != (outcome.address, outcome.url):
+        if old.address != outcome.address:
+            return new, "replaced"
+        if old.url != outcome.url:
             return new, "moved"
         return new, "reachable" if state.reachable is False else None
     new = replace(state, reachable=False, error=outcome, failures=state.failures + 1)
@@ -339,6 +342,9 @@ class PeerDirectory:
         if change in ("learned", "moved", "reachable") and loc is not None:
             log.info("%s", fields(f"peer {change}", peer=state.url, address=loc.address,
                                   location=loc.url, ttl_ms=loc.ttl_ms))
+        elif change == "replaced" and loc is not None:
+            log.warning("%s", fields("peer replaced", peer=state.url, address=loc.address,
+                                     location=loc.url, ttl_ms=loc.ttl_ms))
         elif change == "unreachable":
             log.warning("%s", fields("peer unreachable", peer=state.url, error=state.error,
                                      retry="with back-off"))

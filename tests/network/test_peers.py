@@ -150,6 +150,8 @@ def test_state_changes_are_reported_once() -> None:
     assert change == "reachable"
     moved = Location(loc.address, "http://b:2", 5000, "s" * 43)
     assert after_fetch(state, moved, 500)[1] == "moved"
+    other = Location("b" * 43, loc.url, 5000, "t" * 43)
+    assert after_fetch(state, other, 500)[1] == "replaced"
 
 
 class Canned:
