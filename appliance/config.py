@@ -15,6 +15,7 @@ from typing import Any
 from appliance.compute import ComputeLimits
 from appliance.compute.limits import parse_size
 from appliance.errors import ConfigError
+from appliance.network.peers import MAX_PEERS, check_url
 from appliance.node.settings import NodeOptions
 from attestation.errors import PolicyError
 from attestation.strict_yaml import (
@@ -89,6 +90,29 @@ class HttpLimits:
 
 
 @dataclass(frozen=True)
+class NetworkSettings:
+    """Peering (section ``network``; docs/operator-guide.md, Several nodes): the URL this node's
+    Scheduler-Location record names (None: from ``listen.http``), the peers it learns about,
+    and how often it asks them again at most."""
+
+    public_url: str | None = None
+    peers: tuple[str, ...] = ()
+    refresh_seconds: float = 60.0
+
+    def __post_init__(self) -> None:
+        try:
+            for url in (self.public_url, *self.peers):
+                if url is not None and check_url(url) != url:
+                    raise ValueError(f"URL {url!r}: give it without a trailing slash")
+        except ValueError as exc:
+            raise ConfigError(f"network: {exc}") from None
+        if len(self.peers) > MAX_PEERS or len(set(self.peers)) != len(self.peers):
+            raise ConfigError(f"network.peers: at most {MAX_PEERS} URLs, each once")
+        if not 1.0 <= self.refresh_seconds <= 86_400.0:
+            raise ConfigError("network.refresh_seconds must be between 1 and 86400")
+
+
+@dataclass(frozen=True)
 class AppConfig:
     """The whole configuration file."""
 
@@ -98,6 +122,7 @@ class AppConfig:
     node: NodeOptions = field(default_factory=NodeOptions)
     limits: ComputeLimits = field(default_factory=ComputeLimits)
     http: HttpLimits = field(default_factory=HttpLimits)
+    network: NetworkSettings = field(default_factory=NetworkSettings)
     log_level: str = "info"
 
 
@@ -229,6 +254,27 @@ def _http(node: Node) -> HttpLimits:
     return HttpLimits(**values)
 
 
+def _url(node: Node, what: str) -> str:
+    try:
+        return check_url(string(node, what))
+    except ValueError as exc:
+        raise node.error(f"{what}: {exc}") from None
+
+
+def _network(node: Node) -> NetworkSettings:
+    keys = mapping(node, {"public_url", "peers", "refresh_seconds"}, "network")
+    peers = tuple(sequence(keys["peers"], "network.peers",
+                           lambda n: _url(n, "network.peers item"))) if "peers" in keys else ()
+    if len(peers) > MAX_PEERS or len(set(peers)) != len(peers):
+        raise keys["peers"].error(f"network.peers: at most {MAX_PEERS} URLs, each once")
+    return NetworkSettings(
+        public_url=_url(keys["public_url"], "network.public_url")
+        if "public_url" in keys and keys["public_url"].value is not None else None,
+        peers=peers,
+        refresh_seconds=number(keys["refresh_seconds"], "network.refresh_seconds", 1.0, 86_400.0)
+        if "refresh_seconds" in keys else 60.0)
+
+
 def _limits(node: Node) -> ComputeLimits:
     keys = mapping(node, {"memory", "fuel", "wall_clock_seconds", "max_response_bytes",
                           "rollback_window"}, "limits")
@@ -262,7 +308,7 @@ def grpc_transport_problem(config: AppConfig) -> str | None:
 
 def parse_config(text: str, source: str) -> AppConfig:
     """Validate configuration text; every problem is a ConfigError with file:line:col."""
-    sections = {"tee", "listen", "tls", "node", "limits", "http", "log_level"}
+    sections = {"tee", "listen", "tls", "node", "limits", "http", "network", "log_level"}
     try:
         root = load_strict(text, source)
         keys = mapping(root, sections, "the configuration")
@@ -273,6 +319,7 @@ def parse_config(text: str, source: str) -> AppConfig:
             node=_node_options(keys["node"]) if "node" in keys else NodeOptions(),
             limits=_limits(keys["limits"]) if "limits" in keys else ComputeLimits(),
             http=_http(keys["http"]) if "http" in keys else HttpLimits(),
+            network=_network(keys["network"]) if "network" in keys else NetworkSettings(),
             log_level=_choice(keys["log_level"], "log_level", LOG_LEVELS)
             if "log_level" in keys else "info",
         )

@@ -28,8 +28,9 @@ from appliance.api.http_errors import error_text, http_status, reason, retry_aft
 from appliance.api.http_runner import JsonErrorRunner
 from appliance.api.waiters import ResultWaiters, await_result
 from appliance.config import HttpLimits
-from appliance.errors import ApplianceError, BadRequest, RequestTimeout
+from appliance.errors import ApplianceError, BadRequest, NotFound, NotHosted, RequestTimeout
 from appliance.logfmt import fields
+from appliance.network.peers import PeerDirectory
 from appliance.node.admission import TokenBucket
 from appliance.node.node import Node
 from appliance.proof.export import proof_chunks
@@ -238,9 +239,11 @@ def _cron_node(value: dict[str, Any]) -> dict[str, Any]:
 class Routes:
     """Route handlers bound to one node."""
 
-    def __init__(self, node: Node, limits: HttpLimits, observer: HttpObserver | None) -> None:
+    def __init__(self, node: Node, limits: HttpLimits, observer: HttpObserver | None,
+                 peers: PeerDirectory | None = None) -> None:
         self.node = node
         self.limits = limits
+        self.peers = peers
         self.graphql = GraphQLEndpoint(node)
         self.waiters = ResultWaiters(limits.max_result_waiters, observer)
         self.attestations = TokenBucket(limits.attestation_rate, limits.attestation_burst)
@@ -275,15 +278,23 @@ class Routes:
 
     async def health(self, _request: web.Request) -> web.Response:
         status = await self._run(self.node.status)
-        return _json({"Unit": "ao-appliance", "version": __version__,
-                      "timestamp": time.time_ns() // 1_000_000,
-                      "height": self.node.settings.block_height, **status})
+        body = {"Unit": "ao-appliance", "version": __version__,
+                "timestamp": time.time_ns() // 1_000_000,
+                "height": self.node.settings.block_height, **status}
+        if self.peers is not None:
+            body["peers"] = self.peers.describe()
+        return _json(body)
 
     async def post_item(self, request: web.Request) -> web.Response:
         raw = await self._body(request)
         if not raw:
             raise BadRequest("the request body must be an ANS-104 data item")
-        receipt = await self._run(self.node.ingest, raw)
+        try:
+            receipt = await self._run(self.node.ingest, raw)
+        except (NotHosted, NotFound) as exc:
+            if self.peers is None:
+                raise
+            raise await self._run(self.peers.explain, raw, exc) from None
         body: dict[str, Any] = {"id": receipt.id, "message": "Processing DataItem",
                                 "timestamp": time.time_ns() // 1_000_000}
         if receipt.type == "Process":
@@ -417,9 +428,11 @@ class Routes:
 
 
 def make_app(node: Node, observe: Observe | None = None, limits: HttpLimits | None = None,
-             observer: HttpObserver | None = None) -> web.Application:
+             observer: HttpObserver | None = None,
+             peers: PeerDirectory | None = None) -> web.Application:
     """The aiohttp application serving ``node``; serve it through :func:`start_site` for the
-    connection cap and head timeout of ``limits``."""
+    connection cap and head timeout of ``limits``. With ``peers``, ``GET /`` lists them and a
+    refusal for an item another node schedules names that node (and its URL when known)."""
     limits = limits or HttpLimits()
     app = web.Application(middlewares=[_errors],
                           client_max_size=node.settings.max_item_bytes + 64 * 1024)
@@ -428,7 +441,7 @@ def make_app(node: Node, observe: Observe | None = None, limits: HttpLimits | No
                                      observer)
     if observe is not None:
         app[OBSERVE_KEY] = observe
-    r = Routes(node, limits, observer)
+    r = Routes(node, limits, observer, peers)
 
     async def listen(_app: web.Application) -> None:
         r.waiters.bind(asyncio.get_running_loop())

@@ -22,6 +22,7 @@ from appliance.api.http import BadHttpFilter, make_app, start_site
 from appliance.config import (
     TEE_NAMES,
     AppConfig,
+    NetworkSettings,
     grpc_transport_problem,
     is_loopback,
     load_config,
@@ -30,6 +31,7 @@ from appliance.config import (
 from appliance.errors import ConfigError, UsageError
 from appliance.logfmt import fields
 from appliance.metrics import NodeMetrics
+from appliance.network.peers import PeerDirectory, check_url
 from appliance.node.datadir import PRIVATE_UMASK, make_private
 from appliance.node.identity import KEY_FILE, NodeIdentity
 from appliance.node.node import Node
@@ -77,6 +79,12 @@ def register(sub: Any) -> None:
                         help="evidence provider (default auto: hardware, else emulated)")
     parser.add_argument("--shards", type=shard_count, default=None,
                         help="shard processes owning the node's processes (node.shards)")
+    parser.add_argument("--public-url", default=None, metavar="URL",
+                        help="the URL peers and this node's Scheduler-Location record name "
+                             "(network.public_url; default: http://HOST:PORT of --http)")
+    parser.add_argument("--peer", action="append", default=None, metavar="URL",
+                        help="a peer node's URL, repeatable (network.peers; replaces the "
+                             "file's list)")
     parser.set_defaults(func=serve)
 
 
@@ -94,6 +102,7 @@ def effective_config(args: argparse.Namespace) -> AppConfig:
     if args.shards is not None:
         config = dataclasses.replace(config, node=dataclasses.replace(config.node,
                                                                       shards=args.shards))
+    config = dataclasses.replace(config, network=_network_flags(config, args))
     if args.grpc is not None and not config.tls.enabled and is_loopback(args.grpc[0]):
         config = dataclasses.replace(  # a loopback --grpc without TLS is explicit plaintext
             config, tls=dataclasses.replace(config.tls, plaintext_loopback=True))
@@ -101,6 +110,31 @@ def effective_config(args: argparse.Namespace) -> AppConfig:
     if problem is not None:
         raise ConfigError(problem)
     return config
+
+
+def _network_flags(config: AppConfig, args: argparse.Namespace) -> NetworkSettings:
+    """``config.network`` with ``--public-url`` and ``--peer`` applied (ConfigError if bad)."""
+    network = config.network
+    try:
+        if getattr(args, "public_url", None) is not None:
+            network = dataclasses.replace(network, public_url=check_url(args.public_url))
+        if getattr(args, "peer", None):
+            network = dataclasses.replace(network, peers=tuple(check_url(u) for u in args.peer))
+    except ValueError as exc:
+        raise ConfigError(f"--public-url / --peer: {exc}") from None
+    return network
+
+
+def public_url(config: AppConfig, host: str, port: int) -> str:
+    """The URL this node's Scheduler-Location record names: ``network.public_url``, else the
+    bound HTTP address (a wildcard one is no use to peers: warned about)."""
+    if config.network.public_url is not None:
+        return config.network.public_url
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - detecting a wildcard bind, not binding
+        log.warning("the HTTP API listens on %s: set --public-url (network.public_url) to the "
+                    "URL peers and clients reach this node at; its Scheduler-Location record "
+                    "names http://%s:%d meanwhile", host or "*", host, port)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def config_digest(config: AppConfig) -> bytes:
@@ -196,11 +230,15 @@ async def _serve(node: Node, config: AppConfig, metrics: NodeMetrics | None,
                  http_socket: socket.socket) -> None:
     if metrics is not None:
         metrics.attach(node)
-    app = make_app(node, metrics.observe_http if metrics else None, config.http, metrics)
+    peers = PeerDirectory(config.network.peers, node.identity.address,
+                          refresh_seconds=config.network.refresh_seconds)
+    app = make_app(node, metrics.observe_http if metrics else None, config.http, metrics,
+                   peers=peers)
     runner = await start_site(app, http_socket, config.http)
     host, port = runner.addresses[0][:2]
+    url = public_url(config, host, port)
     event: dict[str, Any] = {"event": "listening", "http": f"{host}:{port}",
-                             "address": node.identity.address}
+                             "address": node.identity.address, "url": url}
     cleanups = [runner.cleanup]
     if metrics is not None and config.listen.metrics is not None:
         metrics_runner = await metrics.start_server(*config.listen.metrics)
@@ -209,7 +247,7 @@ async def _serve(node: Node, config: AppConfig, metrics: NodeMetrics | None,
         event["metrics"] = f"{metrics_host}:{metrics_port}"
     if config.listen.grpc is not None or config.listen.grpc_unix is not None:
         server = await start_grpc(node, config,
-                                  registry=metrics.registry if metrics else None)
+                                  registry=metrics.registry if metrics else None, peers=peers)
         cleanups.append(lambda: server.stop(5))
         event["grpc"] = server.bound_address
     stop = asyncio.Event()
@@ -229,7 +267,9 @@ async def _serve(node: Node, config: AppConfig, metrics: NodeMetrics | None,
         task.add_done_callback(refreshes.discard)
 
     loop.add_signal_handler(signal.SIGHUP, refresh)
-    await asyncio.to_thread(node.publish_location, f"http://{host}:{port}")
+    await asyncio.to_thread(node.publish_location, url)
+    peers.start()
+    cleanups.append(lambda: asyncio.to_thread(peers.close))
     print(json.dumps(event), flush=True)
     sd_notify(f"READY=1\nSTATUS=serving AO HTTP on {host}:{port}")
     watchdog = asyncio.create_task(watchdog_loop())

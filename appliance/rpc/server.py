@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry
 
 from appliance.config import AppConfig, TlsSettings, grpc_transport_problem
 from appliance.errors import ConfigError
+from appliance.network.peers import PeerDirectory
 from appliance.node.node import Node
 from appliance.rpc.auth import AccessPolicy
 from appliance.rpc.gen import operator_pb2 as pb
@@ -146,8 +147,10 @@ def _listen(server: Any, config: AppConfig) -> tuple[list[str], Path | None]:
 
 
 async def start_grpc(node: Node, config: AppConfig, *,
-                     registry: CollectorRegistry | None = None) -> GrpcHandle:
-    """Serve the operator API for ``node`` on ``config.listen.grpc`` / ``grpc_unix``.
+                     registry: CollectorRegistry | None = None,
+                     peers: PeerDirectory | None = None) -> GrpcHandle:
+    """Serve the operator API for ``node`` on ``config.listen.grpc`` / ``grpc_unix`` (with
+    ``peers``, a refusal for an item another node schedules names that node).
 
     Metrics go to ``registry`` (a private one when omitted; one server per registry). Call it
     on the event loop that will run the server.
@@ -164,7 +167,8 @@ async def start_grpc(node: Node, config: AppConfig, *,
         interceptors=[OperatorInterceptor(metrics, AccessPolicy(frozenset(tls.allowed_clients)))],
         options=[("grpc.max_receive_message_length", limit),
                  ("grpc.max_send_message_length", -1)])
-    service = OperatorService(node, max_result_waiters=config.http.max_result_waiters)
+    service = OperatorService(node, max_result_waiters=config.http.max_result_waiters,
+                              peers=peers)
     health_service = health.aio.HealthServicer()
     pb_grpc.add_OperatorServicer_to_server(service, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_service, server)

@@ -19,7 +19,8 @@ import grpc
 from appliance import __version__
 from appliance.ao import items
 from appliance.api.waiters import ResultWaiters, await_result
-from appliance.errors import BadRequest
+from appliance.errors import BadRequest, NotFound, NotHosted
+from appliance.network.peers import PeerDirectory, PeerState
 from appliance.node.db.queries import ResultRow
 from appliance.node.node import Node, Receipt
 from appliance.rpc.gen import operator_pb2 as pb
@@ -58,6 +59,15 @@ def _entry(row: ResultRow) -> pb.ResultEntry:
                           result_item=row.raw)
 
 
+def _peer(state: PeerState) -> pb.Peer:
+    loc = state.location
+    return pb.Peer(url=state.url, address=loc.address if loc else "",
+                   location=loc.url if loc else "", ttl_ms=loc.ttl_ms if loc else 0,
+                   state={None: "unknown", True: "reachable", False: "unreachable"}[
+                       state.reachable],
+                   last_seen_ms=state.last_seen_ms or 0, error=state.error or "")
+
+
 class OperatorService(pb_grpc.OperatorServicer):
     """The Operator servicer bound to one node.
 
@@ -66,8 +76,9 @@ class OperatorService(pb_grpc.OperatorServicer):
     """
 
     def __init__(self, node: Node, poll_seconds: float = POLL_SECONDS,
-                 max_result_waiters: int = 256) -> None:
+                 max_result_waiters: int = 256, peers: PeerDirectory | None = None) -> None:
         self.node = node
+        self.peers = peers
         self.poll_seconds = poll_seconds
         self.closing = asyncio.Event()
         self.waiters = ResultWaiters(max_result_waiters)
@@ -89,7 +100,8 @@ class OperatorService(pb_grpc.OperatorServicer):
             outbox_pending=counters["outbox_pending"],
             outbox_by_status=node.outbox_by_status(),
             config_digest=node.config_digest.hex(), block_height=node.settings.block_height,
-            timestamp_ms=now_ms)
+            timestamp_ms=now_ms, peers=[_peer(p) for p in self.peers.peers()]
+            if self.peers is not None else [])
 
     async def GetStatus(self, request: pb.GetStatusRequest, context: Any
                         ) -> pb.GetStatusResponse:
@@ -120,7 +132,12 @@ class OperatorService(pb_grpc.OperatorServicer):
         got = items.first_tag(item, "Type")
         if got != kind:
             raise BadRequest(f"{rpc} takes a {kind} item; got Type {got!r}")
-        return self.node.ingest(raw)
+        try:
+            return self.node.ingest(raw)
+        except (NotHosted, NotFound) as exc:
+            if self.peers is None:
+                raise
+            raise self.peers.explain(raw, exc) from None
 
     async def _submit(self, request: pb.SubmitItemRequest, kind: str,
                       rpc: str) -> pb.SubmitItemResponse:

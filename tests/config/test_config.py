@@ -3,13 +3,15 @@ codes (0 valid, 78 invalid) as systemd's ExecStartPre and RestartPreventExitStat
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from appliance.config import AppConfig, load_config, parse_config
+from appliance.cli.serve_cmd import effective_config, register
+from appliance.config import AppConfig, NetworkSettings, load_config, parse_config
 from appliance.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,6 +57,42 @@ def test_http_limits_section() -> None:
     assert config.node.dry_run_wall_clock_seconds == 2.5
 
 
+def test_network_section() -> None:
+    config = parse_config("network:\n  public_url: https://a.example.org/\n"
+                          "  peers: [http://10.0.0.2:8734, 'https://[::1]:443/ao']\n"
+                          "  refresh_seconds: 5\n", "net.yaml")
+    assert config.network == NetworkSettings("https://a.example.org",
+                                             ("http://10.0.0.2:8734", "https://[::1]:443/ao"), 5.0)
+    assert parse_config("network: {public_url: null}\n", "n.yaml").network == NetworkSettings()
+    with pytest.raises(ConfigError, match="each once"):
+        NetworkSettings(peers=("http://a:1", "http://a:1"))
+
+
+def _serve_args(*flags: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    return parser.parse_args(["serve", "--data-dir", "/nonexistent", *flags])
+
+
+def test_serve_flags_set_the_network(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("network:\n  peers: [http://file:1]\n  public_url: http://file:2\n")
+    config = effective_config(_serve_args("--config", str(path)))
+    assert config.network.peers == ("http://file:1",)
+    config = effective_config(_serve_args("--config", str(path), "--peer", "http://b:1/",
+                                          "--peer", "http://c:1", "--public-url", "http://a:1"))
+    assert config.network == NetworkSettings("http://a:1", ("http://b:1", "http://c:1"))
+    for flags in (("--peer", "b:1"), ("--public-url", "http://a:1?x"),
+                  ("--peer", "http://b:1", "--peer", "http://b:1")):
+        with pytest.raises(ConfigError):
+            effective_config(_serve_args(*flags))
+    refused = subprocess.run([sys.executable, "-m", "appliance.cli", "serve", "--data-dir",
+                              str(tmp_path / "d"), "--peer", "nowhere"], capture_output=True,
+                             text=True, check=False, cwd=REPO, timeout=60)
+    assert refused.returncode == 78 and "--peer" in refused.stderr, refused.stderr
+    assert not (tmp_path / "d").exists()
+
+
 def test_an_empty_file_means_every_default() -> None:
     assert parse_config("", "empty.yaml") == AppConfig()
 
@@ -75,6 +113,12 @@ def test_an_empty_file_means_every_default() -> None:
     ("tee: sgx\n", ":1:6", "must be one of"),
     ("listen:\n  http: nowhere\n", ":2:9", "HOST:PORT"),
     ("listen:\n  grpc: 0.0.0.0:50051\n", ":1:1", "needs tls"),
+    ("network:\n  public_url: 127.0.0.1:8734\n", ":2:15", "http:// or https://"),
+    ("network:\n  peers: [http://a:1, ftp://b]\n", ":2:23", "network.peers item"),
+    ("network:\n  peers: [http://a:1, http://a:1/]\n", ":2:10", "each once"),
+    ("network:\n  peers: http://a:1\n", ":2:10", "must be a list"),
+    ("network:\n  refresh_seconds: 0\n", ":2:20", "network.refresh_seconds"),
+    ("network:\n  peer: [http://a:1]\n", ":2:3", "peer"),
     ("- just\n- a list\n", ":1:1", ""),
     ("base: &a {x: 1}\nother: *a\n", ":1:7", ""),
 ])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config import HttpLimits, Listeners, TlsSettings
+from appliance.config import HttpLimits, Listeners, NetworkSettings, TlsSettings
 from appliance.metrics import NodeMetrics
 from appliance.node.settings import NodeOptions
 from tests.metrics.live import promtool, serve_with_metrics
@@ -97,6 +97,7 @@ def test_guide_documents_every_config_option() -> None:
     options += [f"tls.{f.name}" for f in dataclasses.fields(TlsSettings)]
     options += [f"node.{f.name}" for f in dataclasses.fields(NodeOptions)]
     options += [f"http.{f.name}" for f in dataclasses.fields(HttpLimits)]
+    options += [f"network.{f.name}" for f in dataclasses.fields(NetworkSettings)]
     options += [f"limits.{name}" for name in LIMIT_KEYS] + ["tee", "log_level"]
     for option in options:
         assert f"| `{option}` |" in text, option

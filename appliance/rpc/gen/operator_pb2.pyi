@@ -73,6 +73,7 @@ class GetStatusResponse(_message.Message):
     CONFIG_DIGEST_FIELD_NUMBER: _builtins.int
     BLOCK_HEIGHT_FIELD_NUMBER: _builtins.int
     TIMESTAMP_MS_FIELD_NUMBER: _builtins.int
+    PEERS_FIELD_NUMBER: _builtins.int
     address: _builtins.str
     """The node's Arweave-style address (base64url SHA-256 of its public key)."""
     version: _builtins.str
@@ -99,6 +100,10 @@ class GetStatusResponse(_message.Message):
     def outbox_by_status(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Outbox entries by status."""
 
+    @_builtins.property
+    def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Peer]:
+        """What the node learned of each configured peer (network.peers), in configuration order."""
+
     def __init__(
         self,
         *,
@@ -114,14 +119,61 @@ class GetStatusResponse(_message.Message):
         config_digest: _builtins.str = ...,
         block_height: _builtins.int = ...,
         timestamp_ms: _builtins.int = ...,
+        peers: _abc.Iterable[Global___Peer] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "attestation_age_seconds", b"attestation_age_seconds", "attestation_id", b"attestation_id", "block_height", b"block_height", "config_digest", b"config_digest", "outbox_by_status", b"outbox_by_status", "outbox_pending", b"outbox_pending", "processes", b"processes", "schedule_backlog", b"schedule_backlog", "tee_platform", b"tee_platform", "timestamp_ms", b"timestamp_ms", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "attestation_age_seconds", b"attestation_age_seconds", "attestation_id", b"attestation_id", "block_height", b"block_height", "config_digest", b"config_digest", "outbox_by_status", b"outbox_by_status", "outbox_pending", b"outbox_pending", "peers", b"peers", "processes", b"processes", "schedule_backlog", b"schedule_backlog", "tee_platform", b"tee_platform", "timestamp_ms", b"timestamp_ms", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetStatusResponse: _TypeAlias = GetStatusResponse  # noqa: Y015
+
+@_typing.final
+class Peer(_message.Message):
+    """One configured peer node (docs/operator-guide.md, Several nodes)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    LOCATION_FIELD_NUMBER: _builtins.int
+    TTL_MS_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    LAST_SEEN_MS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    """The URL configured for it (--peer / network.peers)."""
+    address: _builtins.str
+    """Its node address; empty until learned."""
+    location: _builtins.str
+    """The Url of its Scheduler-Location record; empty until learned."""
+    ttl_ms: _builtins.int
+    """The record's Time-To-Live in milliseconds; 0 until learned."""
+    state: _builtins.str
+    """unknown (not asked yet), reachable or unreachable."""
+    last_seen_ms: _builtins.int
+    """Milliseconds since the Unix epoch of its last good answer; 0 if none."""
+    error: _builtins.str
+    """Why the last attempt failed; empty after a success."""
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        address: _builtins.str = ...,
+        location: _builtins.str = ...,
+        ttl_ms: _builtins.int = ...,
+        state: _builtins.str = ...,
+        last_seen_ms: _builtins.int = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "error", b"error", "last_seen_ms", b"last_seen_ms", "location", b"location", "state", b"state", "ttl_ms", b"ttl_ms", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Peer: _TypeAlias = Peer  # noqa: Y015
 
 @_typing.final
 class GetAttestationRequest(_message.Message):

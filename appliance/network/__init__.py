@@ -1,0 +1,1 @@
+"""How nodes find each other (issue 14 step 1): peers and their Scheduler-Location records."""
