@@ -6,7 +6,9 @@ the writer connection when the store opens, before anything else touches the fil
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 DB_FILE = "node.sqlite3"
@@ -122,28 +124,29 @@ def _migrate_node_items(conn: sqlite3.Connection) -> None:
         return
     cache = int(conn.execute("PRAGMA cache_size").fetchone()[0])
     conn.execute(f"PRAGMA cache_size = -{MIGRATION_CACHE_KIB}")  # the id index is random
-    conn.execute("BEGIN IMMEDIATE")
     try:
-        if old_results:
-            conn.execute("ALTER TABLE results RENAME TO results_before")
-            conn.execute("DROP INDEX IF EXISTS results_by_message")
-            conn.execute(_RESULTS_TABLE)
-            conn.execute("INSERT INTO results (process_id, slot, message_id, result_id, data) "
-                         "SELECT process_id, slot, message_id, result_id, data "
-                         "FROM results_before ORDER BY rowid")
-            conn.execute("DROP TABLE results_before")
-        if old_intents:
-            conn.execute("INSERT OR IGNORE INTO results (process_id, slot, message_id, data, "
-                         "unsigned) SELECT i.process_id, i.slot, s.message_id, x'', i.unsigned "
-                         "FROM result_intents i JOIN schedule s ON s.process_id = i.process_id "
-                         "AND s.slot = i.slot")
-            conn.execute("DROP TABLE result_intents")
-        conn.execute("COMMIT")
-    except sqlite3.Error:
-        conn.execute("ROLLBACK")
-        raise
+        with _transaction(conn):
+            _rebuild_results(conn, old_results, old_intents)
     finally:
         conn.execute(f"PRAGMA cache_size = {cache}")
+
+
+def _rebuild_results(conn: sqlite3.Connection, old_results: bool, old_intents: bool) -> None:
+    """Move ``results`` rows to the new table and recorded intents into it."""
+    if old_results:
+        conn.execute("ALTER TABLE results RENAME TO results_before")
+        conn.execute("DROP INDEX IF EXISTS results_by_message")
+        conn.execute(_RESULTS_TABLE)
+        conn.execute("INSERT INTO results (process_id, slot, message_id, result_id, data) "
+                     "SELECT process_id, slot, message_id, result_id, data "
+                     "FROM results_before ORDER BY rowid")
+        conn.execute("DROP TABLE results_before")
+    if old_intents:
+        conn.execute("INSERT OR IGNORE INTO results (process_id, slot, message_id, data, "
+                     "unsigned) SELECT i.process_id, i.slot, s.message_id, x'', i.unsigned "
+                     "FROM result_intents i JOIN schedule s ON s.process_id = i.process_id "
+                     "AND s.slot = i.slot")
+        conn.execute("DROP TABLE result_intents")
 
 
 def _migrate_checkpoint_crons(conn: sqlite3.Connection) -> None:
@@ -158,13 +161,21 @@ def _migrate_tags(conn: sqlite3.Connection) -> None:
     if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tags'"
                     ).fetchone() is None:
         return
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with _transaction(conn):
         conn.execute("INSERT OR IGNORE INTO item_tags (item_row, position, name, value) "
                      "SELECT items.rowid, tags.position, tags.name, tags.value "
                      "FROM tags JOIN items ON items.id = tags.item_id")
         conn.execute("DROP TABLE tags")
-        conn.execute("COMMIT")
-    except sqlite3.Error:
-        conn.execute("ROLLBACK")
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction: committed when the block ends, rolled back if it raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:  # SQLite may have rolled back already (disk full)
+            conn.execute("ROLLBACK")
         raise
+    conn.execute("COMMIT")
