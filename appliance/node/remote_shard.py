@@ -73,6 +73,8 @@ class RemoteShard:
         return self._process.pid
 
     def _spawn(self) -> subprocess.Popen[bytes]:
+        # The child's PR_SET_PDEATHSIG fires when the spawning *thread* exits: shards are spawned
+        # by the thread that makes the node (it outlives it) and by this shard's supervisor.
         ours, theirs = socket.socketpair()
         process = subprocess.Popen(
             [sys.executable, "-m", "appliance.node.shard_host", str(theirs.fileno())],
