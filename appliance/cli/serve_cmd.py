@@ -31,6 +31,7 @@ from appliance.config import (
 from appliance.errors import ConfigError, UsageError
 from appliance.logfmt import fields
 from appliance.metrics import NodeMetrics
+from appliance.network.forward import Forwarder
 from appliance.network.peers import PeerDirectory, check_url
 from appliance.node.datadir import PRIVATE_UMASK, make_private
 from appliance.node.identity import KEY_FILE, NodeIdentity
@@ -232,8 +233,11 @@ async def _serve(node: Node, config: AppConfig, metrics: NodeMetrics | None,
         metrics.attach(node)
     peers = PeerDirectory(config.network.peers, node.identity.address,
                           refresh_seconds=config.network.refresh_seconds)
+    forwarder = Forwarder(peers, node.settings.data_dir,
+                          max_item_bytes=node.settings.max_item_bytes)
+    node.peers = forwarder
     app = make_app(node, metrics.observe_http if metrics else None, config.http, metrics,
-                   peers=peers)
+                   peers=peers, forwarder=forwarder)
     runner = await start_site(app, http_socket, config.http)
     host, port = runner.addresses[0][:2]
     url = public_url(config, host, port)
@@ -270,6 +274,8 @@ async def _serve(node: Node, config: AppConfig, metrics: NodeMetrics | None,
     await asyncio.to_thread(node.publish_location, url)
     peers.start()
     cleanups.append(lambda: asyncio.to_thread(peers.close))
+    forwarder.start()
+    cleanups.append(lambda: asyncio.to_thread(forwarder.close))
     print(json.dumps(event), flush=True)
     sd_notify(f"READY=1\nSTATUS=serving AO HTTP on {host}:{port}")
     watchdog = asyncio.create_task(watchdog_loop())
