@@ -341,12 +341,14 @@ class Forwarder:
                 continue
             if not isinstance(edges, list) or not edges:
                 continue
+            node = edges[0].get("node") if isinstance(edges[0], dict) else None
+            if not isinstance(node, dict) or node.get("id") != module_id:
+                raise BadPeerAnswer(f"peer {url} answered another item for module {module_id}")
             data = call("GET", f"{url}/raw/{module_id}", None, "application/json",
                         self.relay_timeout_seconds, self.max_item_bytes)
             if data.status != 200:
                 raise BadPeerAnswer(f"peer {url} lists module {module_id} but GET /raw answered "
                                     f"HTTP {data.status}")
-            node = edges[0].get("node") if isinstance(edges[0], dict) else None
             item = check_module(node, data.body, module_id, url, self.max_item_bytes)
             log.info("%s", fields("module fetched", module=module_id, peer=url,
                                   bytes=len(item.data)))
