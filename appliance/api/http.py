@@ -300,6 +300,8 @@ class Routes:
                 "height": self.node.settings.block_height, **status}
         if self.peers is not None:
             body["peers"] = self.peers.describe()
+        if self.forwarder is not None:
+            body["forwards"] = await self._run(self.forwarder.queue.by_status)
         return _json(body)
 
     async def post_item(self, request: web.Request) -> web.Response:

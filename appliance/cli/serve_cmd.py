@@ -234,7 +234,8 @@ async def _serve(node: Node, config: AppConfig, metrics: NodeMetrics | None,
     peers = PeerDirectory(config.network.peers, node.identity.address,
                           refresh_seconds=config.network.refresh_seconds)
     forwarder = Forwarder(peers, node.settings.data_dir,
-                          max_item_bytes=node.settings.max_item_bytes)
+                          max_item_bytes=node.settings.max_item_bytes,
+                          wait_seconds=config.network.forward_wait_seconds)
     node.peers = forwarder
     app = make_app(node, metrics.observe_http if metrics else None, config.http, metrics,
                    peers=peers, forwarder=forwarder)

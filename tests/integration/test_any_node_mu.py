@@ -18,7 +18,7 @@ import pytest
 
 from appliance.ao import items
 from tests.integration.clients import client_identity, message, module_item, process_item
-from tests.integration.peering import command, free_port, peer_known, poll
+from tests.integration.peering import command, free_port, health, peer_known, poll
 from tests.integration.server import Server, start_server
 
 
@@ -117,6 +117,7 @@ def test_a_peer_down_gets_the_item_once_it_is_back(
     assert status == 503, body
     assert int(headers["Retry-After"]) >= 1
     assert f"node {b.address} at {b.url}" in body["error"] and "queued" in body["error"]
+    assert health(a.url)["forwards"] == {"delivered": 2, "pending": 1}
     status, _, body = _call(f"{a.url}/result/{first.id}?process-id={process.id}")
     assert status == 503 and b.address in body["error"], body  # a read: a clear error
 
