@@ -301,7 +301,7 @@ class Routes:
         if self.peers is not None:
             body["peers"] = self.peers.describe()
         if self.forwarder is not None:
-            body["forwards"] = await self._run(self.forwarder.queue.by_status)
+            body["forwards"] = await self._run(self.forwarder.forwards_by_status)
         return _json(body)
 
     async def post_item(self, request: web.Request) -> web.Response:

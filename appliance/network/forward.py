@@ -286,6 +286,10 @@ class Forwarder:
                 continue
         return delivered
 
+    def forwards_by_status(self) -> dict[str, int]:
+        """See :meth:`~appliance.node.routing.PeerRouter.forwards_by_status`."""
+        return self.queue.by_status()
+
     def start(self) -> None:
         """Retry pending forwards in the background (queued before a restart too)."""
         self._thread = threading.Thread(target=self._run, daemon=True, name="forwarder")

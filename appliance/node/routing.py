@@ -59,6 +59,10 @@ class PeerRouter(Protocol):
         when no peer has it."""
         ...
 
+    def forwards_by_status(self) -> dict[str, int]:
+        """Forwarded items keyed by status (``pending``, ``delivered``, ``failed``)."""
+        ...
+
 
 class SoleShard:
     """The router of a node with one shard: it owns everything, there is nowhere to push."""

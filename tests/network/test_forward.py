@@ -13,6 +13,7 @@ import pytest
 
 from appliance.ao import items
 from appliance.errors import BadPeerAnswer, NotHosted, PeerUnavailable
+from appliance.metrics import NodeMetrics
 from appliance.network.forward import (
     RETRY_MAX_MS,
     Forwarder,
@@ -174,6 +175,10 @@ def test_grpc_spawn_is_forwarded_like_http(tmp_path: Path) -> None:
                 ("Scheduler", "z" * 43)])
             with pytest.raises(NotHosted, match="which is not a known peer"):
                 OperatorService(node, peers=directory)._ingest(stranger.raw, "Process", "Spawn")
+            metrics = NodeMetrics()
+            metrics.attach(node)
+            assert [metrics.registry.get_sample_value("ao_appliance_forwards", {"status": s})
+                    for s in ("pending", "delivered", "failed")] == [1, 1, 0]
         finally:
             forwarder.close()
             node.close()
