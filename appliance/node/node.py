@@ -183,9 +183,8 @@ class Node:
     # --- ingest ------------------------------------------------------------------------------
 
     def hosts(self, process_id: str) -> bool:
-        """True when a shard of this node holds ``process_id``."""
-        if self.placement.holder(process_id) is not None:
-            return True
+        """True when a shard of this node holds ``process_id`` (asked: the placement also
+        remembers guesses for Process items a shard then refused)."""
         try:
             self.owner(process_id).process_info(process_id)
         except NotFound:

@@ -42,21 +42,23 @@ def _call(url: str, body: bytes | None = None,
             return exc.code, dict(exc.headers), json.loads(exc.read())
 
 
-def _pair(tmp_path: Path, servers: list[Server]) -> tuple[Server, Server]:
+def _pair(tmp_path: Path, servers: list[Server], shards: int = 1) -> tuple[Server, Server]:
     port_a, port_b = free_port(), free_port()
     url_a, url_b = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
-    a = start_server(tmp_path / "a", command(port_a, url_b))
+    more = ("--shards", str(shards)) if shards > 1 else ()
+    a = start_server(tmp_path / "a", (*command(port_a, url_b)[:-1], *more, "--data-dir"))
     servers.append(a)
-    b = start_server(tmp_path / "b", command(port_b, url_a))
+    b = start_server(tmp_path / "b", (*command(port_b, url_a)[:-1], *more, "--data-dir"))
     servers.append(b)
     poll("a to learn b", peer_known(a, url_b, b.address))
     poll("b to learn a", peer_known(b, url_a, a.address))
     return a, b
 
 
+@pytest.mark.parametrize("shards", [1, 2])
 def test_the_wrong_node_forwards_items_relays_reads_and_lends_modules(
-        tmp_path: Path, servers: list[Server]) -> None:
-    a, b = _pair(tmp_path, servers)
+        tmp_path: Path, servers: list[Server], shards: int) -> None:
+    a, b = _pair(tmp_path, servers, shards)
     client = client_identity(tmp_path / "client")
     module = module_item(client)
     status, _, body = _call(a.url + "/", module.raw)  # the module is stored on a only
