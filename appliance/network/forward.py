@@ -64,6 +64,9 @@ RETRY_MAX_MS = 60_000
 RETRY_AFTER_SECONDS = 2.0
 SWEEP_SECONDS = 0.5
 SWEEP_BATCH = 64
+MAX_PENDING = 10_000
+MAX_PENDING_BYTES = 1 << 30
+"""Items waiting for peers that do not answer, at most (past either: 503, nothing queued)."""
 FINAL_4XX_EXCEPT = (408, 421, 429)
 MODULE_QUERY = """query GetModule($id: ID!) {
   transactions(ids: [$id], first: 1) {
@@ -228,7 +231,8 @@ class Forwarder:
         peer = self.destination(item, refusal)
         if peer is None or peer.location is None:
             raise self.peers.explain(raw, refusal)
-        row = self.queue.add(item.id, peer.location.url, raw, self._wall_ms())
+        row = self.queue.add(item.id, peer.location.url, raw, self._wall_ms(),
+                             max_pending=MAX_PENDING, max_pending_bytes=MAX_PENDING_BYTES)
         if row.status == DELIVERED and row.receipt is not None:
             return receipt_of(item, json.loads(row.receipt), row.peer_url)
         if row.status == FAILED:

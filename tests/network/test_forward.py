@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from appliance.ao import items
-from appliance.errors import BadPeerAnswer, NotHosted, PeerUnavailable
+from appliance.errors import BadPeerAnswer, NotHosted, Overloaded, PeerUnavailable
 from appliance.metrics import NodeMetrics
 from appliance.network.forward import (
     RETRY_MAX_MS,
@@ -64,19 +64,25 @@ def test_only_the_items_own_receipt_is_believed() -> None:
 
 def test_the_queue_is_durable_and_idempotent(tmp_path: Path) -> None:
     queue = ForwardQueue(tmp_path)
-    row = queue.add("i" * 43, "http://b:1", b"raw", 1000)
+    caps = {"max_pending": 2, "max_pending_bytes": 10}
+    row = queue.add("i" * 43, "http://b:1", b"raw", 1000, **caps)
     assert (row.status, row.attempts, row.next_ms) == (PENDING, 0, 1000)
-    assert queue.add("i" * 43, "http://other:2", b"other", 2000) == row  # same item, same row
+    assert queue.add("i" * 43, "http://other:2", b"other", 2000, **caps) == row  # same row
+    with pytest.raises(Overloaded, match="already wait for peers"):
+        queue.add("k" * 43, "http://b:1", b"12345678", 1000, **caps)  # 3 + 8 bytes > 10
     queue.retry_at(row.item_id, "HTTP 503: busy", 5000)
     assert queue.due(4999, 10) == [] and [r.error for r in queue.due(5000, 10)] == \
         ["HTTP 503: busy"]
-    queue.add("j" * 43, "http://b:1", b"raw2", 1000)
+    queue.add("j" * 43, "http://b:1", b"raw2", 1000, **caps)
+    with pytest.raises(Overloaded):
+        queue.add("k" * 43, "http://b:1", b"", 1000, **caps)  # 2 pending already
     queue.failed("j" * 43, "HTTP 400: bad")
     queue.close()
     again = ForwardQueue(tmp_path)  # reopened: nothing lost
     assert again.get("i" * 43).attempts == 1 and again.get("j" * 43).status == FAILED
     again.delivered("i" * 43, '{"id": "x"}')
     assert again.by_status() == {DELIVERED: 1, FAILED: 1} and again.due(10**12, 10) == []
+    assert again.get("i" * 43).raw == b"" and again.get("j" * 43).raw == b""  # bytes dropped
     again.close()
     conn = connect(tmp_path / FORWARDS_FILE)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION

@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.errors import NotFound
+from appliance.errors import NotFound, Overloaded
 from appliance.node.db.schema import connect
 from appliance.node.db.store import storage_error
 
@@ -67,12 +67,28 @@ class ForwardQueue:
             except (sqlite3.Error, OSError) as exc:
                 raise storage_error(exc) from None
 
-    def add(self, item_id: str, peer_url: str, raw: bytes, now_ms: int) -> Forward:
+    def add(self, item_id: str, peer_url: str, raw: bytes, now_ms: int, *,
+            max_pending: int, max_pending_bytes: int) -> Forward:
         """Queue ``raw`` for ``peer_url`` (durable on return); an item queued before keeps its
-        row (the same item posted again is the same forward)."""
-        self._write("INSERT OR IGNORE INTO forwards (item_id, peer_url, raw, status, attempts, "
-                    "next_ms, created_ms) VALUES (?, ?, ?, ?, 0, ?, ?)",
-                    item_id, peer_url, raw, PENDING, now_ms, now_ms)
+        row (the same item posted again is the same forward). Overloaded, nothing stored, when
+        the pending items would exceed ``max_pending`` or ``max_pending_bytes``."""
+        with self._lock:
+            try:
+                known = self._conn.execute("SELECT 1 FROM forwards WHERE item_id = ?",
+                                           (item_id,)).fetchone()
+                if known is None:
+                    count, size = self._conn.execute(
+                        "SELECT COUNT(*), COALESCE(SUM(length(raw)), 0) FROM forwards "
+                        "WHERE status = ?", (PENDING,)).fetchone()
+                    if count >= max_pending or size + len(raw) > max_pending_bytes:
+                        raise Overloaded(f"{count} items ({size} bytes) already wait for peers "
+                                         "that do not answer; retry later", 5.0)
+                    self._conn.execute(
+                        "INSERT OR IGNORE INTO forwards (item_id, peer_url, raw, status, "
+                        "attempts, next_ms, created_ms) VALUES (?, ?, ?, ?, 0, ?, ?)",
+                        (item_id, peer_url, raw, PENDING, now_ms, now_ms))
+            except (sqlite3.Error, OSError) as exc:
+                raise storage_error(exc) from None
         return self.get(item_id)
 
     def get(self, item_id: str) -> Forward:
@@ -86,14 +102,15 @@ class ForwardQueue:
         return Forward(*row)
 
     def delivered(self, item_id: str, receipt: str) -> None:
-        """The peer acknowledged the item with ``receipt`` (JSON text)."""
-        self._write("UPDATE forwards SET status = ?, receipt = ?, error = NULL, "
+        """The peer acknowledged the item with ``receipt`` (JSON text); its bytes are dropped
+        (the row stays: the same item posted again answers this receipt)."""
+        self._write("UPDATE forwards SET status = ?, receipt = ?, error = NULL, raw = x'', "
                     "attempts = attempts + 1 WHERE item_id = ?", DELIVERED, receipt, item_id)
 
     def failed(self, item_id: str, error: str) -> None:
-        """The peer refused the item for good."""
-        self._write("UPDATE forwards SET status = ?, error = ?, attempts = attempts + 1 "
-                    "WHERE item_id = ?", FAILED, error, item_id)
+        """The peer refused the item for good (its bytes are dropped)."""
+        self._write("UPDATE forwards SET status = ?, error = ?, raw = x'', "
+                    "attempts = attempts + 1 WHERE item_id = ?", FAILED, error, item_id)
 
     def retry_at(self, item_id: str, error: str, next_ms: int) -> None:
         """The attempt failed for now; try again at ``next_ms``."""
