@@ -30,7 +30,7 @@ from appliance.api.waiters import ResultWaiters, await_result
 from appliance.config import HttpLimits
 from appliance.errors import ApplianceError, BadRequest, NotFound, NotHosted, RequestTimeout
 from appliance.logfmt import fields
-from appliance.network.forward import Forwarder
+from appliance.network.forward import FORWARDED_HEADER, Forwarder
 from appliance.network.peers import PeerDirectory
 from appliance.node.admission import TokenBucket
 from appliance.node.node import Node
@@ -277,7 +277,8 @@ class Routes:
         """The answer of the peer hosting ``process_id`` to this same request, when this node
         does not host it and a peer does (None: answer here)."""
         forwarder = self.forwarder
-        if forwarder is None or await self._run(self.node.hosts, process_id):
+        if forwarder is None or FORWARDED_HEADER in request.headers or \
+                await self._run(self.node.hosts, process_id):
             return None
         peer = await self._run(forwarder.host_of, process_id)
         if peer is None or peer.location is None:
@@ -308,8 +309,9 @@ class Routes:
         raw = await self._body(request)
         if not raw:
             raise BadRequest("the request body must be an ANS-104 data item")
+        forward = FORWARDED_HEADER not in request.headers  # a peer's forward: never pass it on
         try:
-            receipt = await self._run(self.node.ingest, raw)
+            receipt = await self._run(lambda: self.node.ingest(raw, forward=forward))
         except (NotHosted, NotFound) as exc:
             if self.peers is None:
                 raise

@@ -68,6 +68,9 @@ MAX_PENDING = 10_000
 MAX_PENDING_BYTES = 1 << 30
 """Items waiting for peers that do not answer, at most (past either: 503, nothing queued)."""
 FINAL_4XX_EXCEPT = (408, 421, 429)
+FORWARDED_HEADER = "AO-Forwarded-By"
+"""Sent with every forward and relay (this node's address): the receiving node answers such a
+request itself and never passes it on, so stale lookups cannot bounce an item between nodes."""
 MODULE_QUERY = """query GetModule($id: ID!) {
   transactions(ids: [$id], first: 1) {
     edges { node { id anchor signature recipient owner { address key } data { size }
@@ -156,14 +159,17 @@ _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedire
 
 
 def call(method: str, url: str, body: bytes | None, content_type: str, timeout: float,
-         max_bytes: int) -> Answer:
-    """One HTTP call to a peer; any status is an :class:`Answer`. PeerUnavailable when no
+         max_bytes: int, forwarded_by: str = "") -> Answer:
+    """One HTTP call to a peer (``forwarded_by``: this node's address, sent as
+    :data:`FORWARDED_HEADER`); any status is an :class:`Answer`. PeerUnavailable when no
     answer came in ``timeout``; BadPeerAnswer for a body over ``max_bytes``."""
     if not url.startswith(("http://", "https://")):
         raise PeerUnavailable(f"{url}: not an http(s) URL", RETRY_AFTER_SECONDS)
+    headers = {"Content-Type": content_type, "Accept": "application/json"}
+    if forwarded_by:
+        headers[FORWARDED_HEADER] = forwarded_by
     request = urllib.request.Request(  # noqa: S310 - http(s) only, checked above
-        url, data=body, method=method, headers={"Content-Type": content_type,
-                                                "Accept": "application/json"})
+        url, data=body, method=method, headers=headers)
     try:
         with _OPENER.open(request, timeout=timeout) as answer:
             status, kind = int(answer.status), answer.headers.get("Content-Type", "")
@@ -252,7 +258,7 @@ class Forwarder:
         ForwardRefused (recorded as failed)."""
         try:
             answer = call("POST", row.peer_url + "/", row.raw, "application/octet-stream",
-                          timeout, 64 * 1024)
+                          timeout, 64 * 1024, self.peers.own_address)
         except (PeerUnavailable, BadPeerAnswer) as exc:
             return self._later(row, str(exc))
         verdict = outcome_of(answer.status)
@@ -329,7 +335,7 @@ class Forwarder:
         url = peer.location.url + path_qs
         try:
             return call(method, url, body, "application/json", self.relay_timeout_seconds,
-                        MAX_RELAY_BYTES)
+                        MAX_RELAY_BYTES, self.peers.own_address)
         except PeerUnavailable as exc:
             raise PeerUnavailable(f"node {peer.address} hosts the process but did not answer: "
                                   f"{exc}", RETRY_AFTER_SECONDS) from None
@@ -364,5 +370,5 @@ class Forwarder:
         return None
 
 
-__all__ = ["Answer", "Forwarder", "call", "check_module", "outcome_of", "parse_receipt",
-           "receipt_of", "retry_delay_ms"]
+__all__ = ["FORWARDED_HEADER", "Answer", "Forwarder", "call", "check_module", "outcome_of",
+           "parse_receipt", "receipt_of", "retry_delay_ms"]

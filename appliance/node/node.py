@@ -191,10 +191,11 @@ class Node:
             return False
         return True
 
-    def ingest(self, raw: bytes) -> Receipt:
+    def ingest(self, raw: bytes, *, forward: bool = True) -> Receipt:
         """Take one client data item: schedule it here (:meth:`ingest_here`), or, with
-        :attr:`peers`, forward an item for a process a peer hosts there and give its receipt.
-        A Process whose Module only a peer stores gets the module from that peer first."""
+        :attr:`peers` and ``forward``, forward an item for a process a peer hosts there and give
+        its receipt. A Process whose Module only a peer stores gets the module from that peer
+        first."""
         try:
             return self.ingest_here(raw)
         except NotFound as exc:
@@ -202,12 +203,14 @@ class Node:
                 raise
             module_id = _missing_module(raw)
             if module_id is None:
+                if not forward:
+                    raise
                 return self.peers.forward(raw, exc)
             module = self.peers.module(module_id)
             if module is None:
                 raise
         except NotHosted as exc:
-            if self.peers is None:
+            if self.peers is None or not forward:
                 raise
             return self.peers.forward(raw, exc)
         self.ingest_here(module)

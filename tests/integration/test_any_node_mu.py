@@ -30,10 +30,10 @@ def servers() -> Iterator[list[Server]]:
         srv.stop()
 
 
-def _call(url: str, body: bytes | None = None,
-          content_type: str = "application/octet-stream") -> tuple[int, dict[str, str], Any]:
+def _call(url: str, body: bytes | None = None, content_type: str = "application/octet-stream",
+          **headers: str) -> tuple[int, dict[str, str], Any]:
     request = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET",
-                                     headers={"Content-Type": content_type})
+                                     headers={"Content-Type": content_type, **headers})
     try:
         with urllib.request.urlopen(request, timeout=120) as answer:
             return answer.status, dict(answer.headers), json.loads(answer.read())
@@ -96,6 +96,13 @@ def test_the_wrong_node_forwards_items_relays_reads_and_lends_modules(
     assert status == 200 and "5" in json.dumps(dried["Output"]), dried
     status, _, missing = _call(f"{a.url}/result/{'m' * 43}?process-id={process.id}")
     assert status == 404 and "error" in missing  # b's own answer, relayed
+
+    # What a peer forwarded or relayed is answered where it lands, never passed on again.
+    hop = {"AO-Forwarded-By": b.address}
+    status, _, body = _call(a.url + "/", message(client, process.id, "return 0", 2).raw, **hop)
+    assert status == 421 and f"scheduled by node {b.address} at {b.url}" in body["error"], body
+    status, _, body = _call(a.url + path, **hop)
+    assert status == 404, body
 
     # The Result is b's signed item: it verifies and names b.
     raw = b.get(f"/result-item/{msg.id}?process-id={process.id}")
