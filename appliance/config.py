@@ -98,6 +98,9 @@ class NetworkSettings:
     public_url: str | None = None
     peers: tuple[str, ...] = ()
     refresh_seconds: float = 60.0
+    # Any node is a messenger (issue 14 step 2): how long a client waits for the receipt of an
+    # item forwarded to the peer hosting its process before a 503 (the item stays queued).
+    forward_wait_seconds: float = 10.0
 
     def __post_init__(self) -> None:
         try:
@@ -110,6 +113,8 @@ class NetworkSettings:
             raise ConfigError(f"network.peers: at most {MAX_PEERS} URLs, each once")
         if not 1.0 <= self.refresh_seconds <= 86_400.0:
             raise ConfigError("network.refresh_seconds must be between 1 and 86400")
+        if not 0.5 <= self.forward_wait_seconds <= 300.0:
+            raise ConfigError("network.forward_wait_seconds must be between 0.5 and 300")
 
 
 @dataclass(frozen=True)
@@ -262,7 +267,8 @@ def _url(node: Node, what: str) -> str:
 
 
 def _network(node: Node) -> NetworkSettings:
-    keys = mapping(node, {"public_url", "peers", "refresh_seconds"}, "network")
+    keys = mapping(node, {"public_url", "peers", "refresh_seconds", "forward_wait_seconds"},
+                   "network")
     peers = tuple(sequence(keys["peers"], "network.peers",
                            lambda n: _url(n, "network.peers item"))) if "peers" in keys else ()
     if len(peers) > MAX_PEERS or len(set(peers)) != len(peers):
@@ -272,7 +278,9 @@ def _network(node: Node) -> NetworkSettings:
         if "public_url" in keys and keys["public_url"].value is not None else None,
         peers=peers,
         refresh_seconds=number(keys["refresh_seconds"], "network.refresh_seconds", 1.0, 86_400.0)
-        if "refresh_seconds" in keys else 60.0)
+        if "refresh_seconds" in keys else 60.0,
+        forward_wait_seconds=number(keys["forward_wait_seconds"], "network.forward_wait_seconds",
+                                    0.5, 300.0) if "forward_wait_seconds" in keys else 10.0)
 
 
 def _limits(node: Node) -> ComputeLimits:

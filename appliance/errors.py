@@ -84,5 +84,21 @@ class RateLimited(Overloaded):
     ``retry_after`` seconds."""
 
 
+class PeerUnavailable(Overloaded):
+    """The node hosting the process (a peer) did not answer in time or is down. For a forwarded
+    item: it is queued durably and retried in the background; the same item posted again gets
+    the peer's receipt once it acknowledged it. Mapped to HTTP 503 with ``Retry-After``."""
+
+
+class ForwardRefused(BadRequest):
+    """The peer hosting the process refused the item forwarded to it (its answer is quoted);
+    it is not retried."""
+
+
+class BadPeerAnswer(ApplianceError):
+    """A peer answered with something this node will not believe (a module whose signature, id
+    or type does not check out, an answer over the size bound). Mapped to HTTP 502."""
+
+
 class RequestTimeout(RequestError):
     """The client did not send its request (head or body) within the configured time."""

@@ -134,6 +134,14 @@ class _NodeState:
             PREFIX + "processes_broken",
             "Processes that stopped evaluating since the node started (see the log).",
             value=self._node.broken_count())
+        forwards = GaugeMetricFamily(
+            PREFIX + "forwards", "Client items forwarded to the peer hosting their process, "
+            "by status (pending: queued, being retried).", labels=["status"])
+        peers = self._node.peers
+        counts = peers.forwards_by_status() if peers is not None else {}
+        for state in ("pending", "delivered", "failed"):
+            forwards.add_metric([state], counts.get(state, 0))
+        yield forwards
         yield from _memory_gauges(self._node)
         yield from _standing_gauges(self._node)
 

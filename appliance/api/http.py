@@ -30,6 +30,7 @@ from appliance.api.waiters import ResultWaiters, await_result
 from appliance.config import HttpLimits
 from appliance.errors import ApplianceError, BadRequest, NotFound, NotHosted, RequestTimeout
 from appliance.logfmt import fields
+from appliance.network.forward import FORWARDED_HEADER, Forwarder
 from appliance.network.peers import PeerDirectory
 from appliance.node.admission import TokenBucket
 from appliance.node.node import Node
@@ -240,10 +241,11 @@ class Routes:
     """Route handlers bound to one node."""
 
     def __init__(self, node: Node, limits: HttpLimits, observer: HttpObserver | None,
-                 peers: PeerDirectory | None = None) -> None:
+                 peers: PeerDirectory | None = None, forwarder: Forwarder | None = None) -> None:
         self.node = node
         self.limits = limits
         self.peers = peers
+        self.forwarder = forwarder
         self.graphql = GraphQLEndpoint(node)
         self.waiters = ResultWaiters(limits.max_result_waiters, observer)
         self.attestations = TokenBucket(limits.attestation_rate, limits.attestation_burst)
@@ -260,14 +262,30 @@ class Routes:
             raise RequestTimeout(f"the request body did not arrive within "
                                  f"{self.limits.body_timeout_seconds:g} s") from None
 
-    async def _json_body(self, request: web.Request, refusal: str) -> Any:
-        body = await self._body(request)
+    async def _json_body(self, request: web.Request, refusal: str,
+                         body: bytes | None = None) -> Any:
+        body = await self._body(request) if body is None else body
         try:
             return _strict_loads(body.decode("utf-8"))
         except (ValueError, UnicodeDecodeError):
             raise BadRequest(refusal) from None
         except RecursionError:  # nesting deeper than the interpreter's stack: [[[[...
             raise BadRequest(f"{refusal} (nested too deeply)") from None
+
+    async def _relayed(self, request: web.Request, process_id: str,
+                       body: bytes | None = None) -> web.Response | None:
+        """The answer of the peer hosting ``process_id`` to this same request, when this node
+        does not host it and a peer does (None: answer here)."""
+        forwarder = self.forwarder
+        if forwarder is None or FORWARDED_HEADER in request.headers or \
+                await self._run(self.node.hosts, process_id):
+            return None
+        peer = await self._run(forwarder.host_of, process_id)
+        if peer is None or peer.location is None:
+            return None
+        answer = await self._run(forwarder.relay, peer, request.method, request.path_qs, body)
+        return web.Response(status=answer.status, body=answer.body, headers={
+            "Content-Type": answer.content_type, "AO-Answered-By": peer.location.url})
 
     async def _await_result(self, process_id: str, message_id: str) -> dict[str, Any]:
         return await await_result(self.node, self.waiters, process_id, message_id)
@@ -283,26 +301,31 @@ class Routes:
                 "height": self.node.settings.block_height, **status}
         if self.peers is not None:
             body["peers"] = self.peers.describe()
+        if self.forwarder is not None:
+            body["forwards"] = await self._run(self.forwarder.forwards_by_status)
         return _json(body)
 
     async def post_item(self, request: web.Request) -> web.Response:
         raw = await self._body(request)
         if not raw:
             raise BadRequest("the request body must be an ANS-104 data item")
+        forward = FORWARDED_HEADER not in request.headers  # a peer's forward: never pass it on
         try:
-            receipt = await self._run(self.node.ingest, raw)
+            receipt = await self._run(lambda: self.node.ingest(raw, forward=forward))
         except (NotHosted, NotFound) as exc:
             if self.peers is None:
                 raise
             raise await self._run(self.peers.explain, raw, exc) from None
         body: dict[str, Any] = {"id": receipt.id, "message": "Processing DataItem",
-                                "timestamp": time.time_ns() // 1_000_000}
+                                "timestamp": receipt.timestamp_ms or time.time_ns() // 1_000_000}
         if receipt.type == "Process":
             body["processId"] = receipt.id
         if receipt.slot is not None:
             body["slot"] = receipt.slot
         if receipt.warning is not None:
             body["warning"] = receipt.warning
+        if receipt.forwarded_to is not None:
+            body["forwardedTo"] = receipt.forwarded_to
         return _json(body, 202 if receipt.type != "Module" else 200)
 
     async def timestamp(self, _request: web.Request) -> web.Response:
@@ -333,6 +356,9 @@ class Routes:
         return _json({"page_info": {"has_next_page": more}, "edges": edges})
 
     async def result(self, request: web.Request) -> web.Response:
+        relayed = await self._relayed(request, _required(request, "process-id"))
+        if relayed is not None:
+            return relayed
         return _json(cu_json.result_json(await self._await_result(
             _required(request, "process-id"), request.match_info["message"])))
 
@@ -341,6 +367,9 @@ class Routes:
         if sort not in ("ASC", "DESC"):
             raise BadRequest("sort must be ASC or DESC")
         after, before = _uncursor(request.query.get("from")), _uncursor(request.query.get("to"))
+        relayed = await self._relayed(request, request.match_info["process"])
+        if relayed is not None:
+            return relayed
         if sort == "DESC":
             after, before = before, after
         rows = await self._run(lambda: self.node.results_page(
@@ -351,7 +380,11 @@ class Routes:
 
     async def dry_run(self, request: web.Request) -> web.Response:
         process_id = _required(request, "process-id")
-        message = await self._json_body(request, "dry-run body must be a JSON message")
+        raw = await self._body(request)
+        relayed = await self._relayed(request, process_id, raw)
+        if relayed is not None:
+            return relayed
+        message = await self._json_body(request, "dry-run body must be a JSON message", raw)
         if not isinstance(message, dict):
             raise BadRequest("dry-run body must be a JSON object")
         return _json(cu_json.result_json(await self._run(self.node.dry_run, process_id,
@@ -429,10 +462,12 @@ class Routes:
 
 def make_app(node: Node, observe: Observe | None = None, limits: HttpLimits | None = None,
              observer: HttpObserver | None = None,
-             peers: PeerDirectory | None = None) -> web.Application:
+             peers: PeerDirectory | None = None,
+             forwarder: Forwarder | None = None) -> web.Application:
     """The aiohttp application serving ``node``; serve it through :func:`start_site` for the
     connection cap and head timeout of ``limits``. With ``peers``, ``GET /`` lists them and a
-    refusal for an item another node schedules names that node (and its URL when known)."""
+    refusal for an item another node schedules names that node (and its URL when known); with
+    ``forwarder`` too, reads about a process a peer hosts are answered by that peer."""
     limits = limits or HttpLimits()
     app = web.Application(middlewares=[_errors],
                           client_max_size=node.settings.max_item_bytes + 64 * 1024)
@@ -441,7 +476,7 @@ def make_app(node: Node, observe: Observe | None = None, limits: HttpLimits | No
                                      observer)
     if observe is not None:
         app[OBSERVE_KEY] = observe
-    r = Routes(node, limits, observer, peers)
+    r = Routes(node, limits, observer, peers, forwarder)
 
     async def listen(_app: web.Application) -> None:
         r.waiters.bind(asyncio.get_running_loop())

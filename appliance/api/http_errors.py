@@ -9,6 +9,7 @@ from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from appliance.errors import (
     AboveMaximum,
     ApplianceError,
+    BadPeerAnswer,
     BadRequest,
     ConfigError,
     EvaluationError,
@@ -35,6 +36,7 @@ _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (ModuleError, 422),
     (EvaluationError, 503),
     (ConfigError, 500),
+    (BadPeerAnswer, 502),
     (HttpProcessingError, 400),  # a body aiohttp could not parse (bad chunk, short body)
     (ConnectionResetError, 400),  # the client went away before sending the whole body
 )

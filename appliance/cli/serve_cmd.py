@@ -31,8 +31,10 @@ from appliance.config import (
 from appliance.errors import ConfigError, UsageError
 from appliance.logfmt import fields
 from appliance.metrics import NodeMetrics
+from appliance.network.forward import Forwarder
 from appliance.network.peers import PeerDirectory, check_url
 from appliance.node.datadir import PRIVATE_UMASK, make_private
+from appliance.node.db.forwards import FORWARDS_FILE
 from appliance.node.identity import KEY_FILE, NodeIdentity
 from appliance.node.node import Node
 from appliance.node.observer import NodeObserver
@@ -232,8 +234,14 @@ async def _serve(node: Node, config: AppConfig, metrics: NodeMetrics | None,
         metrics.attach(node)
     peers = PeerDirectory(config.network.peers, node.identity.address,
                           refresh_seconds=config.network.refresh_seconds)
+    forwarder = None
+    if config.network.peers or (node.settings.data_dir / FORWARDS_FILE).exists():
+        forwarder = Forwarder(peers, node.settings.data_dir,
+                              max_item_bytes=node.settings.max_item_bytes,
+                              wait_seconds=config.network.forward_wait_seconds)
+        node.peers = forwarder
     app = make_app(node, metrics.observe_http if metrics else None, config.http, metrics,
-                   peers=peers)
+                   peers=peers, forwarder=forwarder)
     runner = await start_site(app, http_socket, config.http)
     host, port = runner.addresses[0][:2]
     url = public_url(config, host, port)
@@ -270,6 +278,9 @@ async def _serve(node: Node, config: AppConfig, metrics: NodeMetrics | None,
     await asyncio.to_thread(node.publish_location, url)
     peers.start()
     cleanups.append(lambda: asyncio.to_thread(peers.close))
+    if forwarder is not None:
+        forwarder.start()
+        cleanups.append(lambda: asyncio.to_thread(forwarder.close))
     print(json.dumps(event), flush=True)
     sd_notify(f"READY=1\nSTATUS=serving AO HTTP on {host}:{port}")
     watchdog = asyncio.create_task(watchdog_loop())

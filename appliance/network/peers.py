@@ -115,9 +115,9 @@ def _tag(tags: list[tuple[str, str]], name: str) -> str | None:
     return next((v for n, v in tags if n == name), None)
 
 
-def _record_item(node: dict[str, Any]) -> items.Item:
-    """Rebuild the signed data item from its GraphQL fields and verify it (a location record
-    has no data, so the fields are all of it)."""
+def item_from_fields(node: dict[str, Any], data: bytes, max_bytes: int) -> items.Item:
+    """Rebuild a signed data item from its GraphQL fields (``id anchor signature recipient
+    owner { key } data { size } tags``) and its ``data``, and verify it (BadRecord)."""
     try:
         owner = b64url_decode(node["owner"]["key"])
         signature = b64url_decode(node["signature"])
@@ -128,16 +128,22 @@ def _record_item(node: dict[str, Any]) -> items.Item:
     except (KeyError, TypeError, ValueError) as exc:
         raise BadRecord(f"record fields malformed ({type(exc).__name__})") from None
     kinds = [k for k, (_, owner_len) in items.SIGNATURE_TYPES.items() if owner_len == len(owner)]
-    if len(kinds) != 1 or size != "0" or len(tags) > items.MAX_TAGS:
-        raise BadRecord("record has an unknown key type, data, or too many tags")
+    if len(kinds) != 1 or size != str(len(data)) or len(tags) > items.MAX_TAGS:
+        raise BadRecord("item has an unknown key type, a data size other than its data's, or "
+                        "too many tags")
     tag_bytes = items.encode_tags(tags)
     raw = b"".join([struct.pack("<H", kinds[0]), signature, owner,
                     b"\1" + target if target else b"\0", b"\1" + anchor if anchor else b"\0",
-                    struct.pack("<QQ", len(tags), len(tag_bytes)), tag_bytes])
+                    struct.pack("<QQ", len(tags), len(tag_bytes)), tag_bytes, data])
     try:
-        return items.parse_verified(raw, MAX_ANSWER_BYTES)
+        return items.parse_verified(raw, max_bytes)
     except ApplianceError as exc:
-        raise BadRecord(f"record does not verify: {exc}") from None
+        raise BadRecord(f"item does not verify: {exc}") from None
+
+
+def _record_item(node: dict[str, Any]) -> items.Item:
+    """The location record (it has no data, so its fields are all of it), verified."""
+    return item_from_fields(node, b"", MAX_ANSWER_BYTES)
 
 
 def parse_location(answer: Any, address: str) -> Location:
@@ -465,4 +471,5 @@ class PeerDirectory:
 
 __all__ = ["BadRecord", "HttpTransport", "Location", "PeerDirectory", "PeerState",
            "PeerUnreachable", "Transport", "after_fetch", "check_url", "fetch_location",
-           "next_delay", "parse_address", "parse_location", "scheduled_elsewhere"]
+           "item_from_fields", "next_delay", "parse_address", "parse_location",
+           "scheduled_elsewhere"]

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from appliance.ao import items
-from appliance.errors import ApplianceError, NotFound, TooLarge
+from appliance.errors import ApplianceError, NotFound, NotHosted, TooLarge
 from appliance.node.db.queries import ProcessRow, ResultRow
 from appliance.node.guest import ScheduledSlot
 from appliance.node.identity import NodeIdentity
@@ -25,7 +25,7 @@ from appliance.node.observer import NodeObserver, ProgressListener
 from appliance.node.placement import Placement
 from appliance.node.remote_shard import RemoteShard
 from appliance.node.residency import Tally
-from appliance.node.routing import SoleShard
+from appliance.node.routing import PeerRouter, SoleShard
 from appliance.node.settings import NodeSettings
 from appliance.node.shard import ALL_SLOTS, Receipt, ScheduledEntry, Shard
 from appliance.node.standing import StandingAttestation
@@ -107,6 +107,8 @@ class Node:
         self.placement = Placement(len(self.shards))
         for index, shard in enumerate(self.shards):
             self.placement.learn(index, shard.process_ids())
+        self.peers: PeerRouter | None = None
+        """Set by a serving node with peers: items for their processes are forwarded there."""
         self._progress = threading.Condition()
         for shard in self.shards:
             shard.add_progress_listener(self._progressed)
@@ -180,7 +182,41 @@ class Node:
 
     # --- ingest ------------------------------------------------------------------------------
 
-    def ingest(self, raw: bytes) -> Receipt:
+    def hosts(self, process_id: str) -> bool:
+        """True when a shard of this node holds ``process_id`` (asked: the placement also
+        remembers guesses for Process items a shard then refused)."""
+        try:
+            self.owner(process_id).process_info(process_id)
+        except NotFound:
+            return False
+        return True
+
+    def ingest(self, raw: bytes, *, forward: bool = True) -> Receipt:
+        """Take one client data item: schedule it here (:meth:`ingest_here`), or, with
+        :attr:`peers` and ``forward``, forward an item for a process a peer hosts there and give
+        its receipt. A Process whose Module only a peer stores gets the module from that peer
+        first."""
+        try:
+            return self.ingest_here(raw)
+        except NotFound as exc:
+            if self.peers is None:
+                raise
+            module_id = _missing_module(raw)
+            if module_id is None:
+                if not forward:
+                    raise
+                return self.peers.forward(raw, exc)
+            module = self.peers.module(module_id)
+            if module is None:
+                raise
+        except NotHosted as exc:
+            if self.peers is None or not forward:
+                raise
+            return self.peers.forward(raw, exc)
+        self.ingest_here(module)
+        return self.ingest_here(raw)
+
+    def ingest_here(self, raw: bytes) -> Receipt:
         """Route one client data item to the shard that owns its process; a Module goes to
         every shard (any of them may host a process of it). The shard verifies it."""
         if len(self.shards) == 1:
@@ -393,6 +429,17 @@ class Node:
             merged[key] = sum(int(c[key]) for c in counters)
         merged["shards"] = len(self.shards)
         return merged
+
+
+def _missing_module(raw: bytes) -> str | None:
+    """The Module a Process item names (NotFound for a Process: its module is not stored)."""
+    try:
+        item = items.parse_unverified(raw)
+    except ApplianceError:
+        return None
+    if items.first_tag(item, "Type") != "Process":
+        return None
+    return items.first_tag(item, "Module") or None
 
 
 def _shard_after(cursor: int | None, index: int, ascending: bool) -> int | None:

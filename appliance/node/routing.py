@@ -8,7 +8,11 @@ its own process reaches the others through the front).
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from appliance.errors import ApplianceError
+    from appliance.node.shard import Receipt
 
 
 class ShardRouter(Protocol):
@@ -37,6 +41,26 @@ class ShardRouter(Protocol):
 
     def module(self, module_id: str) -> bytes | None:
         """The raw Module item ``module_id`` from any shard holding it, or None."""
+        ...
+
+
+class PeerRouter(Protocol):
+    """The other nodes as the :class:`~appliance.node.node.Node` façade sees them (the network
+    package gives one to a serving node): where an item it cannot take goes, and modules."""
+
+    def forward(self, raw: bytes, refusal: ApplianceError) -> Receipt:
+        """Deliver the client item ``raw``, refused here with ``refusal`` (NotHosted, NotFound),
+        to the peer hosting its process and return that peer's receipt; raise ``refusal`` (or a
+        clearer one naming the right node) when no peer takes it."""
+        ...
+
+    def module(self, module_id: str) -> bytes | None:
+        """The raw Module item ``module_id`` from a peer, checked (signature, id, type); None
+        when no peer has it."""
+        ...
+
+    def forwards_by_status(self) -> dict[str, int]:
+        """Forwarded items keyed by status (``pending``, ``delivered``, ``failed``)."""
         ...
 
 

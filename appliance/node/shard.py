@@ -132,6 +132,10 @@ class Receipt:
     process_id: str | None = None
     slot: int | None = None
     warning: str | None = None
+    timestamp_ms: int | None = None
+    """When the scheduling node took it, if it said (a forwarded item: the peer's receipt)."""
+    forwarded_to: str | None = None
+    """The peer URL the item was forwarded to (None: scheduled here)."""
 
 
 @dataclass

@@ -11,6 +11,7 @@ import grpc
 from appliance.errors import (
     AboveMaximum,
     ApplianceError,
+    BadPeerAnswer,
     BadRequest,
     ConfigError,
     EvaluationError,
@@ -36,6 +37,7 @@ _CODES: tuple[tuple[type[ApplianceError], grpc.StatusCode], ...] = (
     (UsageError, grpc.StatusCode.INVALID_ARGUMENT),
     (ModuleError, grpc.StatusCode.FAILED_PRECONDITION),
     (EvaluationError, grpc.StatusCode.FAILED_PRECONDITION),
+    (BadPeerAnswer, grpc.StatusCode.UNAVAILABLE),
     (ConfigError, grpc.StatusCode.INTERNAL),
 )
 

@@ -66,6 +66,10 @@ def test_network_section() -> None:
     assert parse_config("network: {public_url: null}\n", "n.yaml").network == NetworkSettings()
     with pytest.raises(ConfigError, match="each once"):
         NetworkSettings(peers=("http://a:1", "http://a:1"))
+    waits = parse_config("network: {forward_wait_seconds: 2.5}\n", "w.yaml")
+    assert waits.network.forward_wait_seconds == 2.5
+    with pytest.raises(ConfigError, match="forward_wait_seconds"):
+        parse_config("network: {forward_wait_seconds: 0.1}\n", "w.yaml")
 
 
 def _serve_args(*flags: str) -> argparse.Namespace:

@@ -1,0 +1,53 @@
+"""Helpers for tests with several peered ``serve`` processes on loopback."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+from tests.integration.server import Server
+
+DEADLINE_SECONDS = 180.0
+
+
+def free_port() -> int:
+    """A loopback TCP port free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def command(port: int, *peers: str) -> tuple[str, ...]:
+    """``serve`` on ``port`` with its public URL and ``--peer`` for each of ``peers``."""
+    flags = [flag for peer in peers for flag in ("--peer", peer)]
+    return ("-m", "appliance.cli", "serve", "--http", f"127.0.0.1:{port}", "--tee", "emulated",
+            "--public-url", f"http://127.0.0.1:{port}", *flags, "--data-dir")
+
+
+def health(url: str) -> Any:
+    """The node's ``GET /`` JSON."""
+    with urllib.request.urlopen(url + "/", timeout=60) as answer:
+        return json.loads(answer.read())
+
+
+def poll(what: str, check: Callable[[], Any]) -> Any:
+    """``check()``'s first truthy value, asked every 0.2 s for up to DEADLINE_SECONDS."""
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.2)
+
+
+def peer_known(srv: Server, url: str, address: str) -> Callable[[], Any]:
+    """A check: ``srv`` knows the peer at ``url`` as ``address``, reachable."""
+    def check() -> Any:
+        return [p for p in health(srv.url)["peers"] if p["url"] == url
+                and p["address"] == address and p["location"] == url and p["reachable"]]
+    return check
