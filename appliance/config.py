@@ -98,6 +98,10 @@ class NetworkSettings:
     public_url: str | None = None
     peers: tuple[str, ...] = ()
     refresh_seconds: float = 60.0
+    # peer trust (docs/operator-guide.md, Peer policy): the policy file peers' attestations
+    # must satisfy (None: none) and whether emulated evidence is accepted (tests, laptops)
+    peer_policy: Path | None = None
+    allow_emulated_peers: bool = False
 
     def __post_init__(self) -> None:
         try:
@@ -262,7 +266,8 @@ def _url(node: Node, what: str) -> str:
 
 
 def _network(node: Node) -> NetworkSettings:
-    keys = mapping(node, {"public_url", "peers", "refresh_seconds"}, "network")
+    keys = mapping(node, {"public_url", "peers", "refresh_seconds", "peer_policy",
+                          "allow_emulated_peers"}, "network")
     peers = tuple(sequence(keys["peers"], "network.peers",
                            lambda n: _url(n, "network.peers item"))) if "peers" in keys else ()
     if len(peers) > MAX_PEERS or len(set(peers)) != len(peers):
@@ -272,7 +277,12 @@ def _network(node: Node) -> NetworkSettings:
         if "public_url" in keys and keys["public_url"].value is not None else None,
         peers=peers,
         refresh_seconds=number(keys["refresh_seconds"], "network.refresh_seconds", 1.0, 86_400.0)
-        if "refresh_seconds" in keys else 60.0)
+        if "refresh_seconds" in keys else 60.0,
+        peer_policy=_path(keys["peer_policy"], "network.peer_policy", must_exist=True)
+        if "peer_policy" in keys else None,
+        allow_emulated_peers=boolean(keys["allow_emulated_peers"],
+                                     "network.allow_emulated_peers")
+        if "allow_emulated_peers" in keys else False)
 
 
 def _limits(node: Node) -> ComputeLimits:
