@@ -45,6 +45,7 @@ from appliance.rpc.server import start_grpc
 from appliance.sdnotify import sd_notify, watchdog_loop
 from attestation.errors import PolicyError
 from attestation.evidence import EvidenceProvider
+from attestation.policy import Policy
 from attestation.providers import provider_for
 
 log = logging.getLogger("appliance.serve")
@@ -134,17 +135,22 @@ def _network_flags(config: AppConfig, args: argparse.Namespace) -> NetworkSettin
     return network
 
 
+def peer_policy(config: AppConfig) -> Policy | None:
+    """The ``network.peer_policy`` file, read with the loader of ``attestation verify
+    --policy`` (None when not set; ConfigError if unreadable or invalid)."""
+    if config.network.peer_policy is None:
+        return None
+    try:
+        return trust_args.policy(config.network.peer_policy)[0]
+    except (UsageError, PolicyError) as exc:
+        raise ConfigError(f"network.peer_policy: {exc}") from None
+
+
 def peer_trust(config: AppConfig, peers: PeerDirectory, data_dir: Path,
                metrics: NodeMetrics | None) -> PeerTrust:
     """The peer-trust gate of ``network.peer_policy`` / ``allow_emulated_peers`` (the policy
     file read with the loader of ``attestation verify --policy``; ConfigError if bad)."""
-    policy = None
-    if config.network.peer_policy is not None:
-        try:
-            policy, _ = trust_args.policy(config.network.peer_policy)
-        except (UsageError, PolicyError) as exc:
-            raise ConfigError(f"network.peer_policy: {exc}") from None
-    rules = PeerPolicy(policy, config.network.allow_emulated_peers,
+    rules = PeerPolicy(peer_policy(config), config.network.allow_emulated_peers,
                        tdx_collateral_in(data_dir / "collateral"))
     return PeerTrust(peers, rules, on_refusal=metrics.peer_refused if metrics else None)
 
@@ -204,6 +210,7 @@ def serve(args: argparse.Namespace) -> int:
     http_socket = _bind(config.listen.http, "the AO HTTP API")
     try:
         _probe(config)
+        peer_policy(config)  # a bad policy file: refused before the data dir is made
         return _serve_bound(args, config, http_socket)
     finally:
         http_socket.close()
