@@ -48,6 +48,9 @@ TRUSTED_FOR_SECONDS = 3600.0
 """A trusted verdict is re-checked after this long at most (sooner when evidence expires)."""
 REFUSED_FOR_SECONDS = 60.0
 """A refused verdict is re-checked after this long (the peer may have been upgraded)."""
+STALE_AFTER_MS = 60_000
+"""A trusted verdict this long past its re-check time (the peer's attestation could not be
+fetched again) no longer admits pushes."""
 PENDING_RETRY_SECONDS = 2.0
 """``Retry-After`` for a push from a peer not checked yet."""
 TRUSTED = "trusted"
@@ -198,18 +201,26 @@ def after_check(state: TrustState, outcome: Verdict | str, now_ms: int) -> Trust
     failures = state.failures + 1
     backoff = min(BACKOFF_FIRST_SECONDS * float(2 ** min(failures - 1, 16)), BACKOFF_MAX_SECONDS)
     verdict = state.verdict
-    if verdict is not None and verdict.trusted and state.due_ms + 60_000 < now_ms:
+    if verdict is not None and verdict.trusted and state.due_ms + STALE_AFTER_MS < now_ms:
         verdict = None  # well past due and unreachable: no longer vouched for
     return replace(state, verdict=verdict, due_ms=now_ms + int(backoff * 1000),
                    failures=failures, error=outcome)
 
 
-def gate(owner: str, own_address: str, state: TrustState | None, peers_settled: bool
-         ) -> tuple[str, str] | None:
+def admits(state: TrustState | None, now_ms: int) -> bool:
+    """True when ``state`` holds a trusted verdict still in force (at most
+    :data:`STALE_AFTER_MS` past its re-check time)."""
+    return (state is not None and state.verdict is not None and state.verdict.trusted
+            and state.due_ms + STALE_AFTER_MS >= now_ms)
+
+
+def gate(owner: str, own_address: str, state: TrustState | None, peers_settled: bool,
+         now_ms: int) -> tuple[str, str] | None:
     """None when a push from ``owner`` may be scheduled, else ``(reason, text)``:
-    ``unverified`` (retry later) while the peer is not checked yet or not all configured peers
-    are learned; otherwise a final reason from :data:`REFUSALS`."""
-    if owner == own_address:
+    ``unverified`` (retry later) while the peer is not checked yet (or its trusted verdict went
+    stale) or not all configured peers are learned; otherwise a final reason from
+    :data:`REFUSALS`."""
+    if owner == own_address or admits(state, now_ms):
         return None
     if state is None:
         if not peers_settled:
@@ -217,11 +228,9 @@ def gate(owner: str, own_address: str, state: TrustState | None, peers_settled: 
                                   "learned); retry")
         return "unknown_peer", (f"{owner} is not a peer of this node ({own_address}): pushes "
                                 "are accepted only from attested peers (network.peers)")
-    if state.verdict is None:
+    if state.verdict is None or state.verdict.trusted:
         return "unverified", (f"peer {owner}'s attestation is not verified yet"
                               + (f" ({state.error})" if state.error else "") + "; retry")
-    if state.verdict.trusted:
-        return None
     return state.verdict.reason, f"peer {owner} is not trusted: {state.verdict.detail}"
 
 
@@ -292,6 +301,10 @@ class PeerTrust:
         """Check every learned peer that is due; seconds until the next is due."""
         now = self._wall_ms()
         wait = BACKOFF_MAX_SECONDS
+        learned = {p.address for p in self.directory.peers() if p.address is not None}
+        with self._lock:  # an address no configured URL answers with any more is forgotten
+            for gone in [a for a in self._states if a not in learned]:
+                del self._states[gone]
         for peer in self.directory.peers():
             if peer.address is None or peer.location is None:
                 continue
@@ -334,15 +347,15 @@ class PeerTrust:
         owner = item.owner_address
         with self._lock:
             state = self._states.get(owner)
-        if owner == self.directory.own_address or (
-                state is not None and state.verdict is not None and state.verdict.trusted):
+        now_ms = self._wall_ms()
+        if owner == self.directory.own_address or admits(state, now_ms):
             return
         peers = self.directory.peers()
         settled = all(p.reachable is not None for p in peers)
         if state is None and any(p.address == owner for p in peers):
             settled = False  # learned but not checked yet
             self._wake.set()
-        refusal = gate(owner, self.directory.own_address, state, settled)
+        refusal = gate(owner, self.directory.own_address, state, settled, now_ms)
         if refusal is None:
             return
         reason, text = refusal
@@ -378,4 +391,4 @@ class PeerTrust:
 
 
 __all__ = ["REFUSALS", "TRUSTED", "PeerPending", "PeerPolicy", "PeerTrust", "TrustState",
-           "Verdict", "after_check", "gate", "judge", "next_check_ms"]
+           "Verdict", "admits", "after_check", "gate", "judge", "next_check_ms"]

@@ -6,16 +6,24 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from appliance.ao import items
 from appliance.ao.encoding import b64url
+from appliance.errors import PeerRefused
+from appliance.network.peers import HttpTransport, PeerDirectory
 from appliance.network.trust import (
     REFUSALS,
     REFUSED_FOR_SECONDS,
+    STALE_AFTER_MS,
     TRUSTED_FOR_SECONDS,
+    PeerPending,
     PeerPolicy,
+    PeerTrust,
     TrustState,
     Verdict,
     after_check,
@@ -121,16 +129,18 @@ def test_real_snp_report_not_bound_to_the_peer_is_refused(tmp_path: Path,
 
 
 def test_gate_decides_pushes() -> None:
-    own, peer = "o" * 43, "p" * 43
-    trusted = TrustState(peer, "http://p", Verdict(peer, "trusted", "ok"))
+    own, peer, now = "o" * 43, "p" * 43, 1_000_000_000
+    trusted = TrustState(peer, "http://p", Verdict(peer, "trusted", "ok"), due_ms=now + 1)
     refused = TrustState(peer, "http://p", Verdict(peer, "emulated", "emulated evidence"))
-    assert gate(own, own, None, True) is None  # the node's own items always pass
-    assert gate(peer, own, trusted, True) is None
-    assert gate(peer, own, refused, True) == ("emulated",
-                                              f"peer {peer} is not trusted: emulated evidence")
-    reasons = [gate(peer, own, None, True), gate(peer, own, None, False),
-               gate(peer, own, TrustState(peer, "http://p"), True)]
-    assert [r[0] if r else None for r in reasons] == ["unknown_peer", "unverified", "unverified"]
+    assert gate(own, own, None, True, now) is None  # the node's own items always pass
+    assert gate(peer, own, trusted, True, now) is None
+    assert gate(peer, own, refused, True, now) == (
+        "emulated", f"peer {peer} is not trusted: emulated evidence")
+    reasons = [gate(peer, own, None, True, now), gate(peer, own, None, False, now),
+               gate(peer, own, TrustState(peer, "http://p"), True, now),
+               gate(peer, own, trusted, True, now + STALE_AFTER_MS + 2)]  # stale: recheck
+    assert [r[0] if r else None for r in reasons] == ["unknown_peer", "unverified", "unverified",
+                                                      "unverified"]
     assert set(REFUSALS) >= {"unknown_peer", "emulated", "policy", "binding", "unverified"}
 
 
@@ -151,3 +161,32 @@ def test_verdicts_expire_and_fetch_failures_back_off() -> None:
     assert again.due_ms - (now_ms + 2000) == 2 * (failed.due_ms - (now_ms + 1000))
     late = after_check(again, "connection refused", state.due_ms + 61_000)
     assert late.verdict is None  # long past due and unreachable: no longer vouched for
+
+
+def _closed_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"  # nobody listens once closed
+
+
+def test_admit_waits_for_peers_then_refuses_strangers(tmp_path: Path) -> None:
+    own, _ = _peer(tmp_path, "own")
+    stranger, _ = _peer(tmp_path, "stranger")
+    url = _closed_url()
+    directory = PeerDirectory([url], own.address, transport=HttpTransport(timeout=30))
+    refusals: list[str] = []
+    trust = PeerTrust(directory, PeerPolicy(allow_emulated=True), on_refusal=refusals.append)
+
+    def push(signer: NodeIdentity, tags: list[tuple[str, str]]) -> items.Item:
+        return items.sign(signer, target="q" * 43, data=b"1", tags=[("Type", "Message"), *tags])
+
+    trust.admit(push(stranger, []))  # not a push: never gated
+    trust.admit(push(own, [("From-Process", "f" * 43)]))  # this node's own: always trusted
+    with pytest.raises(PeerPending) as pending:
+        trust.admit(push(stranger, [("From-Process", "f" * 43)]))  # peer not asked yet
+    assert pending.value.retry_after > 0
+    assert directory.refresh(url).reachable is False  # the configured peer is down
+    with pytest.raises(PeerRefused, match="not a peer of this node"):
+        trust.admit(push(stranger, [("From-Process", "f" * 43)]))
+    assert refusals == ["unverified", "unknown_peer"]
+    assert trust.last_refusal.startswith(f"{stranger.address}: unknown_peer at ")
