@@ -5,6 +5,7 @@ peer's attestation; otherwise 403 (gRPC PERMISSION_DENIED), counted and shown in
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -19,11 +20,21 @@ from appliance.ao import items
 from appliance.node.identity import NodeIdentity
 from tests.integration.clients import client_identity, spawn, upload_module
 from tests.integration.server import Server, start_server
-from tests.integration.test_peers import _command, _free_port
 from tests.support.paths import REPO
 
 DEADLINE_SECONDS = 180.0
 OTHER_MEASUREMENT = "ab" * 48
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _command(port: int, *flags: str) -> tuple[str, ...]:
+    return ("-m", "appliance.cli", "serve", "--http", f"127.0.0.1:{port}", "--tee", "emulated",
+            "--public-url", f"http://127.0.0.1:{port}", *flags, "--data-dir")
 
 
 def _poll(what: str, check: Callable[[], Any]) -> Any:
@@ -82,19 +93,17 @@ def test_pushes_are_scheduled_only_from_attested_peers(tmp_path: Path,
 
     port_a, port_c, port_d = _free_port(), _free_port(), _free_port()
     grpc_c = _free_port()
-    a = start_server(tmp_path / "a", (*_command(port_a, url_b)[:-1], "--allow-emulated-peers",
-                                      "--data-dir"))
+    a = start_server(tmp_path / "a", _command(port_a, "--peer", url_b, "--allow-emulated-peers"))
     servers.append(a)
-    c = start_server(tmp_path / "c", (*_command(port_c, url_b)[:-1], "--metrics",
-                                      "127.0.0.1:0", "--grpc", f"127.0.0.1:{grpc_c}",
-                                      "--data-dir"))
+    c = start_server(tmp_path / "c", _command(port_c, "--peer", url_b, "--metrics",
+                                              "127.0.0.1:0", "--grpc", f"127.0.0.1:{grpc_c}"))
     servers.append(c)
     policy = tmp_path / "peers.yaml"
     policy.write_text(f"allowed_measurements: [{OTHER_MEASUREMENT}]\n")
     config = tmp_path / "d.yaml"
     config.write_text(f"network:\n  peer_policy: {policy}\n")
-    d = start_server(tmp_path / "d", (*_command(port_d, url_b)[:-1], "--allow-emulated-peers",
-                                      "--config", str(config), "--data-dir"))
+    d = start_server(tmp_path / "d", _command(port_d, "--peer", url_b, "--allow-emulated-peers",
+                                              "--config", str(config)))
     servers.append(d)
 
     # a: trusts b (emulated, with the flag): b's push is scheduled
