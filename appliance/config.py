@@ -101,6 +101,10 @@ class NetworkSettings:
     # Any node is a messenger (issue 14 step 2): how long a client waits for the receipt of an
     # item forwarded to the peer hosting its process before a 503 (the item stays queued).
     forward_wait_seconds: float = 10.0
+    # peer trust (docs/operator-guide.md, Peer policy): the policy file peers' attestations
+    # must satisfy (None: none) and whether emulated evidence is accepted (tests, laptops)
+    peer_policy: Path | None = None
+    allow_emulated_peers: bool = False
 
     def __post_init__(self) -> None:
         try:
@@ -267,8 +271,8 @@ def _url(node: Node, what: str) -> str:
 
 
 def _network(node: Node) -> NetworkSettings:
-    keys = mapping(node, {"public_url", "peers", "refresh_seconds", "forward_wait_seconds"},
-                   "network")
+    keys = mapping(node, {"public_url", "peers", "refresh_seconds", "forward_wait_seconds",
+                          "peer_policy", "allow_emulated_peers"}, "network")
     peers = tuple(sequence(keys["peers"], "network.peers",
                            lambda n: _url(n, "network.peers item"))) if "peers" in keys else ()
     if len(peers) > MAX_PEERS or len(set(peers)) != len(peers):
@@ -280,7 +284,12 @@ def _network(node: Node) -> NetworkSettings:
         refresh_seconds=number(keys["refresh_seconds"], "network.refresh_seconds", 1.0, 86_400.0)
         if "refresh_seconds" in keys else 60.0,
         forward_wait_seconds=number(keys["forward_wait_seconds"], "network.forward_wait_seconds",
-                                    0.5, 300.0) if "forward_wait_seconds" in keys else 10.0)
+                                    0.5, 300.0) if "forward_wait_seconds" in keys else 10.0,
+        peer_policy=_path(keys["peer_policy"], "network.peer_policy", must_exist=True)
+        if "peer_policy" in keys else None,
+        allow_emulated_peers=boolean(keys["allow_emulated_peers"],
+                                     "network.allow_emulated_peers")
+        if "allow_emulated_peers" in keys else False)
 
 
 def _limits(node: Node) -> ComputeLimits:

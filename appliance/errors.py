@@ -62,6 +62,11 @@ class NotHosted(RequestError):
     """The process is scheduled by another node (its ``Scheduler`` tag names someone else)."""
 
 
+class PeerRefused(RequestError):
+    """A pushed item (``From-Process``, owner another node) whose sender is not a trusted peer
+    (unknown, emulated, failing the peer policy); nothing was stored. Mapped to HTTP 403."""
+
+
 class Overloaded(RequestError):
     """A bounded resource (waiters, dry-runs, connections) is full; retry after ``retry_after``
     seconds. Nothing was done for the request."""

@@ -29,6 +29,7 @@ from appliance import __version__
 from appliance.api.connections import HttpObserver
 from appliance.api.http_errors import reason
 from appliance.errors import ShardUnavailable
+from appliance.network.trust import REFUSALS as PEER_REFUSALS
 from appliance.node.node import Node
 from appliance.node.observer import NodeObserver
 
@@ -295,6 +296,13 @@ class NodeMetrics(NodeObserver, HttpObserver):
             "says so), by reason: per_message or crank_window.", ["reason"], registry=r)
         for name in ("per_message", "crank_window"):
             self.outbox_refused_messages.labels(name)
+        self.peer_refusals = Counter(
+            PREFIX + "peer_refusals_total",
+            "Pushed items (From-Process, owner another node) refused by the peer-trust gate, "
+            "by reason (unverified is retryable; the others are final 403s).", ["reason"],
+            registry=r)
+        for name in PEER_REFUSALS:
+            self.peer_refusals.labels(name)
         self.commits_deferred = Counter(
             PREFIX + "commits_deferred_total",
             "Evaluated batches whose results could not be stored because the disk is full; the "
@@ -400,6 +408,10 @@ class NodeMetrics(NodeObserver, HttpObserver):
     def outbox_refused(self, reason: str, count: int) -> None:
         """Count outgoing messages an outbox limit refused."""
         self.outbox_refused_messages.labels(reason).inc(count)
+
+    def peer_refused(self, reason: str) -> None:
+        """A push was refused by the peer-trust gate."""
+        self.peer_refusals.labels(reason).inc()
 
     def commit_deferred(self) -> None:
         """Count a batch whose commit found the disk full."""

@@ -32,6 +32,7 @@ from appliance.errors import ApplianceError, BadRequest, NotFound, NotHosted, Re
 from appliance.logfmt import fields
 from appliance.network.forward import FORWARDED_HEADER, Forwarder
 from appliance.network.peers import PeerDirectory
+from appliance.network.trust import PeerTrust
 from appliance.node.admission import TokenBucket
 from appliance.node.node import Node
 from appliance.proof.export import proof_chunks
@@ -241,11 +242,13 @@ class Routes:
     """Route handlers bound to one node."""
 
     def __init__(self, node: Node, limits: HttpLimits, observer: HttpObserver | None,
-                 peers: PeerDirectory | None = None, forwarder: Forwarder | None = None) -> None:
+                 peers: PeerDirectory | None = None, forwarder: Forwarder | None = None,
+                 trust: PeerTrust | None = None) -> None:
         self.node = node
         self.limits = limits
         self.peers = peers
         self.forwarder = forwarder
+        self.trust = trust
         self.graphql = GraphQLEndpoint(node)
         self.waiters = ResultWaiters(limits.max_result_waiters, observer)
         self.attestations = TokenBucket(limits.attestation_rate, limits.attestation_burst)
@@ -300,7 +303,9 @@ class Routes:
                 "timestamp": time.time_ns() // 1_000_000,
                 "height": self.node.settings.block_height, **status}
         if self.peers is not None:
-            body["peers"] = self.peers.describe()
+            verdicts = self.trust.describe() if self.trust is not None else {}
+            body["peers"] = [{**p, "trust": verdicts.get(str(p["address"]))}
+                             for p in self.peers.describe()]
         if self.forwarder is not None:
             body["forwards"] = await self._run(self.forwarder.forwards_by_status)
         return _json(body)
@@ -463,7 +468,8 @@ class Routes:
 def make_app(node: Node, observe: Observe | None = None, limits: HttpLimits | None = None,
              observer: HttpObserver | None = None,
              peers: PeerDirectory | None = None,
-             forwarder: Forwarder | None = None) -> web.Application:
+             forwarder: Forwarder | None = None,
+             trust: PeerTrust | None = None) -> web.Application:
     """The aiohttp application serving ``node``; serve it through :func:`start_site` for the
     connection cap and head timeout of ``limits``. With ``peers``, ``GET /`` lists them and a
     refusal for an item another node schedules names that node (and its URL when known); with
@@ -476,7 +482,7 @@ def make_app(node: Node, observe: Observe | None = None, limits: HttpLimits | No
                                      observer)
     if observe is not None:
         app[OBSERVE_KEY] = observe
-    r = Routes(node, limits, observer, peers, forwarder)
+    r = Routes(node, limits, observer, peers, forwarder, trust)
 
     async def listen(_app: web.Application) -> None:
         r.waiters.bind(asyncio.get_running_loop())

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.api.http import BadHttpFilter, make_app, start_site
+from appliance.cli import trust_args
 from appliance.config import (
     TEE_NAMES,
     AppConfig,
@@ -33,6 +34,7 @@ from appliance.logfmt import fields
 from appliance.metrics import NodeMetrics
 from appliance.network.forward import Forwarder
 from appliance.network.peers import PeerDirectory, check_url
+from appliance.network.trust import PeerPolicy, PeerTrust
 from appliance.node.datadir import PRIVATE_UMASK, make_private
 from appliance.node.db.forwards import FORWARDS_FILE
 from appliance.node.identity import KEY_FILE, NodeIdentity
@@ -40,9 +42,12 @@ from appliance.node.node import Node
 from appliance.node.observer import NodeObserver
 from appliance.node.remote_shard import process_shards
 from appliance.node.settings import NodeSettings
+from appliance.node.standing import tdx_collateral_in
 from appliance.rpc.server import start_grpc
 from appliance.sdnotify import sd_notify, watchdog_loop
+from attestation.errors import PolicyError
 from attestation.evidence import EvidenceProvider
+from attestation.policy import Policy
 from attestation.providers import provider_for
 
 log = logging.getLogger("appliance.serve")
@@ -87,6 +92,9 @@ def register(sub: Any) -> None:
     parser.add_argument("--peer", action="append", default=None, metavar="URL",
                         help="a peer node's URL, repeatable (network.peers; replaces the "
                              "file's list)")
+    parser.add_argument("--allow-emulated-peers", action="store_true", default=None,
+                        help="trust peers whose attestation is emulated (network."
+                             "allow_emulated_peers; INSECURE: for tests and laptops only)")
     parser.set_defaults(func=serve)
 
 
@@ -124,7 +132,29 @@ def _network_flags(config: AppConfig, args: argparse.Namespace) -> NetworkSettin
             network = dataclasses.replace(network, peers=tuple(check_url(u) for u in args.peer))
     except ValueError as exc:
         raise ConfigError(f"--public-url / --peer: {exc}") from None
+    if getattr(args, "allow_emulated_peers", None):
+        network = dataclasses.replace(network, allow_emulated_peers=True)
     return network
+
+
+def peer_policy(config: AppConfig) -> Policy | None:
+    """The ``network.peer_policy`` file, read with the loader of ``attestation verify
+    --policy`` (None when not set; ConfigError if unreadable or invalid)."""
+    if config.network.peer_policy is None:
+        return None
+    try:
+        return trust_args.policy(config.network.peer_policy)[0]
+    except (UsageError, PolicyError) as exc:
+        raise ConfigError(f"network.peer_policy: {exc}") from None
+
+
+def peer_trust(config: AppConfig, peers: PeerDirectory, data_dir: Path,
+               metrics: NodeMetrics | None) -> PeerTrust:
+    """The peer-trust gate of ``network.peer_policy`` / ``allow_emulated_peers`` (the policy
+    file read with the loader of ``attestation verify --policy``; ConfigError if bad)."""
+    rules = PeerPolicy(peer_policy(config), config.network.allow_emulated_peers,
+                       tdx_collateral_in(data_dir / "collateral"))
+    return PeerTrust(peers, rules, on_refusal=metrics.peer_refused if metrics else None)
 
 
 def public_url(config: AppConfig, host: str, port: int) -> str:
@@ -182,6 +212,7 @@ def serve(args: argparse.Namespace) -> int:
     http_socket = _bind(config.listen.http, "the AO HTTP API")
     try:
         _probe(config)
+        peer_policy(config)  # a bad policy file: refused before the data dir is made
         return _serve_bound(args, config, http_socket)
     finally:
         http_socket.close()
@@ -240,8 +271,11 @@ async def _serve(node: Node, config: AppConfig, metrics: NodeMetrics | None,
                               max_item_bytes=node.settings.max_item_bytes,
                               wait_seconds=config.network.forward_wait_seconds)
         node.peers = forwarder
+    trust = peer_trust(config, peers, node.settings.data_dir, metrics)
+    trust.announce()
+    node.push_gate = trust.admit
     app = make_app(node, metrics.observe_http if metrics else None, config.http, metrics,
-                   peers=peers, forwarder=forwarder)
+                   peers=peers, forwarder=forwarder, trust=trust)
     runner = await start_site(app, http_socket, config.http)
     host, port = runner.addresses[0][:2]
     url = public_url(config, host, port)
@@ -255,7 +289,8 @@ async def _serve(node: Node, config: AppConfig, metrics: NodeMetrics | None,
         event["metrics"] = f"{metrics_host}:{metrics_port}"
     if config.listen.grpc is not None or config.listen.grpc_unix is not None:
         server = await start_grpc(node, config,
-                                  registry=metrics.registry if metrics else None, peers=peers)
+                                  registry=metrics.registry if metrics else None, peers=peers,
+                                  trust=trust)
         cleanups.append(lambda: server.stop(5))
         event["grpc"] = server.bound_address
     stop = asyncio.Event()
@@ -281,6 +316,8 @@ async def _serve(node: Node, config: AppConfig, metrics: NodeMetrics | None,
     if forwarder is not None:
         forwarder.start()
         cleanups.append(lambda: asyncio.to_thread(forwarder.close))
+    trust.start()
+    cleanups.append(lambda: asyncio.to_thread(trust.close))
     print(json.dumps(event), flush=True)
     sd_notify(f"READY=1\nSTATUS=serving AO HTTP on {host}:{port}")
     watchdog = asyncio.create_task(watchdog_loop())

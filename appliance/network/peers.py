@@ -183,6 +183,10 @@ class Transport(Protocol):
         """``POST url`` with a JSON body; its JSON answer."""
         ...
 
+    def get_bytes(self, url: str) -> bytes:
+        """``GET url``'s body as bytes (a peer's ``/attestation`` item)."""
+        ...
+
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *_args: Any, **_kwargs: Any) -> None:
@@ -208,7 +212,19 @@ class HttpTransport:
             url, data=json.dumps(body).encode(), method="POST",
             headers={"Content-Type": "application/json", "Accept": "application/json"}))
 
+    def get_bytes(self, url: str) -> bytes:
+        """``GET url``'s body as bytes (a peer's ``/attestation`` item)."""
+        return self._read(urllib.request.Request(  # noqa: S310 - _read allows http(s) only
+            url, headers={"Accept": "application/octet-stream"}))
+
     def _call(self, request: urllib.request.Request) -> Any:
+        data = self._read(request)
+        try:
+            return json.loads(data)
+        except ValueError:
+            raise PeerUnreachable(f"{request.full_url}: answer is not JSON") from None
+
+    def _read(self, request: urllib.request.Request) -> bytes:
         if request.type not in ("http", "https"):
             raise PeerUnreachable(f"{request.full_url}: not an http(s) URL")
         try:
@@ -222,10 +238,7 @@ class HttpTransport:
             raise PeerUnreachable(f"{request.full_url}: {why}") from None
         if len(data) > MAX_ANSWER_BYTES:
             raise PeerUnreachable(f"{request.full_url}: answer over {MAX_ANSWER_BYTES} bytes")
-        try:
-            return json.loads(data)
-        except ValueError:
-            raise PeerUnreachable(f"{request.full_url}: answer is not JSON") from None
+        return bytes(data)
 
 
 def fetch_location(transport: Transport, url: str) -> Location:

@@ -13,7 +13,7 @@ import dataclasses
 import heapq
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from appliance.ao import items
@@ -30,6 +30,10 @@ from appliance.node.settings import NodeSettings
 from appliance.node.shard import ALL_SLOTS, Receipt, ScheduledEntry, Shard
 from appliance.node.standing import StandingAttestation
 from attestation.evidence import EvidenceProvider
+
+PushGate = Callable[[items.Item], None]
+"""``gate(item)`` raises to refuse a pushed item before it is stored (see :meth:`Node.ingest`)."""
+_FROM_PROCESS = b"From-Process"
 
 # Cursors of reads that merge shards carry the shard in their low digits: cursor = row × this +
 # shard index (a node has fewer shards than this).
@@ -105,6 +109,9 @@ class Node:
         if len(self.shards) > MAX_SHARDS:
             raise ValueError(f"a node runs at most {MAX_SHARDS} shards")
         self.placement = Placement(len(self.shards))
+        self.push_gate: PushGate | None = None
+        """Set by ``serve`` (:class:`~appliance.network.trust.PeerTrust`): asked about every
+        ingested item carrying ``From-Process``; None admits all (tests, embedded use)."""
         for index, shard in enumerate(self.shards):
             self.placement.learn(index, shard.process_ids())
         self.peers: PeerRouter | None = None
@@ -218,7 +225,11 @@ class Node:
 
     def ingest_here(self, raw: bytes) -> Receipt:
         """Route one client data item to the shard that owns its process; a Module goes to
-        every shard (any of them may host a process of it). The shard verifies it."""
+        every shard (any of them may host a process of it). The shard verifies it. An item
+        carrying ``From-Process`` is first put to :attr:`push_gate` (a cached verdict lookup)."""
+        gate = self.push_gate
+        if gate is not None and _FROM_PROCESS in raw:
+            self._gate(raw, gate)
         if len(self.shards) == 1:
             return self.home.ingest(raw)
         try:
@@ -240,6 +251,17 @@ class Node:
             self.placement.learn(index, [item.id])  # a wrong guess (refused item) is harmless:
             return self.shards[index].ingest(raw)  # that shard refuses messages to it
         return self.owner(item.target).ingest(raw) if item.target else self.home.ingest(raw)
+
+    def _gate(self, raw: bytes, gate: PushGate) -> None:
+        try:
+            item = items.parse_unverified(raw, self.settings.max_item_bytes)
+        except ApplianceError:
+            return  # malformed: the shard refuses it with the precise reason
+        try:
+            gate(item)
+        except ApplianceError as exc:
+            self.observer.item_rejected(exc)
+            raise
 
     # --- reads about one process -------------------------------------------------------------
 

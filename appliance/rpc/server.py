@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry
 from appliance.config import AppConfig, TlsSettings, grpc_transport_problem
 from appliance.errors import ConfigError
 from appliance.network.peers import PeerDirectory
+from appliance.network.trust import PeerTrust
 from appliance.node.node import Node
 from appliance.rpc.auth import AccessPolicy
 from appliance.rpc.gen import operator_pb2 as pb
@@ -148,7 +149,8 @@ def _listen(server: Any, config: AppConfig) -> tuple[list[str], Path | None]:
 
 async def start_grpc(node: Node, config: AppConfig, *,
                      registry: CollectorRegistry | None = None,
-                     peers: PeerDirectory | None = None) -> GrpcHandle:
+                     peers: PeerDirectory | None = None,
+                     trust: PeerTrust | None = None) -> GrpcHandle:
     """Serve the operator API for ``node`` on ``config.listen.grpc`` / ``grpc_unix`` (with
     ``peers``, a refusal for an item another node schedules names that node).
 
@@ -168,7 +170,7 @@ async def start_grpc(node: Node, config: AppConfig, *,
         options=[("grpc.max_receive_message_length", limit),
                  ("grpc.max_send_message_length", -1)])
     service = OperatorService(node, max_result_waiters=config.http.max_result_waiters,
-                              peers=peers)
+                              peers=peers, trust=trust)
     health_service = health.aio.HealthServicer()
     pb_grpc.add_OperatorServicer_to_server(service, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_service, server)

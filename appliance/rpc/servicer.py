@@ -21,6 +21,7 @@ from appliance.ao import items
 from appliance.api.waiters import ResultWaiters, await_result
 from appliance.errors import BadRequest, NotFound, NotHosted
 from appliance.network.peers import PeerDirectory, PeerState
+from appliance.network.trust import PeerTrust
 from appliance.node.db.queries import ResultRow
 from appliance.node.node import Node, Receipt
 from appliance.rpc.gen import operator_pb2 as pb
@@ -59,13 +60,20 @@ def _entry(row: ResultRow) -> pb.ResultEntry:
                           result_item=row.raw)
 
 
-def _peer(state: PeerState) -> pb.Peer:
+def _peer(state: PeerState, trust: PeerTrust | None) -> pb.Peer:
     loc = state.location
+    held = trust.state(loc.address) if trust is not None and loc is not None else None
+    verdict = held.describe() if held is not None else None
     return pb.Peer(url=state.url, address=loc.address if loc else "",
                    location=loc.url if loc else "", ttl_ms=loc.ttl_ms if loc else 0,
                    state={None: "unknown", True: "reachable", False: "unreachable"}[
                        state.reachable],
-                   last_seen_ms=state.last_seen_ms or 0, error=state.error or "")
+                   last_seen_ms=state.last_seen_ms or 0, error=state.error or "",
+                   trust=verdict["trust"] if verdict else "unverified",
+                   trust_reason=verdict["reason"] if verdict else "unverified",
+                   trust_detail=verdict["detail"] if verdict else "",
+                   refusals=verdict["refusals"] if verdict else 0,
+                   last_refusal_ms=(verdict["last_refusal_ms"] or 0) if verdict else 0)
 
 
 class OperatorService(pb_grpc.OperatorServicer):
@@ -76,9 +84,11 @@ class OperatorService(pb_grpc.OperatorServicer):
     """
 
     def __init__(self, node: Node, poll_seconds: float = POLL_SECONDS,
-                 max_result_waiters: int = 256, peers: PeerDirectory | None = None) -> None:
+                 max_result_waiters: int = 256, peers: PeerDirectory | None = None,
+                 trust: PeerTrust | None = None) -> None:
         self.node = node
         self.peers = peers
+        self.trust = trust
         self.poll_seconds = poll_seconds
         self.closing = asyncio.Event()
         self.waiters = ResultWaiters(max_result_waiters)
@@ -87,7 +97,7 @@ class OperatorService(pb_grpc.OperatorServicer):
     # --- status and attestation --------------------------------------------------------------
 
     def _status(self) -> pb.GetStatusResponse:
-        node = self.node
+        node, trust = self.node, self.trust
         counters = node.status()
         created_ms = node.item_created_ms(node.attestation_id)
         now_ms = time.time_ns() // 1_000_000
@@ -100,8 +110,11 @@ class OperatorService(pb_grpc.OperatorServicer):
             outbox_pending=counters["outbox_pending"],
             outbox_by_status=node.outbox_by_status(),
             config_digest=node.config_digest.hex(), block_height=node.settings.block_height,
-            timestamp_ms=now_ms, peers=[_peer(p) for p in self.peers.peers()]
-            if self.peers is not None else [])
+            timestamp_ms=now_ms, peers=[_peer(p, self.trust) for p in self.peers.peers()]
+            if self.peers is not None else [],
+            allow_emulated_peers=bool(trust and trust.peer_policy.allow_emulated),
+            trusts_no_peer=bool(trust and trust.peer_policy.trusts_nobody),
+            last_peer_refusal=trust.last_refusal if trust else "")
 
     async def GetStatus(self, request: pb.GetStatusRequest, context: Any
                         ) -> pb.GetStatusResponse:

@@ -97,6 +97,27 @@ def test_serve_flags_set_the_network(tmp_path: Path) -> None:
     assert not (tmp_path / "d").exists()
 
 
+def test_peer_trust_settings(tmp_path: Path) -> None:
+    policy = tmp_path / "peers.yaml"
+    policy.write_text("any_measurement: true\n")
+    config = parse_config(f"network:\n  peer_policy: {policy}\n  allow_emulated_peers: true\n",
+                          "n.yaml")
+    assert (config.network.peer_policy, config.network.allow_emulated_peers) == (policy, True)
+    with pytest.raises(ConfigError, match=r"network\.peer_policy"):
+        parse_config(f"network:\n  peer_policy: {tmp_path / 'missing.yaml'}\n", "n.yaml")
+    assert not effective_config(_serve_args()).network.allow_emulated_peers
+    assert effective_config(_serve_args("--allow-emulated-peers")).network.allow_emulated_peers
+    policy.write_text("allowed_measurements: [nothex]\n")
+    bad = tmp_path / "c.yaml"
+    bad.write_text(f"network:\n  peer_policy: {policy}\n")
+    refused = subprocess.run([sys.executable, "-m", "appliance.cli", "serve", "--data-dir",
+                              str(tmp_path / "d"), "--http", "127.0.0.1:0", "--tee", "emulated",
+                              "--config", str(bad)], capture_output=True, text=True,
+                             check=False, cwd=REPO, timeout=120)
+    assert refused.returncode == 78 and "network.peer_policy" in refused.stderr, refused.stderr
+    assert not (tmp_path / "d").exists()
+
+
 def test_an_empty_file_means_every_default() -> None:
     assert parse_config("", "empty.yaml") == AppConfig()
 

@@ -6,13 +6,16 @@ import grpc
 import pytest
 
 from appliance.ao import items
+from appliance.api.http_errors import http_status
 from appliance.errors import (
     BadRequest,
     EvaluationError,
     NotFound,
     NotHosted,
+    PeerRefused,
     TooLarge,
 )
+from appliance.network.trust import PeerPending
 from appliance.rpc.gen import operator_pb2 as pb
 from appliance.rpc.status import client_message, grpc_code
 from tests.rpc.conftest import MAX_ITEM
@@ -104,6 +107,9 @@ def test_mapping_table_and_no_leaked_internals() -> None:
     assert grpc_code(NotFound("x")) == grpc.StatusCode.NOT_FOUND
     assert grpc_code(TooLarge("x")) == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert grpc_code(NotHosted("x")) == grpc.StatusCode.FAILED_PRECONDITION
+    assert grpc_code(PeerRefused("x")) == grpc.StatusCode.PERMISSION_DENIED
+    assert (http_status(PeerRefused("x")), http_status(PeerPending("x"))) == (403, 503)
+    assert grpc_code(PeerPending("x")) == grpc.StatusCode.UNAVAILABLE
     assert grpc_code(EvaluationError("x")) == grpc.StatusCode.FAILED_PRECONDITION
     assert grpc_code(KeyError("secret")) == grpc.StatusCode.INTERNAL
     assert "secret" not in client_message(KeyError("secret"))

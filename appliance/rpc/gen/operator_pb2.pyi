@@ -74,6 +74,9 @@ class GetStatusResponse(_message.Message):
     BLOCK_HEIGHT_FIELD_NUMBER: _builtins.int
     TIMESTAMP_MS_FIELD_NUMBER: _builtins.int
     PEERS_FIELD_NUMBER: _builtins.int
+    ALLOW_EMULATED_PEERS_FIELD_NUMBER: _builtins.int
+    TRUSTS_NO_PEER_FIELD_NUMBER: _builtins.int
+    LAST_PEER_REFUSAL_FIELD_NUMBER: _builtins.int
     address: _builtins.str
     """The node's Arweave-style address (base64url SHA-256 of its public key)."""
     version: _builtins.str
@@ -96,6 +99,12 @@ class GetStatusResponse(_message.Message):
     """Block height the node stamps on assignments."""
     timestamp_ms: _builtins.int
     """Node wall clock, milliseconds since the Unix epoch."""
+    allow_emulated_peers: _builtins.bool
+    """True when emulated peers are trusted (--allow-emulated-peers: INSECURE, tests only)."""
+    trusts_no_peer: _builtins.bool
+    """True when no peer can be trusted (no network.peer_policy, no --allow-emulated-peers)."""
+    last_peer_refusal: _builtins.str
+    """The last push refused by the peer-trust gate: "ADDRESS: REASON at MS"; empty if none."""
     @_builtins.property
     def outbox_by_status(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Outbox entries by status."""
@@ -120,10 +129,13 @@ class GetStatusResponse(_message.Message):
         block_height: _builtins.int = ...,
         timestamp_ms: _builtins.int = ...,
         peers: _abc.Iterable[Global___Peer] | None = ...,
+        allow_emulated_peers: _builtins.bool = ...,
+        trusts_no_peer: _builtins.bool = ...,
+        last_peer_refusal: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "attestation_age_seconds", b"attestation_age_seconds", "attestation_id", b"attestation_id", "block_height", b"block_height", "config_digest", b"config_digest", "outbox_by_status", b"outbox_by_status", "outbox_pending", b"outbox_pending", "peers", b"peers", "processes", b"processes", "schedule_backlog", b"schedule_backlog", "tee_platform", b"tee_platform", "timestamp_ms", b"timestamp_ms", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "allow_emulated_peers", b"allow_emulated_peers", "attestation_age_seconds", b"attestation_age_seconds", "attestation_id", b"attestation_id", "block_height", b"block_height", "config_digest", b"config_digest", "last_peer_refusal", b"last_peer_refusal", "outbox_by_status", b"outbox_by_status", "outbox_pending", b"outbox_pending", "peers", b"peers", "processes", b"processes", "schedule_backlog", b"schedule_backlog", "tee_platform", b"tee_platform", "timestamp_ms", b"timestamp_ms", "trusts_no_peer", b"trusts_no_peer", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -142,6 +154,11 @@ class Peer(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     LAST_SEEN_MS_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    TRUST_FIELD_NUMBER: _builtins.int
+    TRUST_REASON_FIELD_NUMBER: _builtins.int
+    TRUST_DETAIL_FIELD_NUMBER: _builtins.int
+    REFUSALS_FIELD_NUMBER: _builtins.int
+    LAST_REFUSAL_MS_FIELD_NUMBER: _builtins.int
     url: _builtins.str
     """The URL configured for it (--peer / network.peers)."""
     address: _builtins.str
@@ -156,6 +173,16 @@ class Peer(_message.Message):
     """Milliseconds since the Unix epoch of its last good answer; 0 if none."""
     error: _builtins.str
     """Why the last attempt failed; empty after a success."""
+    trust: _builtins.str
+    """Peer trust: unverified (not checked yet), trusted or refused."""
+    trust_reason: _builtins.str
+    """trusted, or why it is refused (a label of ao_appliance_peer_refusals_total)."""
+    trust_detail: _builtins.str
+    """The verdict's detail (what verified, or what failed)."""
+    refusals: _builtins.int
+    """Pushes from it refused so far."""
+    last_refusal_ms: _builtins.int
+    """Milliseconds since the Unix epoch of its last refused push; 0 if none."""
     def __init__(
         self,
         *,
@@ -166,10 +193,15 @@ class Peer(_message.Message):
         state: _builtins.str = ...,
         last_seen_ms: _builtins.int = ...,
         error: _builtins.str = ...,
+        trust: _builtins.str = ...,
+        trust_reason: _builtins.str = ...,
+        trust_detail: _builtins.str = ...,
+        refusals: _builtins.int = ...,
+        last_refusal_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "error", b"error", "last_seen_ms", b"last_seen_ms", "location", b"location", "state", b"state", "ttl_ms", b"ttl_ms", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "error", b"error", "last_refusal_ms", b"last_refusal_ms", "last_seen_ms", b"last_seen_ms", "location", b"location", "refusals", b"refusals", "state", b"state", "trust", b"trust", "trust_detail", b"trust_detail", "trust_reason", b"trust_reason", "ttl_ms", b"ttl_ms", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
