@@ -98,6 +98,9 @@ def test_spawn_message_and_read_results_by_slot(live: Live) -> None:
     assert _read(srv, client, f"/{process}/slot/current") == "2"
     assert _read(srv, client, f"/{process}/compute/results=2")["raw"] == legacy
     assert _read(srv, client, f"/{process}~process@1.0/compute=1")["slot"] == 1
+    assert srv.get(f"/{process}/slot/current") == b"2"  # unsigned GETs, as from curl
+    assert json.loads(srv.get(f"/{process}~process@1.0/compute/results=2")) == second
+    assert json.loads(srv.get(f"/{process}~process@1.0/now"))["slot"] == 2
 
 
 def test_dry_run_answers_and_schedules_nothing(live: Live) -> None:
