@@ -58,6 +58,11 @@ class AboveMaximum(RequestError):
     configured maximum; the operator's limits are caps, never raised by tags."""
 
 
+class WrongEncoding(RequestError):
+    """The request is in an encoding the node does not take (an httpsig-signed AO-Core
+    request); the client should resend it as an ANS-104 item."""
+
+
 class NotHosted(RequestError):
     """The process is scheduled by another node (its ``Scheduler`` tag names someone else)."""
 

@@ -35,6 +35,7 @@ from appliance.network.peers import PeerDirectory
 from appliance.network.trust import PeerTrust
 from appliance.node.admission import TokenBucket
 from appliance.node.node import Node
+from appliance.node.shard import Receipt
 from appliance.proof.export import proof_chunks
 
 log = logging.getLogger("appliance.http")
@@ -310,17 +311,23 @@ class Routes:
             body["forwards"] = await self._run(self.forwarder.forwards_by_status)
         return _json(body)
 
+    async def admit(self, raw: bytes, *, forward: bool = True) -> Receipt:
+        """``Node.ingest`` of a client item (``forward``: a peer's process may be forwarded to
+        it); a refusal for another node's process names it."""
+        try:
+            receipt: Receipt = await self._run(lambda: self.node.ingest(raw, forward=forward))
+        except (NotHosted, NotFound) as exc:
+            if self.peers is None:
+                raise
+            raise await self._run(self.peers.explain, raw, exc) from None
+        return receipt
+
     async def post_item(self, request: web.Request) -> web.Response:
         raw = await self._body(request)
         if not raw:
             raise BadRequest("the request body must be an ANS-104 data item")
         forward = FORWARDED_HEADER not in request.headers  # a peer's forward: never pass it on
-        try:
-            receipt = await self._run(lambda: self.node.ingest(raw, forward=forward))
-        except (NotHosted, NotFound) as exc:
-            if self.peers is None:
-                raise
-            raise await self._run(self.peers.explain, raw, exc) from None
+        receipt = await self.admit(raw, forward=forward)
         body: dict[str, Any] = {"id": receipt.id, "message": "Processing DataItem",
                                 "timestamp": receipt.timestamp_ms or time.time_ns() // 1_000_000}
         if receipt.type == "Process":
@@ -508,7 +515,7 @@ def make_app(node: Node, observe: Observe | None = None, limits: HttpLimits | No
     app.router.add_get("/raw/{id}", r.raw)
     app.router.add_get("/proof/{message}", r.proof)
     app.router.add_post("/graphql", r.graphql_query)
-    mainnet.add_refusals(app, node.identity.address)
+    mainnet.add_routes(app, r, node.identity.address)
     app.router.add_get("/{id}", r.item_or_schedule)
     return app
 

@@ -22,6 +22,7 @@ from appliance.errors import (
     RequestTimeout,
     StorageFull,
     TooLarge,
+    WrongEncoding,
 )
 
 _STATUS: tuple[tuple[type[BaseException], int], ...] = (
@@ -33,6 +34,7 @@ _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (NotHosted, 421),
     (PeerRefused, 403),
     (AboveMaximum, 422),
+    (WrongEncoding, 422),
     (NotFound, 404),
     (BadRequest, 400),
     (ModuleError, 422),

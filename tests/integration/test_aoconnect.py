@@ -86,3 +86,31 @@ def test_aoconnect_spawn_message_result_results_dryrun(server: Server, tmp_path:
     tags = {t["name"]: t["value"] for t in found["data"]["transaction"]["tags"]}
     assert tags["Type"] == "Attestation"
     assert tags["TEE-Platform"] in ("emulated",)
+
+
+def test_aoconnect_mainnet_mode_spawn_message_result_dryrun_results(server: Server,
+                                                                   tmp_path: Path) -> None:
+    """Unmodified aoconnect 0.0.98 in MODE 'mainnet' (AO-Core routes, docs/mainnet.md)."""
+    module = upload_module(server, client_identity(tmp_path / "client"))
+    env = {**os.environ, "NODE_URL": server.url, "MODULE_ID": module}
+    node = shutil.which("node")
+    assert node, "node is required"
+    proc = subprocess.run([node, str(JS_DIR / "aoconnect_mainnet_flow.mjs")], cwd=JS_DIR,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    process = out["process"]
+    assert server.get_json(f"/processes/{process}")["process_id"] == process
+    assert out["evalAdd"]["slot"] == 1
+    assert out["evalAdd"]["res"]["Output"]["data"] == "42"
+    assert out["inbox"]["res"]["Output"]["data"] == "hi"
+    assert out["dryrunEval"]["Output"]["data"] == "2"
+    assert out["dryrunAnswer"]["Messages"][0]["Data"] == "42"
+    [edge] = out["results"]["edges"]
+    slot = int(edge["cursor"])
+    assert slot >= out["inbox"]["slot"]
+    schedule = whole_schedule(server, process)
+    message = schedule[slot]["node"]["message"]["id"]
+    legacy = server.get_json(f"/result/{message}?process-id={process}")
+    assert edge["node"]["Output"] == legacy["Output"]
+    assert len(verify_result_chain(server, process)) == len(schedule)

@@ -209,12 +209,10 @@ def test_meta_info_address_answers_the_node_address_as_text(tmp_path: Path) -> N
 
 @pytest.mark.parametrize(("method", "path"), [
     ("POST", "/~meta@1.0/info/address"), ("GET", "/~meta@1.0/info"),
-    ("GET", "/~meta@1.0/info/operator"), ("POST", "/push"),
-    ("POST", "/{pid}~process@1.0/push"), ("GET", "/{pid}~process@1.0/compute/results=1"),
-    ("GET", "/{pid}~process@1.0/as=execution/compute&Action=Info"),
-    ("GET", "/{pid}/slot/current"), ("GET", "/{pid}/compute/results=1"),
+    ("GET", "/~meta@1.0/info/operator"), ("GET", "/{pid}~relay@1.0/call"),
     ("GET", "/ledger~node-process@1.0/now/balance/x")])
-def test_mainnet_routes_say_to_use_legacy_mode(live: Live, method: str, path: str) -> None:
+def test_unserved_mainnet_routes_answer_a_json_404(live: Live, method: str, path: str) -> None:
+    """The AO-Core paths outside the served subset (docs/mainnet.md, section 4)."""
     srv, _client, _module = live
     req = urllib.request.Request(srv.url + path.replace("{pid}", "P" * 43), method=method,
                                  data=b"" if method == "POST" else None)
@@ -222,4 +220,4 @@ def test_mainnet_routes_say_to_use_legacy_mode(live: Live, method: str, path: st
         urllib.request.urlopen(req, timeout=60)
     assert caught.value.code == 404
     error = json.loads(caught.value.read())["error"]
-    assert "legacy" in error and f"--mu-url {srv.url}" in error and srv.address in error
+    assert "not served" in error or "free to use" in error
