@@ -389,7 +389,7 @@ class Shard:
             queries.set_outbox_status(conn, row.key, status, detail)
             if status is OutboxStatus.DELIVERED and row.kind == "spawn":
                 return schedule_spawned(conn, ctx, items.parse_unverified(row.raw),
-                                        row.from_process, 0)
+                                        row.from_process, row.depth)
             return False
 
         if self.store.write(settle):
@@ -982,20 +982,20 @@ class Shard:
             else:
                 status, detail = OutboxStatus.SCHEDULED, ""
             if status is OutboxStatus.SCHEDULED and fwd.kind == "spawn":
-                self._spawned(fwd.key, fwd.raw, status)
+                self._spawned(fwd.key, fwd.raw, fwd.depth)
                 continue
             self._set_outbox_status(fwd.key, status, detail)
         self._forward_wait = FORWARD_RETRY_SECONDS[0]
 
-    def _spawned(self, key: str, raw: bytes, status: OutboxStatus) -> None:
+    def _spawned(self, key: str, raw: bytes, depth: int) -> None:
         """Mark a Spawn another shard scheduled, and schedule its parent's Spawned notice."""
         spawn = items.parse_unverified(raw)
         parent = queries.outbox_sender(self.store.reader, key) or ""
         ctx = self._ctx()
 
         def commit(conn: Any) -> bool:
-            queries.set_outbox_status(conn, key, status, "")
-            return schedule_spawned(conn, ctx, spawn, parent, 0)
+            queries.set_outbox_status(conn, key, OutboxStatus.SCHEDULED, "")
+            return schedule_spawned(conn, ctx, spawn, parent, depth)
 
         if self.store.write(commit):
             self._wake(parent)

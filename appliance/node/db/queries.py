@@ -650,18 +650,20 @@ class PendingPush:
     target: str
     kind: str
     raw: bytes
+    depth: int
 
 
 def outbox_pending(conn: sqlite3.Connection, limit: int) -> list[PendingPush]:
     """Up to ``limit`` outbox rows still ``pending``, in order per sending process (slot, then
     outbox index: rows of one result are inserted in outbox order)."""
     rows = conn.execute(
-        "SELECT o.item_id, o.from_process, o.from_slot, o.target, o.kind, i.raw FROM outbox o "
+        "SELECT o.item_id, o.from_process, o.from_slot, o.target, o.kind, i.raw, o.push_depth "
+        "FROM outbox o "
         "JOIN items i ON i.id = o.item_id WHERE o.status = ? "
         "ORDER BY o.from_process, o.from_slot, o.rowid LIMIT ?",
         (str(OutboxStatus.PENDING), limit))
-    return [PendingPush(str(k), str(p), int(s), str(t), str(kind), bytes(raw))
-            for k, p, s, t, kind, raw in rows]
+    return [PendingPush(str(k), str(p), int(s), str(t), str(kind), bytes(raw), int(d))
+            for k, p, s, t, kind, raw, d in rows]
 
 
 def outbox_failures(conn: sqlite3.Connection, limit: int) -> list[tuple[str, str, str, str]]:
