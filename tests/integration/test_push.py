@@ -17,7 +17,13 @@ from typing import Any
 import pytest
 
 from appliance.node.identity import NodeIdentity
-from tests.integration.clients import client_identity, message, process_item, upload_module
+from tests.integration.clients import (
+    client_identity,
+    message,
+    process_item,
+    spread_names,
+    upload_module,
+)
 from tests.integration.server import Server, start_server
 
 DEADLINE_SECONDS = 240.0
@@ -189,3 +195,43 @@ def test_push_between_two_nodes_exactly_once_in_order_and_through_a_kill(
     [failed] = [u for u in health["outbox"]["undelivered"] if u["status"] == "failed"]
     assert "HTTP 422" in failed["reason"] and "Memory-Limit" in failed["reason"], failed
     assert health["outbox"]["by_status"].get("pending", 0) == 0
+
+
+def test_push_from_shard_processes(tmp_path: Path, servers: list[Server]) -> None:
+    port_a, port_b = _free_port(), _free_port()
+    url_a, url_b = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
+    a = start_server(tmp_path / "a", (*_command(port_a, url_b)[:-1], "--shards", "2",
+                                      "--data-dir"))
+    servers.append(a)
+    b = start_server(tmp_path / "b", _command(port_b, url_a))
+    servers.append(b)
+    assert len(a.shard_pids()) == 2
+    _poll("a to learn b", _peered(a, b.address))
+    _poll("b to learn a", _peered(b, a.address))
+    client = client_identity(tmp_path / "client")
+    module = upload_module(a, client)
+    upload_module(b, client)
+    both = (("Authority", a.address), ("Authority", b.address))
+    senders = [process_item(a, client, module, name, both)
+               for name in spread_names(a, client, module, 2, "sender", 2)]
+    receiver = process_item(b, client, module, "receiver", both)
+    for srv, item in ((a, senders[0]), (a, senders[1]), (b, receiver)):
+        status, body = srv.post("/", item.raw)
+        assert status == 202, body
+    n = 0
+    for srv, process, code in ((a, senders[0].id, PONG_SETUP), (a, senders[1].id, PONG_SETUP),
+                               (b, receiver.id, PING_SETUP)):
+        n += 1
+        assert "ok" in json.dumps(_result(srv, process, _eval(srv, client, process, code, n)))
+    for k, sender in enumerate(senders):
+        n += 1
+        _eval(a, client, sender.id, "\n".join(
+            f'Send({{Target = "{receiver.id}", Action = "Ping", Data = "s{k}-{i}"}})'
+            for i in range(5)), n)
+    for k, sender in enumerate(senders):
+        pongs = _poll(f"the pongs of sender {k}",
+                      lambda s=sender: (got := _list(a, client, s.id, "Pongs"))
+                      and len(got) >= 5 and got)
+        assert pongs == [f"{receiver.id}/s{k}-{i}" for i in range(5)]
+    pings = _list(b, client, receiver.id, "Pings")
+    assert sorted(pings) == sorted(f"s{k}-{i}" for k in range(2) for i in range(5))
