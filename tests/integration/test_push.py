@@ -1,6 +1,7 @@
 """Cross-node push (issue 14 step 3) between two real ``serve`` processes peered on loopback: a
 process on A sends to a process on B and B's reply comes back to A, bursts arrive exactly once
-and in order, also when A is killed (-9) right after acknowledging a burst; Spawns get their
+and in order, also when A is killed (-9) right after acknowledging a burst and when B is killed
+while A pushes one; Spawns get their
 ``Action: Spawned`` notice locally and across nodes; a peer's 4xx refusal ends ``failed`` with its
 reason and a wallet target ``pending-remote``, neither retried."""
 
@@ -175,6 +176,21 @@ def test_push_between_two_nodes_exactly_once_in_order_and_through_a_kill(
     pings = _poll("the pings", lambda: (got := _list(b, client, receiver.id, "Pings"))
                   and len(got) >= 2 * BURST and got)
     assert pings == first + second
+
+    # A third burst while B is killed (-9) and restarted: A retries until B is back.
+    third = [f"c{i}" for i in range(BURST)]
+    n += 1
+    _eval(a, client, sender.id, "\n".join(
+        f'Send({{Target = "{receiver.id}", Action = "Ping", Data = "{v}"}})' for v in third), n)
+    b.kill()
+    servers.remove(b)
+    b = start_server(tmp_path / "b", _command(port_b, url_a))
+    servers.append(b)
+    pongs = _poll("the pongs of the third burst",
+                  lambda: (got := _list(a, client, sender.id, "Pongs"))
+                  and len(got) >= 3 * BURST and got)
+    assert pongs == [f"{receiver.id}/{v}" for v in first + second + third]
+    assert _list(b, client, receiver.id, "Pings") == first + second + third
 
     # Spawns: one here, one on B (its Scheduler), one B refuses (422: asks above B's maximum).
     _poll("a to learn b again", _peered(a, b.address))
