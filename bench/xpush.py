@@ -55,6 +55,10 @@ def _last_slot(srv: Server, process: str) -> int:
     return int(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
 
 
+def _reached(srv: Server, process: str, slot: int) -> Callable[[], bool]:
+    return lambda: _last_slot(srv, process) >= slot
+
+
 def run(quick: bool, cache: Any, log: Any) -> list[dict[str, Any]]:
     """Rows: latency (median of rounds) and burst throughput, within A and from A to B."""
     rounds, burst = (3, 20) if quick else (10, 200)
@@ -87,7 +91,7 @@ def run(quick: bool, cache: Any, log: Any) -> list[dict[str, Any]]:
 
             for srv, item in ((a, here), (b, there)):
                 post(srv, item.id, RECEIVER)
-                _wait("the receiver's setup", lambda s=srv, i=item: _last_slot(s, i.id) >= 1)
+                _wait("the receiver's setup", _reached(srv, item.id, 1))
             targets = {"within_node": (a, here.id), "cross_node": (b, there.id)}
             slots = dict.fromkeys(targets, 1)
             latency: dict[str, list[float]] = {name: [] for name in targets}
@@ -96,7 +100,7 @@ def run(quick: bool, cache: Any, log: Any) -> list[dict[str, Any]]:
                     slots[name] += 1
                     started = time.perf_counter()
                     post(a, sender.id, f'Send({{Target = "{pid}", Action = "Ping"}})')
-                    _wait("a ping", lambda s=srv, p=pid, k=slots[name]: _last_slot(s, p) >= k)
+                    _wait("a ping", _reached(srv, pid, slots[name]))
                     latency[name].append(time.perf_counter() - started)
             throughput: dict[str, float] = {}
             for name, (srv, pid) in targets.items():
@@ -105,7 +109,7 @@ def run(quick: bool, cache: Any, log: Any) -> list[dict[str, Any]]:
                                   for _ in range(burst))
                 started = time.perf_counter()
                 post(a, sender.id, sends)
-                _wait("a burst", lambda s=srv, p=pid, k=slots[name]: _last_slot(s, p) >= k)
+                _wait("a burst", _reached(srv, pid, slots[name]))
                 throughput[name] = rate(burst, time.perf_counter() - started)
                 log(f"xpush {name}: {throughput[name]:.0f} msgs/s")
         finally:

@@ -27,11 +27,13 @@ thin I/O loop.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -52,6 +54,9 @@ BACKOFF_MAX_SECONDS = 30.0
 MAX_REASON_CHARS = 500
 MAX_ANSWER_BYTES = 1 << 16
 BATCH = 256
+SETTLE_BATCH = 32
+"""Final statuses recorded per transaction. Until its status is stored a delivered row is
+pushed again after a crash, which the receiver answers from what it holds (idempotent)."""
 UNROUTED_ATTEMPTS = 8
 """Lookups that found no reachable peer to ask before a target is given up as hosted nowhere."""
 RETRIED_STATUSES = frozenset({408, 421, 429})
@@ -117,8 +122,9 @@ class Outbox(Protocol):
         """Outbox rows still ``pending``, in order per sending process."""
         ...
 
-    def settle_push(self, row: PendingPush, status: OutboxStatus, detail: str) -> None:
-        """Record the final status of ``row`` (and what follows from it: a Spawned notice)."""
+    def settle_pushes(self, settled: list[tuple[PendingPush, OutboxStatus, str]]) -> None:
+        """Record the final status of each row, in one transaction (and what follows from it:
+        a Spawned notice)."""
         ...
 
 
@@ -150,6 +156,58 @@ def post_item(url: str, raw: bytes, timeout: float = PUSH_TIMEOUT_SECONDS) -> di
     return receipt
 
 
+class HttpPoster:
+    """:func:`post_item` over one kept-alive connection per peer (the courier's only thread
+    uses it); a connection that fails is dropped and the next push opens a new one."""
+
+    def __init__(self, timeout: float = PUSH_TIMEOUT_SECONDS) -> None:
+        self.timeout = timeout
+        self._connections: dict[str, http.client.HTTPConnection] = {}
+
+    def __call__(self, url: str, raw: bytes) -> dict[str, Any]:
+        """``POST {url}/`` with ``raw``; the receipt, or :class:`PushRefused`."""
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise PushRefused(f"{url}: not an http(s) URL")
+        conn = self._connections.get(url)
+        if conn is None:
+            kind = (http.client.HTTPSConnection if parts.scheme == "https"
+                    else http.client.HTTPConnection)
+            conn = self._connections[url] = kind(parts.hostname, parts.port,
+                                                 timeout=self.timeout)
+        path = (parts.path or "") + "/"
+        try:
+            conn.request("POST", path, body=raw, headers={
+                "Content-Type": "application/octet-stream", "Accept": "application/json"})
+            answer = conn.getresponse()
+            data = answer.read(MAX_ANSWER_BYTES)
+            status = answer.status
+            if answer.will_close:
+                self._drop(url)
+        except (OSError, HTTPException, ValueError) as exc:
+            self._drop(url)
+            raise PushRefused(f"{url}: {exc}") from None
+        if not 200 <= status < 300:
+            raise PushRefused(_error_text(data) or f"HTTP {status} from {url}", status)
+        try:
+            receipt = json.loads(data)
+        except ValueError:
+            raise PushRefused(f"{url}: receipt is not JSON") from None
+        if not isinstance(receipt, dict) or not isinstance(receipt.get("id"), str):
+            raise PushRefused(f"{url}: receipt names no id")
+        return receipt
+
+    def _drop(self, url: str) -> None:
+        conn = self._connections.pop(url, None)
+        if conn is not None:
+            conn.close()
+
+    def close(self) -> None:
+        """Close every kept connection."""
+        for url in list(self._connections):
+            self._drop(url)
+
+
 def _error_text(body: bytes) -> str:
     try:
         answer = json.loads(body)
@@ -163,16 +221,17 @@ class Courier:
     """One thread pushing an outbox's ``pending`` rows to peers (see the module docstring)."""
 
     def __init__(self, outbox: Outbox, route: RouteFn, *,
-                 post: Callable[[str, bytes], dict[str, Any]] = post_item,
+                 post: Callable[[str, bytes], dict[str, Any]] | None = None,
                  name: str = "courier") -> None:
         self._outbox = outbox
         self._route = route
-        self._post = post
+        self._post = post or HttpPoster()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._failures: dict[str, int] = {}
         self._held: dict[str, float] = {}
         self._unrouted: dict[str, int] = {}
+        self._settled: list[tuple[PendingPush, OutboxStatus, str]] = []
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
@@ -205,13 +264,18 @@ class Courier:
         rows = self._outbox.pending_pushes(BATCH)
         now = time.monotonic()
         blocked: set[str] = set()
-        for row in heads(rows, self._held, now):
-            if self._stop.is_set():
-                break
-            if row.from_process in blocked:
-                continue
-            if not self._attempt(row):
-                blocked.add(row.from_process)
+        try:
+            for row in heads(rows, self._held, now):
+                if self._stop.is_set():
+                    break
+                if row.from_process in blocked:
+                    continue
+                if not self._attempt(row):
+                    blocked.add(row.from_process)
+                if len(self._settled) >= SETTLE_BATCH:
+                    self._flush()
+        finally:
+            self._flush()
         if len(rows) == BATCH and not blocked:
             return 0.0
         due = [until - time.monotonic() for until in self._held.values()]
@@ -243,9 +307,14 @@ class Courier:
         self._settle(row, decided)
         return True
 
+    def _flush(self) -> None:
+        if self._settled:
+            settled, self._settled = self._settled, []
+            self._outbox.settle_pushes(settled)
+
     def _settle(self, row: PendingPush, decided: Verdict) -> None:
         assert decided.status is not None
-        self._outbox.settle_push(row, decided.status, decided.detail)
+        self._settled.append((row, decided.status, decided.detail))
         self._failures.pop(row.from_process, None)
         self._held.pop(row.from_process, None)
         self._unrouted.pop(row.key, None)
@@ -274,5 +343,5 @@ def _scheduler(raw: bytes) -> str | None:
         return None
 
 
-__all__ = ["Courier", "Outbox", "PushRefused", "Route", "RouteFn", "Verdict", "heads",
+__all__ = ["Courier", "HttpPoster", "Outbox", "PushRefused", "Route", "RouteFn", "Verdict", "heads",
            "next_delay", "post_item", "verdict"]

@@ -380,20 +380,24 @@ class Shard:
         """Outbox rows the courier is still to push, in order per sending process."""
         return queries.outbox_pending(self.store.reader, limit)
 
-    def settle_push(self, row: queries.PendingPush, status: OutboxStatus, detail: str) -> None:
-        """Record what became of a push; a delivered Spawn's parent gets its Spawned notice in
-        the same transaction."""
+    def settle_pushes(self, settled: list[tuple[queries.PendingPush, OutboxStatus, str]]
+                      ) -> None:
+        """Record what became of pushes, in one transaction; a delivered Spawn's parent gets
+        its Spawned notice in it."""
         ctx = self._ctx()
 
-        def settle(conn: Any) -> bool:
-            queries.set_outbox_status(conn, row.key, status, detail)
-            if status is OutboxStatus.DELIVERED and row.kind == "spawn":
-                return schedule_spawned(conn, ctx, items.parse_unverified(row.raw),
-                                        row.from_process, row.depth)
-            return False
+        def settle(conn: Any) -> set[str]:
+            woken: set[str] = set()
+            for row, status, detail in settled:
+                queries.set_outbox_status(conn, row.key, status, detail)
+                if status is OutboxStatus.DELIVERED and row.kind == "spawn" and \
+                        schedule_spawned(conn, ctx, items.parse_unverified(row.raw),
+                                         row.from_process, row.depth):
+                    woken.add(row.from_process)
+            return woken
 
-        if self.store.write(settle):
-            self._wake(row.from_process)
+        for process_id in self.store.write(settle):
+            self._wake(process_id)
 
     def _resume_pending(self) -> None:
         for pid in queries.processes_behind(self.store.reader):

@@ -69,9 +69,10 @@ class _Outbox:
     def pending_pushes(self, limit: int) -> list[PendingPush]:
         return self.rows[:limit]
 
-    def settle_push(self, row: PendingPush, status: OutboxStatus, detail: str) -> None:
-        self.rows.remove(row)
-        self.settled.append((row.key, status, detail))
+    def settle_pushes(self, settled: list[tuple[PendingPush, OutboxStatus, str]]) -> None:
+        for row, status, detail in settled:
+            self.rows.remove(row)
+            self.settled.append((row.key, status, detail))
 
 
 def test_a_retried_item_holds_back_its_process_only_and_keeps_order() -> None:
