@@ -248,6 +248,8 @@ class Courier:
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        if isinstance(self._post, HttpPoster) and not self._thread.is_alive():
+            self._post.close()
 
     def _run(self) -> None:
         while not self._stop.is_set():
