@@ -26,6 +26,7 @@ from tests.integration.clients import (
     upload_module,
 )
 from tests.integration.server import Server, start_server
+from tests.metrics.live import samples, scrape, value
 
 DEADLINE_SECONDS = 240.0
 BURST = 20
@@ -55,7 +56,8 @@ def _free_port() -> int:
 def _command(port: int, *peers: str) -> tuple[str, ...]:
     flags = [flag for peer in peers for flag in ("--peer", peer)]
     return ("-m", "appliance.cli", "serve", "--http", f"127.0.0.1:{port}", "--tee", "emulated",
-            "--public-url", f"http://127.0.0.1:{port}", *flags, "--data-dir")
+            "--public-url", f"http://127.0.0.1:{port}", "--metrics", "127.0.0.1:0", *flags,
+            "--data-dir")
 
 
 def _health(srv: Server) -> Any:
@@ -211,6 +213,11 @@ def test_push_between_two_nodes_exactly_once_in_order_and_through_a_kill(
     [failed] = [u for u in health["outbox"]["undelivered"] if u["status"] == "failed"]
     assert "HTTP 422" in failed["reason"] and "Memory-Limit" in failed["reason"], failed
     assert health["outbox"]["by_status"].get("pending", 0) == 0
+    assert a.metrics_url is not None
+    scraped = samples(scrape(a.metrics_url)[1])
+    for status, count in health["outbox"]["by_status"].items():
+        assert value(scraped, "ao_appliance_outbox_items", status=status) == count, status
+    assert value(scraped, "ao_appliance_outbox_items", status="failed") == 1
 
 
 def test_push_from_shard_processes(tmp_path: Path, servers: list[Server]) -> None:
