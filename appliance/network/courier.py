@@ -12,8 +12,10 @@ route every node serves as MU/SU. What the answer means is decided by :func:`ver
 * 408/421/429, 5xx, a connection error or no reachable peer yet: retried with a doubling
   back-off (:func:`next_delay`), and the sending process's later items wait behind it, so a
   process's items arrive in order (slot, then outbox index);
-* a target no node hosts (a wallet: every aos reply goes to one): ``pending-remote``, final;
-  the peer directory remembers such misses, so peers are asked at most once per target per
+* a target no node hosts (a wallet: every aos reply goes to one): ``pending-remote``, final, as
+  soon as every peer answered that it does not host it; while some peer cannot be asked it is
+  looked up again with the same back-off, for at most :data:`UNROUTED_SECONDS`. The peer
+  directory remembers misses, so peers are asked at most once per target per
   :data:`appliance.network.peers.MISS_SECONDS`.
 
 Every state lives in the store (the row's status), so a kill -9 of either side loses nothing:
@@ -57,8 +59,9 @@ BATCH = 256
 SETTLE_BATCH = 32
 """Final statuses recorded per transaction. Until its status is stored a delivered row is
 pushed again after a crash, which the receiver answers from what it holds (idempotent)."""
-UNROUTED_ATTEMPTS = 8
-"""Lookups that found no reachable peer to ask before a target is given up as hosted nowhere."""
+UNROUTED_SECONDS = 300.0
+"""How long a target is looked up while some peer cannot be asked (down, or not learned yet)
+before it is given up as hosted nowhere (``pending-remote``)."""
 RETRIED_STATUSES = frozenset({408, 421, 429})
 
 
@@ -230,7 +233,7 @@ class Courier:
         self._stop = threading.Event()
         self._failures: dict[str, int] = {}
         self._held: dict[str, float] = {}
-        self._unrouted: dict[str, int] = {}
+        self._unrouted: dict[str, float] = {}
         self._settled: list[tuple[PendingPush, OutboxStatus, str]] = []
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
@@ -291,12 +294,12 @@ class Courier:
             if route.nowhere is not None:
                 self._settle(row, Verdict(OutboxStatus.PENDING_REMOTE, route.nowhere))
                 return True
-            tries = self._unrouted.get(row.key, 0) + 1
-            self._unrouted[row.key] = tries
-            if tries >= UNROUTED_ATTEMPTS:
+            first = self._unrouted.setdefault(row.key, time.monotonic())
+            if time.monotonic() - first >= UNROUTED_SECONDS:
                 self._settle(row, Verdict(
                     OutboxStatus.PENDING_REMOTE,
-                    f"no reachable peer hosts {row.target} ({tries} lookups)"))
+                    f"no reachable peer hosts {row.target} (looked up for "
+                    f"{UNROUTED_SECONDS:.0f} s while some peer could not be asked)"))
                 return True
             return self._retry(row, Verdict(None, f"no peer hosting {row.target} reachable"))
         try:

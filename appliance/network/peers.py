@@ -46,6 +46,8 @@ MAX_TTL_MS = 365 * 24 * 3600 * 1000
 LOOKUP_CACHE = 4096
 MISS_SECONDS = 10.0
 """A process no peer hosts is not asked about again for this long (bounds peer traffic)."""
+INCOMPLETE_MISS_SECONDS = 1.0
+"""A miss while some peer could not be asked is remembered this long only (it may host it)."""
 LOOKUPS_AT_ONCE = 4
 _ID = re.compile(r"[A-Za-z0-9_-]{43}")
 
@@ -440,7 +442,8 @@ class PeerDirectory:
                 while len(self._hosts) > LOOKUP_CACHE:
                     self._hosts.popitem(last=False)
             else:
-                self._misses[process_id] = (now + MISS_SECONDS, complete)
+                self._misses[process_id] = (
+                    now + (MISS_SECONDS if complete else INCOMPLETE_MISS_SECONDS), complete)
                 while len(self._misses) > LOOKUP_CACHE:
                     self._misses.popitem(last=False)
         return found, found is not None or complete
