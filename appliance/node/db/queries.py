@@ -680,16 +680,16 @@ def pushed_duplicate(conn: sqlite3.Connection, process_id: str, from_process: st
                      pushed_for: str, reference: str) -> str | None:
     """The message already scheduled on ``process_id`` that ``from_process`` pushed for the
     same message (``Pushed-For``) with the same ``Reference``, as AO's MU de-duplicates."""
-    row = conn.execute(
-        "SELECT s.message_id FROM item_tags r "
-        "JOIN items i ON i.rowid = r.item_row "
+    row = conn.execute(  # driven by Pushed-For (a message id: few rows), not Reference
+        "SELECT s.message_id FROM item_tags p "
+        "JOIN items i ON i.rowid = p.item_row "
         "JOIN schedule s ON s.process_id = ? AND s.message_id = i.id "
-        "WHERE r.name = 'Reference' AND r.value = ? "
-        "AND EXISTS (SELECT 1 FROM item_tags p WHERE p.item_row = r.item_row "
-        "AND p.name = 'Pushed-For' AND p.value = ?) "
-        "AND EXISTS (SELECT 1 FROM item_tags f WHERE f.item_row = r.item_row "
+        "WHERE p.name = 'Pushed-For' AND p.value = ? "
+        "AND EXISTS (SELECT 1 FROM item_tags r WHERE r.item_row = p.item_row "
+        "AND r.name = 'Reference' AND r.value = ?) "
+        "AND EXISTS (SELECT 1 FROM item_tags f WHERE f.item_row = p.item_row "
         "AND f.name = 'From-Process' AND f.value = ?) LIMIT 1",
-        (process_id, reference, pushed_for, from_process)).fetchone()
+        (process_id, pushed_for, reference, from_process)).fetchone()
     return None if row is None else str(row[0])
 
 
