@@ -34,7 +34,8 @@ def _free_port() -> int:
 
 def _command(port: int, peer: str) -> tuple[str, ...]:
     return ("-m", "appliance.cli", "serve", "--http", f"127.0.0.1:{port}", "--tee", "emulated",
-            "--public-url", f"http://127.0.0.1:{port}", "--peer", peer, "--data-dir")
+            "--public-url", f"http://127.0.0.1:{port}", "--peer", peer,
+            "--allow-emulated-peers", "--data-dir")
 
 
 def _wait(what: str, check: Callable[[], bool], pause: float = 0.005) -> None:

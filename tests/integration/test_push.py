@@ -56,7 +56,8 @@ def _free_port() -> int:
 def _command(port: int, *peers: str) -> tuple[str, ...]:
     flags = [flag for peer in peers for flag in ("--peer", peer)]
     return ("-m", "appliance.cli", "serve", "--http", f"127.0.0.1:{port}", "--tee", "emulated",
-            "--public-url", f"http://127.0.0.1:{port}", "--metrics", "127.0.0.1:0", *flags,
+            "--public-url", f"http://127.0.0.1:{port}", "--metrics", "127.0.0.1:0",
+            "--allow-emulated-peers", *flags,
             "--data-dir")
 
 
