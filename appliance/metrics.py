@@ -131,6 +131,14 @@ class _NodeState:
             PREFIX + "outbox_pending",
             "Outgoing messages waiting for delivery to another node.",
             value=status["outbox_pending"])
+        items = GaugeMetricFamily(
+            PREFIX + "outbox_items",
+            "Outbox items by status: scheduled (here), forwarding (to another shard), pending "
+            "(to push to a peer), delivered (a peer acknowledged), failed (a peer refused), "
+            "pending-remote (no node hosts the target), dropped-depth.", labels=["status"])
+        for name, count in sorted(self._node.outbox_by_status().items()):
+            items.add_metric([name], count)
+        yield items
         yield GaugeMetricFamily(
             PREFIX + "processes_broken",
             "Processes that stopped evaluating since the node started (see the log).",

@@ -22,12 +22,13 @@ from bench import (
     scaling,
     shards,
     verification,
+    xpush,
 )
 
 SECTIONS = {"engine": engine_latency.run, "aos": aos_throughput.run, "http": http_pipeline.run,
             "ceiling": ceiling.run, "shards": shards.run,
             "cold_start": cold_start.run, "verification": verification.run,
-            "scaling": scaling.run, "isolation": isolation.run}
+            "scaling": scaling.run, "isolation": isolation.run, "xpush": xpush.run}
 
 
 def _log(text: str) -> None:

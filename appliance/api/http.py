@@ -302,7 +302,9 @@ class Routes:
         status = await self._run(self.node.status)
         body = {"Unit": "ao-appliance", "version": __version__,
                 "timestamp": time.time_ns() // 1_000_000,
-                "height": self.node.settings.block_height, **status}
+                "height": self.node.settings.block_height, **status,
+                "outbox": {"by_status": await self._run(self.node.outbox_by_status),
+                           "undelivered": await self._run(self.node.outbox_failures)}}
         if self.peers is not None:
             verdicts = self.trust.describe() if self.trust is not None else {}
             body["peers"] = [{**p, "trust": verdicts.get(str(p["address"]))}

@@ -228,7 +228,7 @@ def _serve_bound(args: argparse.Namespace, config: AppConfig, http_socket: socke
     if narrowed:
         log.warning("data dir %s: narrowed %d modes to 0700/0600", data_dir, narrowed)
     settings = NodeSettings(data_dir=data_dir, limits=config.limits,
-                            **dataclasses.asdict(config.node))
+                            peered=bool(config.network.peers), **dataclasses.asdict(config.node))
     identity = NodeIdentity.load_or_create(data_dir)
     metrics = NodeMetrics() if config.listen.metrics is not None else None
     provider = _provider(config.tee, data_dir / "tee")
@@ -318,6 +318,8 @@ async def _serve(node: Node, config: AppConfig, metrics: NodeMetrics | None,
         cleanups.append(lambda: asyncio.to_thread(forwarder.close))
     trust.start()
     cleanups.append(lambda: asyncio.to_thread(trust.close))
+    if config.network.peers:  # push outbox items for processes the peers host
+        await asyncio.to_thread(node.connect_peers, peers.route)
     print(json.dumps(event), flush=True)
     sd_notify(f"READY=1\nSTATUS=serving AO HTTP on {host}:{port}")
     watchdog = asyncio.create_task(watchdog_loop())

@@ -32,6 +32,7 @@ from appliance.ao import items
 from appliance.ao.encoding import b64url_decode
 from appliance.errors import ApplianceError, NotFound, NotHosted
 from appliance.logfmt import fields
+from appliance.network.courier import Route
 
 log = logging.getLogger("appliance.peers")
 
@@ -45,6 +46,8 @@ MAX_TTL_MS = 365 * 24 * 3600 * 1000
 LOOKUP_CACHE = 4096
 MISS_SECONDS = 10.0
 """A process no peer hosts is not asked about again for this long (bounds peer traffic)."""
+INCOMPLETE_MISS_SECONDS = 1.0
+"""A miss while some peer could not be asked is remembered this long only (it may host it)."""
 LOOKUPS_AT_ONCE = 4
 _ID = re.compile(r"[A-Za-z0-9_-]{43}")
 
@@ -335,7 +338,8 @@ class PeerDirectory:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._hosts: collections.OrderedDict[str, str] = collections.OrderedDict()
-        self._misses: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self._misses: collections.OrderedDict[str, tuple[float, bool]] = \
+            collections.OrderedDict()
         self._lookups = threading.BoundedSemaphore(LOOKUPS_AT_ONCE)
 
     # --- learning ------------------------------------------------------------------------
@@ -409,18 +413,27 @@ class PeerDirectory:
         a node answers only for processes it schedules), or None. Hits are remembered; a miss is
         not asked about again for :data:`MISS_SECONDS`; at most :data:`LOOKUPS_AT_ONCE` run at
         once (past that: None)."""
+        return self.find_host(process_id)[0]
+
+    def find_host(self, process_id: str) -> tuple[PeerState | None, bool]:
+        """(:meth:`locate_process`'s answer, whether it is settled): a found peer is, and so
+        is a miss when every configured peer was reachable and answered (now, or within
+        :data:`MISS_SECONDS`); a miss with a peer unknown or unreachable is not."""
         if not _ID.fullmatch(process_id):
-            return None
+            return None, True
         now = time.monotonic()
         with self._lock:
             host = self._hosts.get(process_id)
             missed = self._misses.get(process_id)
         if host is not None:
-            return self.by_address(host)
-        if (missed is not None and missed > now) or not self._lookups.acquire(blocking=False):
-            return None
+            peer = self.by_address(host)
+            return peer, peer is not None
+        if missed is not None and missed[0] > now:
+            return None, missed[1]
+        if not self._lookups.acquire(blocking=False):
+            return None, False
         try:
-            found = self._ask_peers(process_id)
+            found, complete = self._ask_peers(process_id)
         finally:
             self._lookups.release()
         with self._lock:
@@ -429,18 +442,29 @@ class PeerDirectory:
                 while len(self._hosts) > LOOKUP_CACHE:
                     self._hosts.popitem(last=False)
             else:
-                self._misses[process_id] = now + MISS_SECONDS
+                self._misses[process_id] = (
+                    now + (MISS_SECONDS if complete else INCOMPLETE_MISS_SECONDS), complete)
                 while len(self._misses) > LOOKUP_CACHE:
                     self._misses.popitem(last=False)
-        return found
+        return found, found is not None or complete
 
-    def _ask_peers(self, process_id: str) -> PeerState | None:
+    def forget_host(self, process_id: str) -> None:
+        """Drop what is remembered of where ``process_id`` lives (its peer sent it away)."""
+        with self._lock:
+            self._hosts.pop(process_id, None)
+            self._misses.pop(process_id, None)
+
+    def _ask_peers(self, process_id: str) -> tuple[PeerState | None, bool]:
+        complete = True
         for peer in self.peers():
             if not peer.reachable or peer.address is None:
+                complete = False
                 continue
             try:
                 answer = self.transport.get_json(f"{peer.url}/processes/{process_id}")
-            except PeerUnreachable:
+            except PeerUnreachable as exc:
+                if exc.status != 404:
+                    complete = False
                 continue
             if not isinstance(answer, dict) or answer.get("process_id") != process_id:
                 continue
@@ -448,8 +472,25 @@ class PeerDirectory:
             scheduler = next((t.get("value") for t in (tags if isinstance(tags, list) else [])
                               if isinstance(t, dict) and t.get("name") == "Scheduler"), None)
             if scheduler == peer.address:
-                return peer
-        return None
+                return peer, True
+        return None, complete
+
+    def route(self, kind: str, target: str, scheduler: str | None) -> Route:
+        """Where the courier pushes an outbox item: a Spawn to the peer its ``Scheduler``
+        names, anything else to the peer hosting ``target``."""
+        if kind == "spawn":
+            peer = self.by_address(scheduler or "")
+            if peer is not None and peer.location is not None:
+                return Route(url=peer.location.url)
+            if any(p.address is None for p in self.peers()):
+                return Route()  # maybe a peer not learned yet
+            return Route(nowhere=f"scheduler {scheduler} is not a known peer of this node")
+        peer, settled = self.find_host(target)
+        if peer is not None and peer.location is not None:
+            return Route(url=peer.location.url)
+        if settled:
+            return Route(nowhere=f"no node this one knows hosts {target}")
+        return Route()
 
     def describe(self) -> list[dict[str, Any]]:
         """Every peer as JSON for ``GET /``."""

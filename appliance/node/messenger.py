@@ -4,9 +4,12 @@ Pushed items are built deterministically (content and anchor derive from the res
 re-deriving a result after a crash yields the same item ids and scheduling is idempotent: a
 pushed message is delivered once. Local targets are scheduled at once; a target another shard of
 the node owns is recorded ``forwarding`` and pushed to that shard once the result is committed
-(:class:`Forwarding`; the shard marks it ``scheduled`` when the owner stored it); targets this node
-does not host stay in the durable outbox as ``pending-remote`` (cross-node delivery comes later);
-chains deeper than the configured bound are recorded as ``dropped-depth``.
+(:class:`Forwarding`; the shard marks it ``scheduled`` when the owner stored it); on a node with
+peers, targets this node does not host are recorded ``pending`` for the courier
+(:mod:`appliance.network.courier`) to push to the peer hosting them; without peers they stay in
+the durable outbox as ``pending-remote``. Chains deeper than the configured bound are recorded as
+``dropped-depth``. Once a Spawn is scheduled, its parent gets the ``Action: Spawned`` notice
+(:func:`spawned_notice`), as AO's MU sends it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.ao import items
-from appliance.errors import RequestError
+from appliance.errors import NotFound, RequestError
 from appliance.logfmt import fields
 from appliance.node.db import queries
 from appliance.node.db.kinds import ItemKind, OutboxStatus
@@ -119,14 +122,17 @@ def prepare_outbox(identity: NodeIdentity, push: PushContext, result: dict[str, 
 
 
 def push_outbox(conn: sqlite3.Connection, ctx: SchedulerContext, outbox: Outbox,
-                forwarding: Forwarding | None = None) -> set[str]:
+                forwarding: Forwarding | None = None, *, peered: bool = False) -> set[str]:
     """Deliver a prepared outbox; return the processes to wake. Items another shard owns are
-    recorded ``forwarding`` and added to ``forwarding.forwards`` (none without it)."""
+    recorded ``forwarding`` and added to ``forwarding.forwards`` (none without it); with
+    ``peered``, items for targets no shard of this node hosts are recorded ``pending`` (the
+    courier pushes them to peers), else ``pending-remote``."""
     woken: set[str] = set()
     push = outbox.push
     depth = push.slot.push_depth + 1
     for out in outbox.outgoing:
-        woken |= _deliver(conn, ctx, push, out.item, out.target, depth, out.kind, forwarding)
+        woken |= _deliver(conn, ctx, push, out.item, out.target, depth, out.kind, forwarding,
+                          peered)
     for assignment in outbox.assignments:
         woken |= _assign_existing(conn, ctx, push, assignment, depth, forwarding)
     return woken
@@ -164,6 +170,35 @@ def _build(identity: NodeIdentity, push: PushContext, entry: dict[str, Any], ind
                       data=payload)
 
 
+SPAWNED_DROPPED_TAGS = frozenset({"Data-Protocol", "Variant", "Type", "From-Process",
+                                  "From-Module", "Pushed-For", "Scheduler", "Process", "Action"})
+
+
+def spawned_notice(identity: NodeIdentity, spawn: items.Item, parent: str) -> items.Item:
+    """The ``Action: Spawned`` message AO's MU sends ``parent`` once its Spawn ``spawn`` (the
+    new process's item) is scheduled: the spawn's own tags (its ``Reference`` among them) with
+    ``Type: Message``, ``Action: Spawned`` and the child's id as ``Process`` and
+    ``From-Process``; node-signed, its anchor derived from the child's id, so building it again
+    (after a crash) gives the same item."""
+    variant = items.first_tag(spawn, "Variant") or "ao.TN.1"
+    tags = [(n, v) for n, v in spawn.tags if n not in SPAWNED_DROPPED_TAGS]
+    tags += [("Data-Protocol", "ao"), ("Variant", variant), ("Type", "Message"),
+             ("From-Process", spawn.id), ("Process", spawn.id), ("Action", "Spawned")]
+    anchor = hashlib.sha256(f"{spawn.id}/Spawned".encode()).digest()
+    return items.sign(identity, target=parent, anchor=anchor, tags=tags, data=b"")
+
+
+def schedule_spawned(conn: sqlite3.Connection, ctx: SchedulerContext, spawn: items.Item,
+                     parent: str, depth: int) -> bool:
+    """Schedule the Spawned notice of ``spawn`` on ``parent`` (idempotent); False when this
+    node does not host ``parent``."""
+    try:
+        schedule_message(conn, ctx, spawned_notice(ctx.identity, spawn, parent), parent, depth)
+    except NotFound:
+        return False
+    return True
+
+
 def _record(conn: sqlite3.Connection, push: PushContext, item: items.Item, target: str,
             kind: str, status: OutboxStatus, detail: str, depth: int) -> None:
     queries.record_outbox(conn, item.id, push.slot.process_id, push.slot.slot, target, kind,
@@ -172,7 +207,7 @@ def _record(conn: sqlite3.Connection, push: PushContext, item: items.Item, targe
 
 def _deliver(conn: sqlite3.Connection, ctx: SchedulerContext, push: PushContext,
              item: items.Item, target: str, depth: int, kind: str,
-             forwarding: Forwarding | None) -> set[str]:
+             forwarding: Forwarding | None, peered: bool = False) -> set[str]:
     if depth > push.max_depth:
         store_item(conn, item, ItemKind(kind))
         _record(conn, push, item, target, kind, OutboxStatus.DROPPED_DEPTH,
@@ -183,6 +218,11 @@ def _deliver(conn: sqlite3.Connection, ctx: SchedulerContext, push: PushContext,
                                  reason=f"push depth {depth} exceeds {push.max_depth}"))
         return set()
     owner = item.id if kind == "spawn" else target
+    if kind == "spawn" and peered and \
+            items.first_tag(item, "Scheduler") not in (None, ctx.identity.address):
+        store_item(conn, item, ItemKind(kind))  # its Scheduler is a peer: the courier pushes it
+        _record(conn, push, item, item.id, kind, OutboxStatus.PENDING, "", depth)
+        return set()
     if forwarding is not None and owner and (
             forwarding.spawned_elsewhere(owner) if kind == "spawn"
             else forwarding.elsewhere(conn, owner)):
@@ -196,10 +236,14 @@ def _deliver(conn: sqlite3.Connection, ctx: SchedulerContext, push: PushContext,
             target = item.id
             if forwarding is not None:
                 forwarding.router.placed(item.id)
+            schedule_spawned(conn, ctx, item, push.slot.process_id, depth)
         else:
             schedule_message(conn, ctx, item, target, depth)
     except RequestError as exc:
         store_item(conn, item, ItemKind(kind))
+        if peered and kind == "message" and isinstance(exc, NotFound):
+            _record(conn, push, item, target, kind, OutboxStatus.PENDING, "", depth)
+            return set()
         _record(conn, push, item, target, kind, OutboxStatus.PENDING_REMOTE, str(exc), depth)
         log.warning("%s", fields("outbox delivery failed", process=push.slot.process_id,
                                  slot=push.slot.slot, item=item.id, kind=kind,
@@ -207,7 +251,7 @@ def _deliver(conn: sqlite3.Connection, ctx: SchedulerContext, push: PushContext,
                                  reason=str(exc)))
         return set()
     _record(conn, push, item, target, kind, OutboxStatus.SCHEDULED, "", depth)
-    return {target}
+    return {target, push.slot.process_id} if kind == "spawn" else {target}
 
 
 def _assign_existing(conn: sqlite3.Connection, ctx: SchedulerContext, push: PushContext,

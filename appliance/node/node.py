@@ -18,6 +18,7 @@ from typing import Any
 
 from appliance.ao import items
 from appliance.errors import ApplianceError, NotFound, NotHosted, TooLarge
+from appliance.network.courier import RouteFn
 from appliance.node.db.queries import ProcessRow, ResultRow
 from appliance.node.guest import ScheduledSlot
 from appliance.node.identity import NodeIdentity
@@ -86,6 +87,9 @@ class LocalRouter:
         return None
 
 
+OUTBOX_FAILURES_SHOWN = 20
+
+
 class Node:
     """One ao-appliance node: SU + CU + MU for the processes it hosts, over its shards.
 
@@ -122,6 +126,12 @@ class Node:
         if shards is not None:
             for index, shard in enumerate(self.shards):
                 shard.start(LocalRouter(self, index) if len(self.shards) > 1 else SoleShard())
+
+    def connect_peers(self, route: RouteFn) -> None:
+        """Have every shard's courier push ``pending`` outbox items where ``route`` says (the
+        peer directory's :meth:`~appliance.network.peers.PeerDirectory.route`)."""
+        for shard in self.shards:
+            shard.connect_peers(route)
 
     # --- routing ---------------------------------------------------------------------------
 
@@ -442,6 +452,13 @@ class Node:
             for status, count in shard.outbox_by_status().items():
                 total[status] = total.get(status, 0) + count
         return total
+
+    def outbox_failures(self, limit: int = OUTBOX_FAILURES_SHOWN) -> list[dict[str, str]]:
+        """The newest outbox items that ended undelivered (``failed``: a peer refused it;
+        ``pending-remote``: no node hosts the target), with their reasons, over all shards."""
+        rows = [row for shard in self.shards for row in shard.outbox_failures(limit)]
+        return [{"item": key, "target": target, "status": status, "reason": reason}
+                for key, target, status, reason in rows[:limit]]
 
     def status(self) -> dict[str, Any]:
         """Counters for health and operator status, summed over the shards."""

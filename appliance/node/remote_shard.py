@@ -28,6 +28,7 @@ from typing import Any
 
 from appliance.errors import ApplianceError, ShardUnavailable
 from appliance.logfmt import fields
+from appliance.network.courier import Route, RouteFn
 from appliance.node.channel import Channel
 from appliance.node.observer import NodeObserver, ProgressListener, ProgressListeners
 from appliance.node.residency import Tally
@@ -59,6 +60,7 @@ class RemoteShard:
         self._observer = observer
         self._listeners = ProgressListeners()
         self._router: ShardRouter | None = None
+        self._peer_route: RouteFn | None = None
         self._closing = threading.Event()
         self._channel: Channel | None = None
         self._ready = threading.Event()
@@ -147,6 +149,8 @@ class RemoteShard:
                     self._process = self._spawn()
                     self.wait_ready()
                     self._call("start")
+                    if self._peer_route is not None:
+                        self._call("connect_peers")
                 except ApplianceError as exc:
                     log.error("%s", fields("shard restart failed", shard=self.index,
                                            error=str(exc)))
@@ -232,6 +236,18 @@ class RemoteShard:
     def module(self, module_id: str) -> bytes | None:
         """Router call: the Module item from any shard."""
         return self._routed().module(module_id)
+
+    def connect_peers(self, route: RouteFn) -> None:
+        """Start the shard's courier (again after a restart); it asks ``route`` through this
+        front where items go."""
+        self._peer_route = route
+        self._call("connect_peers")
+
+    def route(self, kind: str, target: str, scheduler: str | None) -> Route:
+        """Router call: where the courier pushes an outbox item."""
+        if self._peer_route is None:
+            return Route()
+        return self._peer_route(kind, target, scheduler)
 
     def _routed(self) -> ShardRouter:
         if self._router is None:

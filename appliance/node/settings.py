@@ -108,6 +108,9 @@ class NodeSettings(NodeOptions):
 
     data_dir: Path
     limits: ComputeLimits = field(default_factory=ComputeLimits)
+    peered: bool = False
+    """The node has peers (``network.peers``): outbox items for targets it does not host are
+    recorded ``pending`` for the courier, not ``pending-remote``."""
 
     def for_shard(self, index: int, count: int) -> NodeSettings:
         """These settings for shard ``index`` of ``count``: its own data dir (shard 0 in the data

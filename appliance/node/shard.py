@@ -41,6 +41,7 @@ from appliance.errors import (
     TooLarge,
 )
 from appliance.logfmt import fields
+from appliance.network.courier import Courier, RouteFn
 from appliance.node.admission import Gate
 from appliance.node.attest import make_attestation
 from appliance.node.chain import report_data
@@ -75,6 +76,7 @@ from appliance.node.messenger import (
     PushContext,
     prepare_outbox,
     push_outbox,
+    schedule_spawned,
     split_assignment_key,
 )
 from appliance.node.observer import NodeObserver, ProgressListener, ProgressListeners
@@ -262,6 +264,7 @@ class Shard:
         self._forward_lock = threading.Lock()
         self._forward_wait = FORWARD_RETRY_SECONDS[0]
         self._forward_timer: threading.Timer | None = None
+        self._courier: Courier | None = None
         self.settings = settings
         self.identity = identity
         self.provider = provider
@@ -367,6 +370,35 @@ class Shard:
         self.store.write(lambda conn: store_item(conn, item, ItemKind.SCHEDULER_LOCATION))
         return str(item.id)
 
+    def connect_peers(self, route: RouteFn) -> None:
+        """Start pushing ``pending`` outbox items to the peers ``route`` names (once)."""
+        if self._courier is None and not self._closing.is_set():
+            self._courier = Courier(self, route, name="courier")
+            self._courier.start()
+
+    def pending_pushes(self, limit: int) -> list[queries.PendingPush]:
+        """Outbox rows the courier is still to push, in order per sending process."""
+        return queries.outbox_pending(self.store.reader, limit)
+
+    def settle_pushes(self, settled: list[tuple[queries.PendingPush, OutboxStatus, str]]
+                      ) -> None:
+        """Record what became of pushes, in one transaction; a delivered Spawn's parent gets
+        its Spawned notice in it."""
+        ctx = self._ctx()
+
+        def settle(conn: Any) -> set[str]:
+            woken: set[str] = set()
+            for row, status, detail in settled:
+                queries.set_outbox_status(conn, row.key, status, detail)
+                if status is OutboxStatus.DELIVERED and row.kind == "spawn" and \
+                        schedule_spawned(conn, ctx, items.parse_unverified(row.raw),
+                                         row.from_process, row.depth):
+                    woken.add(row.from_process)
+            return woken
+
+        for process_id in self.store.write(settle):
+            self._wake(process_id)
+
     def _resume_pending(self) -> None:
         for pid in queries.processes_behind(self.store.reader):
             self._wake(pid)
@@ -374,6 +406,8 @@ class Shard:
     def close(self) -> None:
         """Finish in-flight batches and stop workers and the store."""
         self._closing.set()
+        if self._courier is not None:
+            self._courier.close()
         with self._forward_lock:
             if self._forward_timer is not None:
                 self._forward_timer.cancel()
@@ -478,10 +512,24 @@ class Shard:
         if not item.target:
             raise BadRequest("a Message item needs a Target (the process id)")
         ctx = self._ctx()
-        slot = self.store.write(
-            lambda conn: schedule_message(conn, ctx, item, item.target, 0))
-        self._wake(item.target)
-        return Receipt(item.id, "Message", item.target, slot)
+        pushed = [items.first_tag(item, name) for name in ("From-Process", "Pushed-For",
+                                                          "Reference")]
+        target = item.target
+
+        def schedule(conn: Any) -> tuple[str, int]:
+            if all(pushed) and item.owner_address != self.identity.address:
+                from_process, pushed_for, reference = (str(v) for v in pushed)
+                original = queries.pushed_duplicate(conn, target, from_process, pushed_for,
+                                                    reference)
+                if original is not None and original != item.id:
+                    slot = existing_slot(conn, target, original)
+                    if slot is not None:  # a second push of the same message: its receipt
+                        return original, slot
+            return item.id, schedule_message(conn, ctx, item, target, 0)
+
+        message_id, slot = self.store.write(schedule)
+        self._wake(target)
+        return Receipt(message_id, "Message", target, slot)
 
     # --- actors ------------------------------------------------------------------------------
 
@@ -901,10 +949,13 @@ class Shard:
                 forwarding.forwards.clear()  # a retried transaction starts over
             for store, outbox in rows:
                 store(conn)
-                woken |= push_outbox(conn, ctx, outbox, forwarding)
+                woken |= push_outbox(conn, ctx, outbox, forwarding,
+                                     peered=self.settings.peered)
             return woken
 
         woken = self.store.write(commit)
+        if self._courier is not None:
+            self._courier.wake()
         if forwarding is not None and forwarding.forwards:
             self._forward(forwarding.forwards)
         for target in woken:
@@ -934,8 +985,24 @@ class Shard:
                 return
             else:
                 status, detail = OutboxStatus.SCHEDULED, ""
+            if status is OutboxStatus.SCHEDULED and fwd.kind == "spawn":
+                self._spawned(fwd.key, fwd.raw, fwd.depth)
+                continue
             self._set_outbox_status(fwd.key, status, detail)
         self._forward_wait = FORWARD_RETRY_SECONDS[0]
+
+    def _spawned(self, key: str, raw: bytes, depth: int) -> None:
+        """Mark a Spawn another shard scheduled, and schedule its parent's Spawned notice."""
+        spawn = items.parse_unverified(raw)
+        parent = queries.outbox_sender(self.store.reader, key) or ""
+        ctx = self._ctx()
+
+        def commit(conn: Any) -> bool:
+            queries.set_outbox_status(conn, key, OutboxStatus.SCHEDULED, "")
+            return schedule_spawned(conn, ctx, spawn, parent, depth)
+
+        if self.store.write(commit):
+            self._wake(parent)
 
     def _set_outbox_status(self, key: str, status: OutboxStatus, detail: str) -> None:
         self.store.write(lambda conn: queries.set_outbox_status(conn, key, status, detail))
@@ -1410,6 +1477,10 @@ class Shard:
     def outbox_by_status(self) -> dict[str, int]:
         """Outbox entry counts keyed by status."""
         return queries.outbox_by_status(self.store.reader)
+
+    def outbox_failures(self, limit: int) -> list[tuple[str, str, str, str]]:
+        """(row key, target, status, reason) of the newest undelivered outbox items."""
+        return queries.outbox_failures(self.store.reader, limit)
 
     def checkpoint_digest(self, process_id: str, slot: int) -> tuple[str, int]:
         """(memory SHA-256 hex, memory size) of the checkpoint of ``process_id`` at ``slot``;

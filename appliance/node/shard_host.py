@@ -30,6 +30,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, NoReturn
 
+from appliance.network.courier import Route
 from appliance.node.channel import Channel
 from appliance.node.identity import NodeIdentity
 from appliance.node.observer import NodeObserver
@@ -43,13 +44,15 @@ log = logging.getLogger("appliance.shard")
 # What the front may call on a shard: the Shard methods and attributes the Node façade uses.
 SHARD_CALLS = frozenset({
     "accept", "attest", "attestation_id", "blocks", "broken_count", "checkpoint_digest",
-    "checkpoint_now", "close", "cron_page", "cron_results_between", "dry_run", "find_items",
+    "checkpoint_now", "close", "connect_peers", "cron_page", "cron_results_between", "dry_run",
+    "find_items",
     "ingest", "item_created_ms", "item_raw", "memory", "module_raw", "outbox_by_status",
+    "outbox_failures",
     "process_ids", "process_info", "process_page", "publish_location", "refresh_attestation",
     "result_items", "result_now", "result_row", "results_from", "results_page", "schedule_items",
     "schedule_page", "scheduled", "standing", "start", "state", "status", "tick_crons"})
 # What a shard may call on the front (its router) and tell it.
-FRONT_CALLS = frozenset({"owns", "places", "push", "module"})
+FRONT_CALLS = frozenset({"owns", "places", "push", "module", "route"})
 FRONT_NOTES = frozenset({"ready", "progress", "observe", "placed"})
 PR_SET_PDEATHSIG = 1  # prctl(2)
 OBSERVER_HOOKS = frozenset(name for name in vars(NodeObserver) if not name.startswith("_"))
@@ -96,6 +99,11 @@ class FrontRouter:
         value = self._channel.call("module", module_id)
         return value if isinstance(value, bytes) else None
 
+    def route(self, kind: str, target: str, scheduler: str | None) -> Route:
+        """Ask the front's peer directory where an outbox item goes (the courier's route)."""
+        value = self._channel.call("route", kind, target, scheduler)
+        return value if isinstance(value, Route) else Route()
+
 
 class ForwardingObserver(NodeObserver):
     """Hands every observer hook to the front, whose observer (metrics) counts it."""
@@ -131,6 +139,11 @@ class _Host:
         """Join the node: the front is the router."""
         assert self.shard is not None and self.channel is not None
         self.shard.start(FrontRouter(self.channel))
+
+    def connect_peers(self) -> None:
+        """Start the shard's courier; it asks the front where items go."""
+        assert self.shard is not None and self.channel is not None
+        self.shard.connect_peers(FrontRouter(self.channel).route)
 
     def close(self) -> None:
         """Finish in-flight work and stop the shard (the process exits when the front hangs

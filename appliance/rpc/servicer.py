@@ -114,7 +114,8 @@ class OperatorService(pb_grpc.OperatorServicer):
             if self.peers is not None else [],
             allow_emulated_peers=bool(trust and trust.peer_policy.allow_emulated),
             trusts_no_peer=bool(trust and trust.peer_policy.trusts_nobody),
-            last_peer_refusal=trust.last_refusal if trust else "")
+            last_peer_refusal=trust.last_refusal if trust else "",
+            outbox_undelivered=[pb.OutboxUndelivered(**u) for u in node.outbox_failures()])
 
     async def GetStatus(self, request: pb.GetStatusRequest, context: Any
                         ) -> pb.GetStatusResponse:

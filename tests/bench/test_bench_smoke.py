@@ -19,7 +19,7 @@ def test_bench_quick_runs_and_writes_every_section(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads(out.read_text())
     sections = {"engine", "aos", "http", "ceiling", "cold_start", "verification", "scaling",
-                "shards"}
+                "shards", "xpush"}
     assert sections <= results.keys()
     latency = [row for row in results["engine"] if "eval_p50_ms" in row]
     metered = [row for row in results["engine"] if "engine_gas_msgs_s" in row]
@@ -33,4 +33,5 @@ def test_bench_quick_runs_and_writes_every_section(tmp_path: Path) -> None:
         "front", "shards+workers", "node"]
     assert all(r["msgs_per_s"] > 0 for r in results["shards"]["two_shards"])
     assert results["verification"]["snp_reports_per_s"] > 0
+    assert all(row["cross_node"] > 0 and row["within_node"] > 0 for row in results["xpush"])
     assert "== scaling" in proc.stdout

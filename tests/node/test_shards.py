@@ -33,8 +33,9 @@ def mode(request: pytest.FixtureRequest) -> str:
 
 
 def _sharded(data: Path, count: int, mode: str = "threads",
-             observer: NodeObserver | None = None) -> Node:
-    settings = NodeSettings(data_dir=data, workers=count, shards=count)
+             observer: NodeObserver | None = None, max_push_depth: int = 64) -> Node:
+    settings = NodeSettings(data_dir=data, workers=count, shards=count,
+                            max_push_depth=max_push_depth)
     identity = NodeIdentity.load_or_create(data)
     provider = EmulatedProvider(data / "tee")
     shards: list[Shard | RemoteShard]
@@ -45,6 +46,20 @@ def _sharded(data: Path, count: int, mode: str = "threads",
     else:
         shards = list(local_shards(settings, identity, provider, b"\0" * 32, count))
     return Node(settings, identity, provider, b"\0" * 32, observer=observer, shards=shards)
+
+
+def _poll_spawned(node: Node, process_id: str, count: int) -> list[items.Item]:
+    """The ``Action: Spawned`` messages of ``process_id``'s schedule, once ``count`` are there
+    and evaluated."""
+    deadline = time.monotonic() + 120
+    while True:
+        page, _ = node.schedule_page(process_id)
+        spawned = [m for _, m, _ in page if items.first_tag(m, "Action") == "Spawned"]
+        if len(spawned) >= count and all(node.result_now(process_id, m.id)[1] is not None
+                                         for m in spawned):
+            return spawned
+        assert time.monotonic() < deadline, f"{len(spawned)} Spawned notices of {count}"
+        time.sleep(0.05)
 
 
 def test_placement_keeps_known_processes_and_hashes_new_ones() -> None:
@@ -103,7 +118,7 @@ def test_an_outbox_item_another_shard_owns_is_delivered_there_once(tmp_path: Pat
                                                                    mode: str) -> None:
     client = NodeIdentity.load_or_create(tmp_path / "client")
     data = tmp_path / "node"
-    node = _sharded(data, 2, mode)
+    node = _sharded(data, 2, mode, max_push_depth=1)  # the relay answers its Spawned notices too
     address = node.identity.address
     try:
         echo = echo_module(client)
@@ -129,8 +144,12 @@ def test_an_outbox_item_another_shard_owns_is_delivered_there_once(tmp_path: Pat
         while node.shards[0].outbox_by_status().get("forwarding") and \
                 time.monotonic() < deadline:
             time.sleep(0.05)
-        # slots 0 (the process) and 1 each relay one Message and one Spawn; the Assignment once
-        assert node.shards[0].outbox_by_status() == {"scheduled": 5}
+        # slots 0 (the process) and 1 each relay one Message and one Spawn; the Assignment once;
+        # each Spawn's notice comes back to the sender, whose relays of it are one push too deep
+        spawned = _poll_spawned(node, sender.id, 2)
+        assert {items.first_tag(m, "From-Process") for m in spawned} == \
+            {items.first_tag(m, "Process") for m in spawned}
+        assert node.shards[0].outbox_by_status() == {"scheduled": 5, "dropped-depth": 4}
         page, _ = node.schedule_page(target.id)
         relayed = [m for _, m, _ in page if items.first_tag(m, "Action") == "Relay"]
         assert len(relayed) == 2
@@ -147,12 +166,14 @@ def test_an_outbox_item_another_shard_owns_is_delivered_there_once(tmp_path: Pat
             assert node.shards[hashed_owner(row.id, 2)].process_ids().count(row.id) == 1
     finally:
         node.close()
-    again = _sharded(data, 2, mode)  # a restart pushes nothing twice
+    again = _sharded(data, 2, mode, max_push_depth=1)  # a restart pushes nothing twice
     try:
         page, _ = again.schedule_page(target.id)
         assert sum(items.first_tag(m, "Action") == "Relay" for _, m, _ in page) == 2
         assert sum(m.id == assigned.id for _, m, _ in page) == 1
-        assert again.shards[0].outbox_by_status() == {"scheduled": 5}
+        assert again.shards[0].outbox_by_status() == {"scheduled": 5, "dropped-depth": 4}
+        page, _ = again.schedule_page(sender.id)
+        assert sum(items.first_tag(m, "Action") == "Spawned" for _, m, _ in page) == 2
     finally:
         again.close()
 

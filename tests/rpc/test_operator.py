@@ -38,6 +38,8 @@ def test_status_reports_identity_and_queues(live: Live) -> None:
     assert status.config_digest == live.node.config_digest.hex()
     assert status.timestamp_ms > 0
     assert status.schedule_backlog >= 0 and status.outbox_pending >= 0
+    assert all(u.status in ("failed", "pending-remote") and u.item and u.reason
+               for u in status.outbox_undelivered)
 
 
 def test_attestation_binds_the_callers_nonce(live: Live) -> None:

@@ -374,9 +374,9 @@ def counts(conn: sqlite3.Connection) -> tuple[int, int, int]:
     processes = conn.execute("SELECT count(*) FROM processes").fetchone()
     pending = conn.execute("SELECT (SELECT count(*) FROM schedule) - (SELECT count(*) FROM "
                            "results WHERE result_id IS NOT NULL)").fetchone()
-    outbox = conn.execute("SELECT count(*) FROM outbox WHERE status IN (?, ?)",
-                          (str(OutboxStatus.PENDING_REMOTE),
-                           str(OutboxStatus.FORWARDING))).fetchone()
+    outbox = conn.execute("SELECT count(*) FROM outbox WHERE status IN (?, ?, ?)",
+                          (str(OutboxStatus.PENDING_REMOTE), str(OutboxStatus.FORWARDING),
+                           str(OutboxStatus.PENDING))).fetchone()
     return int(processes[0]), int(pending[0]), int(outbox[0])
 
 
@@ -620,6 +620,12 @@ def outbox_recorded(conn: sqlite3.Connection, key: str) -> bool:
     return conn.execute("SELECT 1 FROM outbox WHERE item_id = ?", (key,)).fetchone() is not None
 
 
+def outbox_sender(conn: sqlite3.Connection, key: str) -> str | None:
+    """The process whose outbox holds row ``key``."""
+    row = conn.execute("SELECT from_process FROM outbox WHERE item_id = ?", (key,)).fetchone()
+    return None if row is None else str(row[0])
+
+
 def outbox_forwarding(conn: sqlite3.Connection) -> list[tuple[str, str, str, int]]:
     """(row key, target, kind, push depth) of outbox items still to hand to another shard."""
     rows = conn.execute("SELECT item_id, target, kind, push_depth FROM outbox WHERE status = ? "
@@ -632,6 +638,59 @@ def set_outbox_status(conn: sqlite3.Connection, key: str, status: OutboxStatus,
     """Record what became of outbox row ``key`` after it was forwarded."""
     conn.execute("UPDATE outbox SET status = ?, detail = ? WHERE item_id = ?",
                  (str(status), detail, key))
+
+
+@dataclass(frozen=True)
+class PendingPush:
+    """An outbox row the courier is to push to a peer."""
+
+    key: str
+    from_process: str
+    from_slot: int
+    target: str
+    kind: str
+    raw: bytes
+    depth: int
+
+
+def outbox_pending(conn: sqlite3.Connection, limit: int) -> list[PendingPush]:
+    """Up to ``limit`` outbox rows still ``pending``, in order per sending process (slot, then
+    outbox index: rows of one result are inserted in outbox order)."""
+    rows = conn.execute(
+        "SELECT o.item_id, o.from_process, o.from_slot, o.target, o.kind, i.raw, o.push_depth "
+        "FROM outbox o "
+        "JOIN items i ON i.id = o.item_id WHERE o.status = ? "
+        "ORDER BY o.from_process, o.from_slot, o.rowid LIMIT ?",
+        (str(OutboxStatus.PENDING), limit))
+    return [PendingPush(str(k), str(p), int(s), str(t), str(kind), bytes(raw), int(d))
+            for k, p, s, t, kind, raw, d in rows]
+
+
+def outbox_failures(conn: sqlite3.Connection, limit: int) -> list[tuple[str, str, str, str]]:
+    """(row key, target, status, reason) of the newest ``limit`` outbox rows that ended without
+    delivery (``failed``, ``pending-remote``)."""
+    rows = conn.execute(
+        "SELECT item_id, target, status, coalesce(detail, '') FROM outbox "
+        "WHERE status IN (?, ?) ORDER BY rowid DESC LIMIT ?",
+        (str(OutboxStatus.FAILED), str(OutboxStatus.PENDING_REMOTE), limit))
+    return [(str(k), str(t), str(st), str(d)) for k, t, st, d in rows]
+
+
+def pushed_duplicate(conn: sqlite3.Connection, process_id: str, from_process: str,
+                     pushed_for: str, reference: str) -> str | None:
+    """The message already scheduled on ``process_id`` that ``from_process`` pushed for the
+    same message (``Pushed-For``) with the same ``Reference``, as AO's MU de-duplicates."""
+    row = conn.execute(  # driven by Pushed-For (a message id: few rows), not Reference
+        "SELECT s.message_id FROM item_tags p "
+        "JOIN items i ON i.rowid = p.item_row "
+        "JOIN schedule s ON s.process_id = ? AND s.message_id = i.id "
+        "WHERE p.name = 'Pushed-For' AND p.value = ? "
+        "AND EXISTS (SELECT 1 FROM item_tags r WHERE r.item_row = p.item_row "
+        "AND r.name = 'Reference' AND r.value = ?) "
+        "AND EXISTS (SELECT 1 FROM item_tags f WHERE f.item_row = p.item_row "
+        "AND f.name = 'From-Process' AND f.value = ?) LIMIT 1",
+        (process_id, pushed_for, reference, from_process)).fetchone()
+    return None if row is None else str(row[0])
 
 
 def outbox_by_status(conn: sqlite3.Connection) -> dict[str, int]:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n appliance/rpc/gen/operator.proto\x12\x0f\x61o_appliance.v1\"\x12\n\x10GetStatusRequest\"\x8c\x04\n\x11GetStatusResponse\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x14\n\x0ctee_platform\x18\x03 \x01(\t\x12\x16\n\x0e\x61ttestation_id\x18\x04 \x01(\t\x12\x1f\n\x17\x61ttestation_age_seconds\x18\x05 \x01(\x01\x12\x11\n\tprocesses\x18\x06 \x01(\x04\x12\x18\n\x10schedule_backlog\x18\x07 \x01(\x04\x12\x16\n\x0eoutbox_pending\x18\x08 \x01(\x04\x12P\n\x10outbox_by_status\x18\t \x03(\x0b\x32\x36.ao_appliance.v1.GetStatusResponse.OutboxByStatusEntry\x12\x15\n\rconfig_digest\x18\n \x01(\t\x12\x14\n\x0c\x62lock_height\x18\x0b \x01(\x04\x12\x14\n\x0ctimestamp_ms\x18\x0c \x01(\x03\x12$\n\x05peers\x18\r \x03(\x0b\x32\x15.ao_appliance.v1.Peer\x12\x1c\n\x14\x61llow_emulated_peers\x18\x0e \x01(\x08\x12\x16\n\x0etrusts_no_peer\x18\x0f \x01(\x08\x12\x19\n\x11last_peer_refusal\x18\x10 \x01(\t\x1a\x35\n\x13OutboxByStatusEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xe0\x01\n\x04Peer\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08location\x18\x03 \x01(\t\x12\x0e\n\x06ttl_ms\x18\x04 \x01(\x04\x12\r\n\x05state\x18\x05 \x01(\t\x12\x14\n\x0clast_seen_ms\x18\x06 \x01(\x03\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\r\n\x05trust\x18\x08 \x01(\t\x12\x14\n\x0ctrust_reason\x18\t \x01(\t\x12\x14\n\x0ctrust_detail\x18\n \x01(\t\x12\x10\n\x08refusals\x18\x0b \x01(\x04\x12\x17\n\x0flast_refusal_ms\x18\x0c \x01(\x03\"&\n\x15GetAttestationRequest\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"\xa4\x01\n\x16GetAttestationResponse\x12\x0c\n\x04item\x18\x01 \x01(\x0c\x12\n\n\x02id\x18\x02 \x01(\t\x12\x10\n\x08platform\x18\x03 \x01(\t\x12\x10\n\x08\x65vidence\x18\x04 \x01(\x0c\x12\x14\n\x0c\x63\x65rtificates\x18\x05 \x03(\t\x12\x10\n\x08node_key\x18\x06 \x01(\t\x12\x15\n\rconfig_digest\x18\x07 \x01(\t\x12\r\n\x05nonce\x18\x08 \x01(\x0c\"!\n\x11SubmitItemRequest\x12\x0c\n\x04item\x18\x01 \x01(\x0c\"^\n\x12SubmitItemResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x12\n\nprocess_id\x18\x03 \x01(\t\x12\x11\n\x04slot\x18\x04 \x01(\x04H\x00\x88\x01\x01\x42\x07\n\x05_slot\":\n\x10GetResultRequest\x12\x12\n\nprocess_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\"\x86\x01\n\x11GetResultResponse\x12\x12\n\nprocess_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x0c\n\x04slot\x18\x03 \x01(\x04\x12\x11\n\tresult_id\x18\x04 \x01(\t\x12\x13\n\x0bresult_json\x18\x05 \x01(\t\x12\x13\n\x0bresult_item\x18\x06 \x01(\x0c\"L\n\x14StreamResultsRequest\x12\x12\n\nprocess_id\x18\x01 \x01(\t\x12\x11\n\tfrom_slot\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\x04\"\x80\x01\n\x0bResultEntry\x12\x12\n\nprocess_id\x18\x01 \x01(\t\x12\x0c\n\x04slot\x18\x02 \x01(\x04\x12\x12\n\nmessage_id\x18\x03 \x01(\t\x12\x11\n\tresult_id\x18\x04 \x01(\t\x12\x13\n\x0bresult_json\x18\x05 \x01(\t\x12\x13\n\x0bresult_item\x18\x06 \x01(\x0c\"\"\n\x03Tag\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\x8a\x01\n\rDryRunRequest\x12\x12\n\nprocess_id\x18\x01 \x01(\t\x12\"\n\x04tags\x18\x02 \x03(\x0b\x32\x14.ao_appliance.v1.Tag\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12\x14\n\x0c\x66rom_address\x18\x05 \x01(\t\x12\x0e\n\x06\x61nchor\x18\x06 \x01(\t\"%\n\x0e\x44ryRunResponse\x12\x13\n\x0bresult_json\x18\x01 \x01(\t\"=\n\x14ListProcessesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"\xaa\x01\n\x0eProcessSummary\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tmodule_id\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12\x12\n\ncreated_ms\x18\x04 \x01(\x03\x12\x11\n\tscheduled\x18\x05 \x01(\x04\x12\x11\n\tevaluated\x18\x06 \x01(\x04\x12\x1c\n\x0f\x63heckpoint_slot\x18\x07 \x01(\x04H\x00\x88\x01\x01\x42\x12\n\x10_checkpoint_slot\"d\n\x15ListProcessesResponse\x12\x32\n\tprocesses\x18\x01 \x03(\x0b\x32\x1f.ao_appliance.v1.ProcessSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\",\n\x16\x46orceCheckpointRequest\x12\x12\n\nprocess_id\x18\x01 \x01(\t\"M\n\x17\x46orceCheckpointResponse\x12\x0c\n\x04slot\x18\x01 \x01(\x04\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x04\x32\xfe\x06\n\x08Operator\x12R\n\tGetStatus\x12!.ao_appliance.v1.GetStatusRequest\x1a\".ao_appliance.v1.GetStatusResponse\x12\x61\n\x0eGetAttestation\x12&.ao_appliance.v1.GetAttestationRequest\x1a\'.ao_appliance.v1.GetAttestationResponse\x12T\n\tAddModule\x12\".ao_appliance.v1.SubmitItemRequest\x1a#.ao_appliance.v1.SubmitItemResponse\x12P\n\x05Spawn\x12\".ao_appliance.v1.SubmitItemRequest\x1a#.ao_appliance.v1.SubmitItemResponse\x12V\n\x0bSendMessage\x12\".ao_appliance.v1.SubmitItemRequest\x1a#.ao_appliance.v1.SubmitItemResponse\x12R\n\tGetResult\x12!.ao_appliance.v1.GetResultRequest\x1a\".ao_appliance.v1.GetResultResponse\x12V\n\rStreamResults\x12%.ao_appliance.v1.StreamResultsRequest\x1a\x1c.ao_appliance.v1.ResultEntry0\x01\x12I\n\x06\x44ryRun\x12\x1e.ao_appliance.v1.DryRunRequest\x1a\x1f.ao_appliance.v1.DryRunResponse\x12^\n\rListProcesses\x12%.ao_appliance.v1.ListProcessesRequest\x1a&.ao_appliance.v1.ListProcessesResponse\x12\x64\n\x0f\x46orceCheckpoint\x12\'.ao_appliance.v1.ForceCheckpointRequest\x1a(.ao_appliance.v1.ForceCheckpointResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n appliance/rpc/gen/operator.proto\x12\x0f\x61o_appliance.v1\"\x12\n\x10GetStatusRequest\"\xcc\x04\n\x11GetStatusResponse\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x14\n\x0ctee_platform\x18\x03 \x01(\t\x12\x16\n\x0e\x61ttestation_id\x18\x04 \x01(\t\x12\x1f\n\x17\x61ttestation_age_seconds\x18\x05 \x01(\x01\x12\x11\n\tprocesses\x18\x06 \x01(\x04\x12\x18\n\x10schedule_backlog\x18\x07 \x01(\x04\x12\x16\n\x0eoutbox_pending\x18\x08 \x01(\x04\x12P\n\x10outbox_by_status\x18\t \x03(\x0b\x32\x36.ao_appliance.v1.GetStatusResponse.OutboxByStatusEntry\x12\x15\n\rconfig_digest\x18\n \x01(\t\x12\x14\n\x0c\x62lock_height\x18\x0b \x01(\x04\x12\x14\n\x0ctimestamp_ms\x18\x0c \x01(\x03\x12$\n\x05peers\x18\r \x03(\x0b\x32\x15.ao_appliance.v1.Peer\x12\x1c\n\x14\x61llow_emulated_peers\x18\x0e \x01(\x08\x12\x16\n\x0etrusts_no_peer\x18\x0f \x01(\x08\x12\x19\n\x11last_peer_refusal\x18\x10 \x01(\t\x12>\n\x12outbox_undelivered\x18\x11 \x03(\x0b\x32\".ao_appliance.v1.OutboxUndelivered\x1a\x35\n\x13OutboxByStatusEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"Q\n\x11OutboxUndelivered\x12\x0c\n\x04item\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\xe0\x01\n\x04Peer\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08location\x18\x03 \x01(\t\x12\x0e\n\x06ttl_ms\x18\x04 \x01(\x04\x12\r\n\x05state\x18\x05 \x01(\t\x12\x14\n\x0clast_seen_ms\x18\x06 \x01(\x03\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\r\n\x05trust\x18\x08 \x01(\t\x12\x14\n\x0ctrust_reason\x18\t \x01(\t\x12\x14\n\x0ctrust_detail\x18\n \x01(\t\x12\x10\n\x08refusals\x18\x0b \x01(\x04\x12\x17\n\x0flast_refusal_ms\x18\x0c \x01(\x03\"&\n\x15GetAttestationRequest\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"\xa4\x01\n\x16GetAttestationResponse\x12\x0c\n\x04item\x18\x01 \x01(\x0c\x12\n\n\x02id\x18\x02 \x01(\t\x12\x10\n\x08platform\x18\x03 \x01(\t\x12\x10\n\x08\x65vidence\x18\x04 \x01(\x0c\x12\x14\n\x0c\x63\x65rtificates\x18\x05 \x03(\t\x12\x10\n\x08node_key\x18\x06 \x01(\t\x12\x15\n\rconfig_digest\x18\x07 \x01(\t\x12\r\n\x05nonce\x18\x08 \x01(\x0c\"!\n\x11SubmitItemRequest\x12\x0c\n\x04item\x18\x01 \x01(\x0c\"^\n\x12SubmitItemResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x12\n\nprocess_id\x18\x03 \x01(\t\x12\x11\n\x04slot\x18\x04 \x01(\x04H\x00\x88\x01\x01\x42\x07\n\x05_slot\":\n\x10GetResultRequest\x12\x12\n\nprocess_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\"\x86\x01\n\x11GetResultResponse\x12\x12\n\nprocess_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x0c\n\x04slot\x18\x03 \x01(\x04\x12\x11\n\tresult_id\x18\x04 \x01(\t\x12\x13\n\x0bresult_json\x18\x05 \x01(\t\x12\x13\n\x0bresult_item\x18\x06 \x01(\x0c\"L\n\x14StreamResultsRequest\x12\x12\n\nprocess_id\x18\x01 \x01(\t\x12\x11\n\tfrom_slot\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\x04\"\x80\x01\n\x0bResultEntry\x12\x12\n\nprocess_id\x18\x01 \x01(\t\x12\x0c\n\x04slot\x18\x02 \x01(\x04\x12\x12\n\nmessage_id\x18\x03 \x01(\t\x12\x11\n\tresult_id\x18\x04 \x01(\t\x12\x13\n\x0bresult_json\x18\x05 \x01(\t\x12\x13\n\x0bresult_item\x18\x06 \x01(\x0c\"\"\n\x03Tag\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\x8a\x01\n\rDryRunRequest\x12\x12\n\nprocess_id\x18\x01 \x01(\t\x12\"\n\x04tags\x18\x02 \x03(\x0b\x32\x14.ao_appliance.v1.Tag\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12\x14\n\x0c\x66rom_address\x18\x05 \x01(\t\x12\x0e\n\x06\x61nchor\x18\x06 \x01(\t\"%\n\x0e\x44ryRunResponse\x12\x13\n\x0bresult_json\x18\x01 \x01(\t\"=\n\x14ListProcessesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"\xaa\x01\n\x0eProcessSummary\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tmodule_id\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12\x12\n\ncreated_ms\x18\x04 \x01(\x03\x12\x11\n\tscheduled\x18\x05 \x01(\x04\x12\x11\n\tevaluated\x18\x06 \x01(\x04\x12\x1c\n\x0f\x63heckpoint_slot\x18\x07 \x01(\x04H\x00\x88\x01\x01\x42\x12\n\x10_checkpoint_slot\"d\n\x15ListProcessesResponse\x12\x32\n\tprocesses\x18\x01 \x03(\x0b\x32\x1f.ao_appliance.v1.ProcessSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\",\n\x16\x46orceCheckpointRequest\x12\x12\n\nprocess_id\x18\x01 \x01(\t\"M\n\x17\x46orceCheckpointResponse\x12\x0c\n\x04slot\x18\x01 \x01(\x04\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x04\x32\xfe\x06\n\x08Operator\x12R\n\tGetStatus\x12!.ao_appliance.v1.GetStatusRequest\x1a\".ao_appliance.v1.GetStatusResponse\x12\x61\n\x0eGetAttestation\x12&.ao_appliance.v1.GetAttestationRequest\x1a\'.ao_appliance.v1.GetAttestationResponse\x12T\n\tAddModule\x12\".ao_appliance.v1.SubmitItemRequest\x1a#.ao_appliance.v1.SubmitItemResponse\x12P\n\x05Spawn\x12\".ao_appliance.v1.SubmitItemRequest\x1a#.ao_appliance.v1.SubmitItemResponse\x12V\n\x0bSendMessage\x12\".ao_appliance.v1.SubmitItemRequest\x1a#.ao_appliance.v1.SubmitItemResponse\x12R\n\tGetResult\x12!.ao_appliance.v1.GetResultRequest\x1a\".ao_appliance.v1.GetResultResponse\x12V\n\rStreamResults\x12%.ao_appliance.v1.StreamResultsRequest\x1a\x1c.ao_appliance.v1.ResultEntry0\x01\x12I\n\x06\x44ryRun\x12\x1e.ao_appliance.v1.DryRunRequest\x1a\x1f.ao_appliance.v1.DryRunResponse\x12^\n\rListProcesses\x12%.ao_appliance.v1.ListProcessesRequest\x1a&.ao_appliance.v1.ListProcessesResponse\x12\x64\n\x0f\x46orceCheckpoint\x12\'.ao_appliance.v1.ForceCheckpointRequest\x1a(.ao_appliance.v1.ForceCheckpointResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,43 +36,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSTATUSREQUEST']._serialized_start=53
   _globals['_GETSTATUSREQUEST']._serialized_end=71
   _globals['_GETSTATUSRESPONSE']._serialized_start=74
-  _globals['_GETSTATUSRESPONSE']._serialized_end=598
-  _globals['_GETSTATUSRESPONSE_OUTBOXBYSTATUSENTRY']._serialized_start=545
-  _globals['_GETSTATUSRESPONSE_OUTBOXBYSTATUSENTRY']._serialized_end=598
-  _globals['_PEER']._serialized_start=601
-  _globals['_PEER']._serialized_end=825
-  _globals['_GETATTESTATIONREQUEST']._serialized_start=827
-  _globals['_GETATTESTATIONREQUEST']._serialized_end=865
-  _globals['_GETATTESTATIONRESPONSE']._serialized_start=868
-  _globals['_GETATTESTATIONRESPONSE']._serialized_end=1032
-  _globals['_SUBMITITEMREQUEST']._serialized_start=1034
-  _globals['_SUBMITITEMREQUEST']._serialized_end=1067
-  _globals['_SUBMITITEMRESPONSE']._serialized_start=1069
-  _globals['_SUBMITITEMRESPONSE']._serialized_end=1163
-  _globals['_GETRESULTREQUEST']._serialized_start=1165
-  _globals['_GETRESULTREQUEST']._serialized_end=1223
-  _globals['_GETRESULTRESPONSE']._serialized_start=1226
-  _globals['_GETRESULTRESPONSE']._serialized_end=1360
-  _globals['_STREAMRESULTSREQUEST']._serialized_start=1362
-  _globals['_STREAMRESULTSREQUEST']._serialized_end=1438
-  _globals['_RESULTENTRY']._serialized_start=1441
-  _globals['_RESULTENTRY']._serialized_end=1569
-  _globals['_TAG']._serialized_start=1571
-  _globals['_TAG']._serialized_end=1605
-  _globals['_DRYRUNREQUEST']._serialized_start=1608
-  _globals['_DRYRUNREQUEST']._serialized_end=1746
-  _globals['_DRYRUNRESPONSE']._serialized_start=1748
-  _globals['_DRYRUNRESPONSE']._serialized_end=1785
-  _globals['_LISTPROCESSESREQUEST']._serialized_start=1787
-  _globals['_LISTPROCESSESREQUEST']._serialized_end=1848
-  _globals['_PROCESSSUMMARY']._serialized_start=1851
-  _globals['_PROCESSSUMMARY']._serialized_end=2021
-  _globals['_LISTPROCESSESRESPONSE']._serialized_start=2023
-  _globals['_LISTPROCESSESRESPONSE']._serialized_end=2123
-  _globals['_FORCECHECKPOINTREQUEST']._serialized_start=2125
-  _globals['_FORCECHECKPOINTREQUEST']._serialized_end=2169
-  _globals['_FORCECHECKPOINTRESPONSE']._serialized_start=2171
-  _globals['_FORCECHECKPOINTRESPONSE']._serialized_end=2248
-  _globals['_OPERATOR']._serialized_start=2251
-  _globals['_OPERATOR']._serialized_end=3145
+  _globals['_GETSTATUSRESPONSE']._serialized_end=662
+  _globals['_GETSTATUSRESPONSE_OUTBOXBYSTATUSENTRY']._serialized_start=609
+  _globals['_GETSTATUSRESPONSE_OUTBOXBYSTATUSENTRY']._serialized_end=662
+  _globals['_OUTBOXUNDELIVERED']._serialized_start=664
+  _globals['_OUTBOXUNDELIVERED']._serialized_end=745
+  _globals['_PEER']._serialized_start=748
+  _globals['_PEER']._serialized_end=972
+  _globals['_GETATTESTATIONREQUEST']._serialized_start=974
+  _globals['_GETATTESTATIONREQUEST']._serialized_end=1012
+  _globals['_GETATTESTATIONRESPONSE']._serialized_start=1015
+  _globals['_GETATTESTATIONRESPONSE']._serialized_end=1179
+  _globals['_SUBMITITEMREQUEST']._serialized_start=1181
+  _globals['_SUBMITITEMREQUEST']._serialized_end=1214
+  _globals['_SUBMITITEMRESPONSE']._serialized_start=1216
+  _globals['_SUBMITITEMRESPONSE']._serialized_end=1310
+  _globals['_GETRESULTREQUEST']._serialized_start=1312
+  _globals['_GETRESULTREQUEST']._serialized_end=1370
+  _globals['_GETRESULTRESPONSE']._serialized_start=1373
+  _globals['_GETRESULTRESPONSE']._serialized_end=1507
+  _globals['_STREAMRESULTSREQUEST']._serialized_start=1509
+  _globals['_STREAMRESULTSREQUEST']._serialized_end=1585
+  _globals['_RESULTENTRY']._serialized_start=1588
+  _globals['_RESULTENTRY']._serialized_end=1716
+  _globals['_TAG']._serialized_start=1718
+  _globals['_TAG']._serialized_end=1752
+  _globals['_DRYRUNREQUEST']._serialized_start=1755
+  _globals['_DRYRUNREQUEST']._serialized_end=1893
+  _globals['_DRYRUNRESPONSE']._serialized_start=1895
+  _globals['_DRYRUNRESPONSE']._serialized_end=1932
+  _globals['_LISTPROCESSESREQUEST']._serialized_start=1934
+  _globals['_LISTPROCESSESREQUEST']._serialized_end=1995
+  _globals['_PROCESSSUMMARY']._serialized_start=1998
+  _globals['_PROCESSSUMMARY']._serialized_end=2168
+  _globals['_LISTPROCESSESRESPONSE']._serialized_start=2170
+  _globals['_LISTPROCESSESRESPONSE']._serialized_end=2270
+  _globals['_FORCECHECKPOINTREQUEST']._serialized_start=2272
+  _globals['_FORCECHECKPOINTREQUEST']._serialized_end=2316
+  _globals['_FORCECHECKPOINTRESPONSE']._serialized_start=2318
+  _globals['_FORCECHECKPOINTRESPONSE']._serialized_end=2395
+  _globals['_OPERATOR']._serialized_start=2398
+  _globals['_OPERATOR']._serialized_end=3292
 # @@protoc_insertion_point(module_scope)

@@ -77,6 +77,7 @@ class GetStatusResponse(_message.Message):
     ALLOW_EMULATED_PEERS_FIELD_NUMBER: _builtins.int
     TRUSTS_NO_PEER_FIELD_NUMBER: _builtins.int
     LAST_PEER_REFUSAL_FIELD_NUMBER: _builtins.int
+    OUTBOX_UNDELIVERED_FIELD_NUMBER: _builtins.int
     address: _builtins.str
     """The node's Arweave-style address (base64url SHA-256 of its public key)."""
     version: _builtins.str
@@ -113,6 +114,10 @@ class GetStatusResponse(_message.Message):
     def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Peer]:
         """What the node learned of each configured peer (network.peers), in configuration order."""
 
+    @_builtins.property
+    def outbox_undelivered(self) -> _containers.RepeatedCompositeFieldContainer[Global___OutboxUndelivered]:
+        """The newest outbox items that ended undelivered, with why (docs/node.md, Cross-node push)."""
+
     def __init__(
         self,
         *,
@@ -132,14 +137,49 @@ class GetStatusResponse(_message.Message):
         allow_emulated_peers: _builtins.bool = ...,
         trusts_no_peer: _builtins.bool = ...,
         last_peer_refusal: _builtins.str = ...,
+        outbox_undelivered: _abc.Iterable[Global___OutboxUndelivered] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "allow_emulated_peers", b"allow_emulated_peers", "attestation_age_seconds", b"attestation_age_seconds", "attestation_id", b"attestation_id", "block_height", b"block_height", "config_digest", b"config_digest", "last_peer_refusal", b"last_peer_refusal", "outbox_by_status", b"outbox_by_status", "outbox_pending", b"outbox_pending", "peers", b"peers", "processes", b"processes", "schedule_backlog", b"schedule_backlog", "tee_platform", b"tee_platform", "timestamp_ms", b"timestamp_ms", "trusts_no_peer", b"trusts_no_peer", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "allow_emulated_peers", b"allow_emulated_peers", "attestation_age_seconds", b"attestation_age_seconds", "attestation_id", b"attestation_id", "block_height", b"block_height", "config_digest", b"config_digest", "last_peer_refusal", b"last_peer_refusal", "outbox_by_status", b"outbox_by_status", "outbox_pending", b"outbox_pending", "outbox_undelivered", b"outbox_undelivered", "peers", b"peers", "processes", b"processes", "schedule_backlog", b"schedule_backlog", "tee_platform", b"tee_platform", "timestamp_ms", b"timestamp_ms", "trusts_no_peer", b"trusts_no_peer", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetStatusResponse: _TypeAlias = GetStatusResponse  # noqa: Y015
+
+@_typing.final
+class OutboxUndelivered(_message.Message):
+    """An outbox item that ended without delivery."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEM_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    item: _builtins.str
+    """Its outbox row: the pushed item's id."""
+    target: _builtins.str
+    """The process (or, for a Spawn, the new process) it was for."""
+    status: _builtins.str
+    """failed (a peer refused it) or pending-remote (no node this one knows hosts the target)."""
+    reason: _builtins.str
+    """The peer's refusal, or why no node hosts it."""
+    def __init__(
+        self,
+        *,
+        item: _builtins.str = ...,
+        target: _builtins.str = ...,
+        status: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item", b"item", "reason", b"reason", "status", b"status", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OutboxUndelivered: _TypeAlias = OutboxUndelivered  # noqa: Y015
 
 @_typing.final
 class Peer(_message.Message):
