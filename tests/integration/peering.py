@@ -11,7 +11,7 @@ from typing import Any
 
 from tests.integration.server import Server
 
-DEADLINE_SECONDS = 180.0
+DEADLINE_SECONDS = 240.0
 
 
 def free_port() -> int:
@@ -21,11 +21,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def command(port: int, *peers: str) -> tuple[str, ...]:
-    """``serve`` on ``port`` with its public URL and ``--peer`` for each of ``peers``."""
-    flags = [flag for peer in peers for flag in ("--peer", peer)]
+def command(port: int, *peers: str, flags: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """``serve`` on ``port`` with its public URL, ``--peer`` for each of ``peers`` and ``flags``
+    (the data dir comes last, from :func:`~tests.integration.server.start_server`)."""
+    peering = [flag for peer in peers for flag in ("--peer", peer)]
     return ("-m", "appliance.cli", "serve", "--http", f"127.0.0.1:{port}", "--tee", "emulated",
-            "--public-url", f"http://127.0.0.1:{port}", *flags, "--data-dir")
+            "--public-url", f"http://127.0.0.1:{port}", *peering, *flags, "--data-dir")
 
 
 def health(url: str) -> Any:
@@ -34,9 +35,9 @@ def health(url: str) -> Any:
         return json.loads(answer.read())
 
 
-def poll(what: str, check: Callable[[], Any]) -> Any:
-    """``check()``'s first truthy value, asked every 0.2 s for up to DEADLINE_SECONDS."""
-    deadline = time.monotonic() + DEADLINE_SECONDS
+def poll(what: str, check: Callable[[], Any], seconds: float = DEADLINE_SECONDS) -> Any:
+    """``check()``'s first truthy value, asked every 0.2 s for up to ``seconds``."""
+    deadline = time.monotonic() + seconds
     while True:
         value = check()
         if value:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +19,6 @@ from appliance.ao import items
 from tests.integration.clients import client_identity, message, module_item, process_item
 from tests.integration.peering import command, free_port, health, peer_known, poll
 from tests.integration.server import Server, start_server
-
-
-@pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    running: list[Server] = []
-    yield running
-    for srv in running:
-        srv.stop()
 
 
 def _call(url: str, body: bytes | None = None, content_type: str = "application/octet-stream",

@@ -5,46 +5,27 @@ peer's attestation; otherwise 403 (gRPC PERMISSION_DENIED), counted and shown in
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from appliance.ao import items
 from appliance.node.identity import NodeIdentity
 from tests.integration.clients import client_identity, spawn, upload_module
+from tests.integration.peering import command, free_port, poll
 from tests.integration.server import Server, start_server
 from tests.support.paths import REPO
 
-DEADLINE_SECONDS = 180.0
 OTHER_MEASUREMENT = "ab" * 48
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
-def _command(port: int, *flags: str) -> tuple[str, ...]:
-    return ("-m", "appliance.cli", "serve", "--http", f"127.0.0.1:{port}", "--tee", "emulated",
-            "--public-url", f"http://127.0.0.1:{port}", *flags, "--data-dir")
 
 
-def _poll(what: str, check: Callable[[], Any]) -> Any:
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.2)
 
 
 def _trust(srv: Server, address: str) -> Any:
@@ -74,40 +55,32 @@ def _ctl(port: int, *args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=120)
 
 
-@pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    running: list[Server] = []
-    yield running
-    for srv in running:
-        srv.stop()
-
-
 def test_pushes_are_scheduled_only_from_attested_peers(tmp_path: Path,
                                                        servers: list[Server]) -> None:
-    port_b = _free_port()
+    port_b = free_port()
     url_b = f"http://127.0.0.1:{port_b}"
-    b = start_server(tmp_path / "b", _command(port_b))  # the pushing node
+    b = start_server(tmp_path / "b", command(port_b))  # the pushing node
     servers.append(b)
     b_key = NodeIdentity.load_or_create(tmp_path / "b")
     assert b_key.address == b.address
 
-    port_a, port_c, port_d = _free_port(), _free_port(), _free_port()
-    grpc_c = _free_port()
-    a = start_server(tmp_path / "a", _command(port_a, "--peer", url_b, "--allow-emulated-peers"))
+    port_a, port_c, port_d = free_port(), free_port(), free_port()
+    grpc_c = free_port()
+    a = start_server(tmp_path / "a", command(port_a, url_b, flags=("--allow-emulated-peers",)))
     servers.append(a)
-    c = start_server(tmp_path / "c", _command(port_c, "--peer", url_b, "--metrics",
-                                              "127.0.0.1:0", "--grpc", f"127.0.0.1:{grpc_c}"))
+    c = start_server(tmp_path / "c", command(port_c, url_b, flags=(
+        "--metrics", "127.0.0.1:0", "--grpc", f"127.0.0.1:{grpc_c}")))
     servers.append(c)
     policy = tmp_path / "peers.yaml"
     policy.write_text(f"allowed_measurements: [{OTHER_MEASUREMENT}]\n")
     config = tmp_path / "d.yaml"
     config.write_text(f"network:\n  peer_policy: {policy}\n")
-    d = start_server(tmp_path / "d", _command(port_d, "--peer", url_b, "--allow-emulated-peers",
-                                              "--config", str(config)))
+    d = start_server(tmp_path / "d", command(port_d, url_b, flags=(
+        "--allow-emulated-peers", "--config", str(config))))
     servers.append(d)
 
     # a: trusts b (emulated, with the flag): b's push is scheduled
-    trusted = _poll("a to trust b", _verdict(a, b.address, "trusted"))
+    trusted = poll("a to trust b", _verdict(a, b.address, "trusted"))
     assert trusted["reason"] == "trusted" and "emulated" in trusted["detail"]
     client = client_identity(tmp_path / "client")
     process = spawn(a, client, upload_module(a, client), "pushed-to")
@@ -117,7 +90,7 @@ def test_pushes_are_scheduled_only_from_attested_peers(tmp_path: Path,
     assert status == 403 and "not a peer of this node" in body["error"], body
 
     # c: no flag, no policy: b's emulated attestation is refused, so is its push
-    refused = _poll("c to refuse b", _verdict(c, b.address, "refused"))
+    refused = poll("c to refuse b", _verdict(c, b.address, "refused"))
     assert refused["reason"] == "no_policy", refused
     status, body = c.post("/", _push(b_key, "q" * 43, 1).raw)
     assert status == 403 and f"peer {b.address} is not trusted" in body["error"], body
@@ -138,7 +111,7 @@ def test_pushes_are_scheduled_only_from_attested_peers(tmp_path: Path,
     assert status_c["last_peer_refusal"].startswith(f"{b.address}: no_policy")
 
     # d: the flag, but a policy demanding another measurement: refused as failing the policy
-    failed = _poll("d to refuse b", _verdict(d, b.address, "refused"))
+    failed = poll("d to refuse b", _verdict(d, b.address, "refused"))
     assert failed["reason"] == "policy" and "measurement" in failed["detail"], failed
     status, body = d.post("/", _push(b_key, "q" * 43, 1).raw)
     assert status == 403 and "measurement" in body["error"], body

@@ -5,24 +5,13 @@ and an item for a process no peer hosts gets the node's own refusal (a node that
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from appliance.ao import items
 from tests.integration.clients import client_identity, message, spawn, upload_module
 from tests.integration.peering import command, free_port, health, peer_known, poll
 from tests.integration.server import Server, start_server
-
-
-@pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    running: list[Server] = []
-    yield running
-    for srv in running:
-        srv.stop()
 
 
 def test_two_nodes_learn_each_other_and_refusals_name_the_right_node(

@@ -8,14 +8,9 @@ reason and a wallet target ``pending-remote``, neither retried."""
 from __future__ import annotations
 
 import json
-import socket
-import time
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from appliance.node.identity import NodeIdentity
 from tests.integration.clients import (
@@ -25,10 +20,11 @@ from tests.integration.clients import (
     spread_names,
     upload_module,
 )
+from tests.integration.peering import command, free_port, health, poll
 from tests.integration.server import Server, start_server
 from tests.metrics.live import samples, scrape, value
 
-DEADLINE_SECONDS = 240.0
+FLAGS = ("--metrics", "127.0.0.1:0", "--allow-emulated-peers")
 BURST = 20
 
 PONG_SETUP = """Pongs = Pongs or {}
@@ -47,37 +43,16 @@ return "ok"
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
-def _command(port: int, *peers: str) -> tuple[str, ...]:
-    flags = [flag for peer in peers for flag in ("--peer", peer)]
-    return ("-m", "appliance.cli", "serve", "--http", f"127.0.0.1:{port}", "--tee", "emulated",
-            "--public-url", f"http://127.0.0.1:{port}", "--metrics", "127.0.0.1:0",
-            "--allow-emulated-peers", *flags,
-            "--data-dir")
 
 
-def _health(srv: Server) -> Any:
-    with urllib.request.urlopen(srv.url + "/", timeout=60) as answer:
-        return json.loads(answer.read())
 
 
-def _poll(what: str, check: Callable[[], Any]) -> Any:
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.3)
 
 
 def _peered(srv: Server, address: str) -> Callable[[], Any]:
-    return lambda: [p for p in _health(srv)["peers"] if p["address"] == address
+    return lambda: [p for p in health(srv.url)["peers"] if p["address"] == address
                     and p["reachable"]]
 
 
@@ -106,24 +81,16 @@ def _list(srv: Server, client: NodeIdentity, process: str, name: str) -> list[st
     return [v for v in text.split(",") if v]
 
 
-@pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    running: list[Server] = []
-    yield running
-    for srv in running:
-        srv.stop()
-
-
 def test_push_between_two_nodes_exactly_once_in_order_and_through_a_kill(
         tmp_path: Path, servers: list[Server]) -> None:
-    port_a, port_b = _free_port(), _free_port()
+    port_a, port_b = free_port(), free_port()
     url_a, url_b = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
-    a = start_server(tmp_path / "a", _command(port_a, url_b))
+    a = start_server(tmp_path / "a", command(port_a, url_b, flags=FLAGS))
     servers.append(a)
-    b = start_server(tmp_path / "b", _command(port_b, url_a))
+    b = start_server(tmp_path / "b", command(port_b, url_a, flags=FLAGS))
     servers.append(b)
-    _poll("a to learn b", _peered(a, b.address))
-    _poll("b to learn a", _peered(b, a.address))
+    poll("a to learn b", _peered(a, b.address))
+    poll("b to learn a", _peered(b, a.address))
 
     client = client_identity(tmp_path / "client")
     module = upload_module(a, client)
@@ -149,19 +116,19 @@ def test_push_between_two_nodes_exactly_once_in_order_and_through_a_kill(
     sends = "\n".join(f'Send({{Target = "{receiver.id}", Action = "Ping", Data = "{v}"}})'
                       for v in first)
     run(a, sender.id, sends + f'\nSend({{Target = "{client.address}", Action = "Hi"}})')
-    pongs = _poll("the pongs of the first burst",
+    pongs = poll("the pongs of the first burst",
                   lambda: (got := _list(a, client, sender.id, "Pongs")) and len(got) >= BURST
                   and got)
     assert pongs == [f"{receiver.id}/{v}" for v in first]
     assert _list(b, client, receiver.id, "Pings") == first
 
     # A wallet target ends pending-remote (final), with its reason.
-    health = _poll("the wallet push to settle", lambda: (h := _health(a)) and any(
+    seen = poll("the wallet push to settle", lambda: (h := health(a.url)) and any(
         u["target"] == client.address for u in h["outbox"]["undelivered"]) and h)
-    [wallet] = [u for u in health["outbox"]["undelivered"] if u["target"] == client.address]
+    [wallet] = [u for u in seen["outbox"]["undelivered"] if u["target"] == client.address]
     assert wallet["status"] == "pending-remote" and client.address in wallet["reason"]
-    assert health["outbox"]["by_status"].get("delivered", 0) >= BURST
-    assert _health(b)["outbox"]["by_status"].get("delivered", 0) >= BURST
+    assert seen["outbox"]["by_status"].get("delivered", 0) >= BURST
+    assert health(b.url)["outbox"]["by_status"].get("delivered", 0) >= BURST
 
     # A second burst, then A is killed (-9) right after acknowledging it, and restarted.
     second = [f"b{i}" for i in range(BURST)]
@@ -170,13 +137,13 @@ def test_push_between_two_nodes_exactly_once_in_order_and_through_a_kill(
         f'Send({{Target = "{receiver.id}", Action = "Ping", Data = "{v}"}})' for v in second), n)
     a.kill()
     servers.remove(a)
-    a = start_server(tmp_path / "a", _command(port_a, url_b))
+    a = start_server(tmp_path / "a", command(port_a, url_b, flags=FLAGS))
     servers.append(a)
-    pongs = _poll("the pongs of the second burst",
+    pongs = poll("the pongs of the second burst",
                   lambda: (got := _list(a, client, sender.id, "Pongs"))
                   and len(got) >= 2 * BURST and got)
     assert pongs == [f"{receiver.id}/{v}" for v in first + second]
-    pings = _poll("the pings", lambda: (got := _list(b, client, receiver.id, "Pings"))
+    pings = poll("the pings", lambda: (got := _list(b, client, receiver.id, "Pings"))
                   and len(got) >= 2 * BURST and got)
     assert pings == first + second
 
@@ -187,51 +154,51 @@ def test_push_between_two_nodes_exactly_once_in_order_and_through_a_kill(
         f'Send({{Target = "{receiver.id}", Action = "Ping", Data = "{v}"}})' for v in third), n)
     b.kill()
     servers.remove(b)
-    b = start_server(tmp_path / "b", _command(port_b, url_a))
+    b = start_server(tmp_path / "b", command(port_b, url_a, flags=FLAGS))
     servers.append(b)
-    pongs = _poll("the pongs of the third burst",
+    pongs = poll("the pongs of the third burst",
                   lambda: (got := _list(a, client, sender.id, "Pongs"))
                   and len(got) >= 3 * BURST and got)
     assert pongs == [f"{receiver.id}/{v}" for v in first + second + third]
     assert _list(b, client, receiver.id, "Pings") == first + second + third
 
     # Spawns: one here, one on B (its Scheduler), one B refuses (422: asks above B's maximum).
-    _poll("a to learn b again", _peered(a, b.address))
+    poll("a to learn b again", _peered(a, b.address))
     run(a, sender.id, "\n".join([
         f'Spawn("{module}", {{Data = "local", Name = "kid-a"}})',
         f'Spawn("{module}", {{Data = "remote", Name = "kid-b", Scheduler = "{b.address}"}})',
         f'Spawn("{module}", {{Data = "big", Name = "kid-x", Scheduler = "{b.address}", '
         '["Memory-Limit"] = "1048576-gb"})']))
-    kids = _poll("two Spawned notices", lambda: (got := _list(a, client, sender.id, "Kids"))
+    kids = poll("two Spawned notices", lambda: (got := _list(a, client, sender.id, "Kids"))
                  and len(got) >= 2 and got)
     assert len(kids) == 2, kids
     local_kid, remote_kid = (k.split("/") for k in kids)
     for kid in (local_kid, remote_kid):
         assert kid[0] == kid[1] and len(kid[0]) == 43, kids  # Process == From (child id)
     assert b.get_json(f"/processes/{remote_kid[0]}")["process_id"] == remote_kid[0]
-    health = _poll("the refused spawn to fail", lambda: (h := _health(a)) and any(
+    seen = poll("the refused spawn to fail", lambda: (h := health(a.url)) and any(
         u["status"] == "failed" for u in h["outbox"]["undelivered"]) and h)
-    [failed] = [u for u in health["outbox"]["undelivered"] if u["status"] == "failed"]
+    [failed] = [u for u in seen["outbox"]["undelivered"] if u["status"] == "failed"]
     assert "HTTP 422" in failed["reason"] and "Memory-Limit" in failed["reason"], failed
-    assert health["outbox"]["by_status"].get("pending", 0) == 0
+    assert seen["outbox"]["by_status"].get("pending", 0) == 0
     assert a.metrics_url is not None
     scraped = samples(scrape(a.metrics_url)[1])
-    for status, count in health["outbox"]["by_status"].items():
+    for status, count in seen["outbox"]["by_status"].items():
         assert value(scraped, "ao_appliance_outbox_items", status=status) == count, status
     assert value(scraped, "ao_appliance_outbox_items", status="failed") == 1
 
 
 def test_push_from_shard_processes(tmp_path: Path, servers: list[Server]) -> None:
-    port_a, port_b = _free_port(), _free_port()
+    port_a, port_b = free_port(), free_port()
     url_a, url_b = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
-    a = start_server(tmp_path / "a", (*_command(port_a, url_b)[:-1], "--shards", "2",
+    a = start_server(tmp_path / "a", (*command(port_a, url_b, flags=FLAGS)[:-1], "--shards", "2",
                                       "--data-dir"))
     servers.append(a)
-    b = start_server(tmp_path / "b", _command(port_b, url_a))
+    b = start_server(tmp_path / "b", command(port_b, url_a, flags=FLAGS))
     servers.append(b)
     assert len(a.shard_pids()) == 2
-    _poll("a to learn b", _peered(a, b.address))
-    _poll("b to learn a", _peered(b, a.address))
+    poll("a to learn b", _peered(a, b.address))
+    poll("b to learn a", _peered(b, a.address))
     client = client_identity(tmp_path / "client")
     module = upload_module(a, client)
     upload_module(b, client)
@@ -253,7 +220,7 @@ def test_push_from_shard_processes(tmp_path: Path, servers: list[Server]) -> Non
             f'Send({{Target = "{receiver.id}", Action = "Ping", Data = "s{k}-{i}"}})'
             for i in range(5)), n)
     for k, sender in enumerate(senders):
-        pongs = _poll(f"the pongs of sender {k}",
+        pongs = poll(f"the pongs of sender {k}",
                       lambda s=sender: (got := _list(a, client, s.id, "Pongs"))
                       and len(got) >= 5 and got)
         assert pongs == [f"{receiver.id}/s{k}-{i}" for i in range(5)]
