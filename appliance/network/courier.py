@@ -131,37 +131,11 @@ class Outbox(Protocol):
         ...
 
 
-def post_item(url: str, raw: bytes, timeout: float = PUSH_TIMEOUT_SECONDS) -> dict[str, Any]:
-    """``POST {url}/`` with a raw data item; the peer's JSON receipt, or :class:`PushRefused`
-    with the HTTP status and the peer's ``error`` text."""
-    if not url.startswith(("http://", "https://")):
-        raise PushRefused(f"{url}: not an http(s) URL")
-    request = urllib.request.Request(  # noqa: S310 - http(s) checked above
-        url + "/", data=raw, method="POST",
-        headers={"Content-Type": "application/octet-stream", "Accept": "application/json"})
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(request, timeout=timeout) as answer:
-            data = answer.read(MAX_ANSWER_BYTES)
-    except urllib.error.HTTPError as exc:
-        body = exc.read(MAX_ANSWER_BYTES)
-        exc.close()
-        raise PushRefused(_error_text(body) or f"HTTP {exc.code} from {url}", exc.code) from None
-    except (OSError, HTTPException, ValueError) as exc:
-        why = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-        raise PushRefused(f"{url}: {why}") from None
-    try:
-        receipt = json.loads(data)
-    except ValueError:
-        raise PushRefused(f"{url}: receipt is not JSON") from None
-    if not isinstance(receipt, dict) or not isinstance(receipt.get("id"), str):
-        raise PushRefused(f"{url}: receipt names no id")
-    return receipt
 
 
 class HttpPoster:
-    """:func:`post_item` over one kept-alive connection per peer (the courier's only thread
-    uses it); a connection that fails is dropped and the next push opens a new one."""
+    """``POST {url}/`` of a raw data item over one kept-alive connection per peer (the courier's
+    only thread uses it); a connection that fails is dropped and the next push opens a new one."""
 
     def __init__(self, timeout: float = PUSH_TIMEOUT_SECONDS) -> None:
         self.timeout = timeout
@@ -349,4 +323,4 @@ def _scheduler(raw: bytes) -> str | None:
 
 
 __all__ = ["Courier", "HttpPoster", "Outbox", "PushRefused", "Route", "RouteFn", "Verdict", "heads",
-           "next_delay", "post_item", "verdict"]
+           "next_delay", "verdict"]
