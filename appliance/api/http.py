@@ -328,6 +328,8 @@ class Routes:
         raw = await self._body(request)
         if not raw:
             raise BadRequest("the request body must be an ANS-104 data item")
+        if "assign" in request.query:
+            return await self._assign(request, raw)
         forward = FORWARDED_HEADER not in request.headers  # a peer's forward: never pass it on
         receipt = await self.admit(raw, forward=forward)
         body: dict[str, Any] = {"id": receipt.id, "message": "Processing DataItem",
@@ -341,6 +343,19 @@ class Routes:
         if receipt.forwarded_to is not None:
             body["forwardedTo"] = receipt.forwarded_to
         return _json(body, 202 if receipt.type != "Module" else 200)
+
+    async def _assign(self, request: web.Request, raw: bytes) -> web.Response:
+        """``POST /?process-id=P&assign=M`` (AO's SU assign call) with message M as the body."""
+        process_id, message_id = request.query.get("process-id"), request.query.get("assign")
+        if not process_id or not message_id:
+            raise BadRequest("an assign call needs both process-id and assign in the query")
+        receipt = await self._run(self.node.assign, process_id, message_id, raw)
+        body: dict[str, Any] = {"id": receipt.id, "message": "Assigned",
+                                "process": process_id,
+                                "timestamp": time.time_ns() // 1_000_000}
+        if receipt.slot is not None:
+            body["slot"] = receipt.slot
+        return _json(body, 202)
 
     async def timestamp(self, _request: web.Request) -> web.Response:
         return _json({"timestamp": time.time_ns() // 1_000_000,

@@ -5,7 +5,10 @@ recorded ``pending`` in the durable outbox, in the result's transaction. The cou
 shard holding that outbox reads the ``pending`` rows, asks where each target lives (a
 :data:`RouteFn`: the node's peer directory, through the front for a shard in its own process)
 and sends the raw item with ``POST {peer}/`` (ANS-104 bytes, ``application/octet-stream``), the
-route every node serves as MU/SU. What the answer means is decided by :func:`verdict`:
+route every node serves as MU/SU; an Assignment is AO's SU assign call,
+``POST {peer}/?process-id=TARGET&assign=MESSAGE`` with the message's bytes as the body (the
+receiver checks them and assigns the message idempotently). What the answer means is decided
+by :func:`verdict`:
 
 * 2xx: ``delivered`` (the receipt is kept as the row's detail);
 * 403 and other 4xx except 408/421/429: ``failed`` with the peer's reason; never retried;
@@ -141,8 +144,8 @@ class HttpPoster:
         self.timeout = timeout
         self._connections: dict[str, http.client.HTTPConnection] = {}
 
-    def __call__(self, url: str, raw: bytes) -> dict[str, Any]:
-        """``POST {url}/`` with ``raw``; the receipt, or :class:`PushRefused`."""
+    def __call__(self, url: str, raw: bytes, query: str = "") -> dict[str, Any]:
+        """``POST {url}/{query}`` with ``raw``; the receipt, or :class:`PushRefused`."""
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise PushRefused(f"{url}: not an http(s) URL")
@@ -152,7 +155,7 @@ class HttpPoster:
                     else http.client.HTTPConnection)
             conn = self._connections[url] = kind(parts.hostname, parts.port,
                                                  timeout=self.timeout)
-        path = (parts.path or "") + "/"
+        path = (parts.path or "") + "/" + query
         try:
             conn.request("POST", path, body=raw, headers={
                 "Content-Type": "application/octet-stream", "Accept": "application/json"})
@@ -198,7 +201,7 @@ class Courier:
     """One thread pushing an outbox's ``pending`` rows to peers (see the module docstring)."""
 
     def __init__(self, outbox: Outbox, route: RouteFn, *,
-                 post: Callable[[str, bytes], dict[str, Any]] | None = None,
+                 post: Callable[..., dict[str, Any]] | None = None,
                  name: str = "courier") -> None:
         self._outbox = outbox
         self._route = route
@@ -277,7 +280,9 @@ class Courier:
                 return True
             return self._retry(row, Verdict(None, f"no peer hosting {row.target} reachable"))
         try:
-            outcome: dict[str, Any] | PushRefused = self._post(route.url, row.raw)
+            outcome: dict[str, Any] | PushRefused = (
+                self._post(route.url, row.raw, assign_query(row.key)) if row.kind == "assignment"
+                else self._post(route.url, row.raw))
         except PushRefused as exc:
             outcome = exc
         decided = verdict(outcome)
@@ -315,6 +320,13 @@ class Courier:
         return False
 
 
+def assign_query(key: str) -> str:
+    """The query of AO's SU assign call for the outbox row ``key`` (``message>target``):
+    ``?process-id=TARGET&assign=MESSAGE``; the body carries the message's bytes."""
+    message_id, _, target = key.partition(">")
+    return "?" + urllib.parse.urlencode({"process-id": target, "assign": message_id})
+
+
 def _scheduler(raw: bytes) -> str | None:
     try:  # the item was verified when it was signed and stored
         return items.first_tag(items.parse_unverified(raw), "Scheduler")
@@ -322,5 +334,5 @@ def _scheduler(raw: bytes) -> str | None:
         return None
 
 
-__all__ = ["Courier", "HttpPoster", "Outbox", "PushRefused", "Route", "RouteFn", "Verdict", "heads",
-           "next_delay", "verdict"]
+__all__ = ["Courier", "HttpPoster", "Outbox", "PushRefused", "Route", "RouteFn", "Verdict",
+           "assign_query", "heads", "next_delay", "verdict"]

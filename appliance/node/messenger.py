@@ -8,8 +8,9 @@ the node owns is recorded ``forwarding`` and pushed to that shard once the resul
 peers, targets this node does not host are recorded ``pending`` for the courier
 (:mod:`appliance.network.courier`) to push to the peer hosting them; without peers they stay in
 the durable outbox as ``pending-remote``. Chains deeper than the configured bound are recorded as
-``dropped-depth``. Once a Spawn is scheduled, its parent gets the ``Action: Spawned`` notice
-(:func:`spawned_notice`), as AO's MU sends it.
+``dropped-depth``. An Assignment to a process a peer hosts is recorded ``pending`` under
+:func:`assignment_key` and assigned there by the courier. Once a Spawn is scheduled, its parent
+gets the ``Action: Spawned`` notice (:func:`spawned_notice`), as AO's MU sends it.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ def push_outbox(conn: sqlite3.Connection, ctx: SchedulerContext, outbox: Outbox,
         woken |= _deliver(conn, ctx, push, out.item, out.target, depth, out.kind, forwarding,
                           peered)
     for assignment in outbox.assignments:
-        woken |= _assign_existing(conn, ctx, push, assignment, depth, forwarding)
+        woken |= _assign_existing(conn, ctx, push, assignment, depth, forwarding, peered)
     return woken
 
 
@@ -256,7 +257,7 @@ def _deliver(conn: sqlite3.Connection, ctx: SchedulerContext, push: PushContext,
 
 def _assign_existing(conn: sqlite3.Connection, ctx: SchedulerContext, push: PushContext,
                      entry: dict[str, Any], depth: int,
-                     forwarding: Forwarding | None) -> set[str]:
+                     forwarding: Forwarding | None, peered: bool = False) -> set[str]:
     message_id = str(entry.get("Message") or "")
     processes = entry.get("Processes")
     woken: set[str] = set()
@@ -276,6 +277,10 @@ def _assign_existing(conn: sqlite3.Connection, ctx: SchedulerContext, push: Push
                                                    depth))
             continue
         if not queries.process_hosted(conn, target):
+            key = assignment_key(message_id, target)
+            if peered and not queries.outbox_recorded(conn, key):  # the courier assigns it there
+                queries.record_outbox(conn, key, push.slot.process_id, push.slot.slot, target,
+                                      "assignment", OutboxStatus.PENDING, "", depth)
             continue
         if existing_slot(conn, target, message_id) is None:
             assign(conn, ctx, target, message_id, depth)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from appliance.ao import items
-from appliance.errors import ApplianceError, NotFound, NotHosted, TooLarge
+from appliance.errors import ApplianceError, BadRequest, NotFound, NotHosted, TooLarge
 from appliance.network.courier import RouteFn
 from appliance.node.db.queries import ProcessRow, ResultRow
 from appliance.node.guest import ScheduledSlot
@@ -232,6 +232,25 @@ class Node:
             return self.peers.forward(raw, exc)
         self.ingest_here(module)
         return self.ingest_here(raw)
+
+    def assign(self, process_id: str, message_id: str, raw: bytes) -> Receipt:
+        """AO's SU assign call (what a peer's courier sends for an outbox Assignment): schedule
+        the message ``raw`` (which must verify and be ``message_id``) on ``process_id``, a
+        process this node hosts, once (a repeat answers the slot it already has)."""
+        try:
+            item = items.parse_verified(raw, self.settings.max_item_bytes)
+        except ApplianceError as exc:
+            self.observer.item_rejected(exc)
+            raise
+        if item.id != message_id:
+            raise BadRequest(f"the body is item {item.id}, not the message {message_id} to "
+                             f"assign")
+        shard = self.owner(process_id)
+        shard.accept(process_id, raw, "assignment", 1)
+        _, assignment = shard.scheduled(process_id, message_id)
+        nonce = items.first_tag(assignment, "Nonce")
+        return Receipt(message_id, "Assignment", process_id,
+                       int(nonce) if nonce is not None and nonce.isdigit() else None)
 
     def ingest_here(self, raw: bytes) -> Receipt:
         """Route one client data item to the shard that owns its process; a Module goes to

@@ -207,3 +207,42 @@ def test_a_push_to_a_node_that_does_not_trust_the_sender_stays_visible_as_failed
     his = _dry_eval(d, target.id, client.address, "local n = 0 for _, m in ipairs(Inbox) do "
                     "if m.Action == 'Hi' then n = n + 1 end end return tostring(n)")
     assert his == "0"
+
+
+def test_an_outbox_assignment_reaches_a_process_on_another_node_once(
+        tmp_path: Path, servers: list[Server]) -> None:
+    port_a, port_b = free_port(), free_port()
+    url_a, url_b = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
+    a = start_server(tmp_path / "a", command(port_a, url_b, flags=FLAGS))
+    servers.append(a)
+    b = start_server(tmp_path / "b", command(port_b, url_a, flags=FLAGS))
+    servers.append(b)
+    poll("a and b to learn each other", lambda: _knows_all(a, [b])() and _knows_all(b, [a])())
+
+    client = client_identity(tmp_path / "client")
+    module = module_item(client)
+    assert a.post("/", module.raw)[0] == 200
+    nodes = [a.address, b.address]
+    assigner = _process(client, module.id, a, "assigner", nodes)
+    listener = _process(client, module.id, b, "listener", nodes)
+    _post(a, assigner)
+    _post(a, listener)
+    _post(a, message(client, assigner.id, f"""
+Handlers.add("note", "Note", function(m) Assign({{Processes = {{'{listener.id}'}},
+                                                  Message = m.Id}}) end)
+return 'ok'""", 1))
+    _post(b, message(client, listener.id, """
+ao.addAssignable("any", function(m) return true end)
+Got = Got or {}
+Handlers.add("note", "Note", function(m) table.insert(Got, m.Id) end)
+return 'ok'""", 2))
+    note = message(client, assigner.id, "a note", 3, action="Note")
+    _post(b, note)  # to the wrong node: forwarded to A, whose process assigns it on to B's
+
+    got = poll("the assignment on b", lambda: _listed(b, listener.id, client.address, "Got"))
+    assert got == [note.id]
+    delivered = [u for u in health(a.url)["outbox"]["undelivered"] if note.id in u["item"]]
+    assert delivered == []  # nothing failed or left without a route
+    status, again = b.post(f"/?process-id={listener.id}&assign={note.id}", note.raw)
+    assert status == 202 and again["id"] == note.id, again  # a repeat keeps its one slot
+    assert _listed(b, listener.id, client.address, "Got") == [note.id]

@@ -659,11 +659,17 @@ def outbox_pending(conn: sqlite3.Connection, limit: int) -> list[PendingPush]:
     rows = conn.execute(
         "SELECT o.item_id, o.from_process, o.from_slot, o.target, o.kind, i.raw, o.push_depth "
         "FROM outbox o "
-        "JOIN items i ON i.id = o.item_id WHERE o.status = ? "
+        "LEFT JOIN items i ON i.id = o.item_id WHERE o.status = ? "
         "ORDER BY o.from_process, o.from_slot, o.rowid LIMIT ?",
-        (str(OutboxStatus.PENDING), limit))
-    return [PendingPush(str(k), str(p), int(s), str(t), str(kind), bytes(raw), int(d))
-            for k, p, s, t, kind, raw, d in rows]
+        (str(OutboxStatus.PENDING), limit)).fetchall()
+    pending = []
+    for k, p, s, t, kind, joined, d in rows:
+        raw = item_raw(conn, str(k).partition(">")[0]) if joined is None and \
+            kind == "assignment" else joined  # key "message>target": the message's bytes
+        if raw is not None:
+            pending.append(PendingPush(str(k), str(p), int(s), str(t), str(kind), bytes(raw),
+                                       int(d)))
+    return pending
 
 
 def outbox_failures(conn: sqlite3.Connection, limit: int) -> list[tuple[str, str, str, str]]:
