@@ -17,6 +17,7 @@ from appliance.network.courier import (
     Courier,
     PushRefused,
     Route,
+    assign_query,
     heads,
     next_delay,
     verdict,
@@ -156,3 +157,8 @@ def test_a_second_push_for_the_same_reference_gets_the_first_receipt(tmp_path: P
         assert len(page) == 3  # the process, and two messages
     finally:
         node.close()
+
+
+def test_an_assignment_row_becomes_the_su_assign_query() -> None:
+    message, target = "m" * 43, "t" * 43
+    assert assign_query(f"{message}>{target}") == f"?process-id={target}&assign={message}"
