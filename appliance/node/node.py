@@ -79,12 +79,13 @@ class LocalRouter:
         self._node.shards[index].accept(target, raw, kind, push_depth)
 
     def module(self, module_id: str) -> bytes | None:
-        """The Module item from the first shard that stores it."""
+        """The Module item from the first shard that stores it, else from a peer (checked)."""
         for shard in self._node.shards:
             raw = shard.module_raw(module_id)
             if raw is not None:
                 return raw
-        return None
+        peers = self._node.peers
+        return peers.module(module_id) if peers is not None else None
 
 
 OUTBOX_FAILURES_SHOWN = 20
@@ -125,7 +126,10 @@ class Node:
             shard.add_progress_listener(self._progressed)
         if shards is not None:
             for index, shard in enumerate(self.shards):
-                shard.start(LocalRouter(self, index) if len(self.shards) > 1 else SoleShard())
+                shard.start(LocalRouter(self, index) if len(self.shards) > 1
+                            else SoleShard(self._peer_module))
+        else:  # the one shard made here is running already: it only needs the peers' modules
+            self.local().router = SoleShard(self._peer_module)
 
     def connect_peers(self, route: RouteFn) -> None:
         """Have every shard's courier push ``pending`` outbox items where ``route`` says (the
@@ -134,6 +138,9 @@ class Node:
             shard.connect_peers(route)
 
     # --- routing ---------------------------------------------------------------------------
+
+    def _peer_module(self, module_id: str) -> bytes | None:
+        return self.peers.module(module_id) if self.peers is not None else None
 
     def owner(self, process_id: str) -> Shard | RemoteShard:
         """The shard that owns ``process_id`` (or would, for a new process)."""

@@ -8,6 +8,7 @@ its own process reaches the others through the front).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -65,7 +66,11 @@ class PeerRouter(Protocol):
 
 
 class SoleShard:
-    """The router of a node with one shard: it owns everything, there is nowhere to push."""
+    """The router of a node with one shard: it owns everything, there is nowhere to push; a
+    module it lacks may come from ``modules`` (the node's peers)."""
+
+    def __init__(self, modules: Callable[[str], bytes | None] | None = None) -> None:
+        self._modules = modules
 
     def owns(self, process_id: str) -> bool:
         """Every process belongs to the only shard."""
@@ -83,5 +88,5 @@ class SoleShard:
         raise AssertionError(f"no other shard to push {kind} for {target} to")
 
     def module(self, module_id: str) -> bytes | None:
-        """No other shard holds anything."""
-        return None
+        """No other shard holds anything: ask ``modules``, if given."""
+        return self._modules(module_id) if self._modules is not None else None

@@ -935,11 +935,24 @@ class Shard:
         self.observer.results_committed([signed.output for signed in plan.results])
         self._notify(pid, plan.results[-1].slot.slot)
 
+    def _fetch_spawned_modules(self, outboxes: list[Outbox]) -> None:
+        """Store the Modules that Spawns of ``outboxes`` name and only another shard or a peer
+        holds (before the transaction: fetching may take a network round trip)."""
+        for outbox in outboxes:
+            for out in outbox.outgoing:
+                module_id = items.first_tag(out.item, "Module") if out.kind == "spawn" else None
+                if module_id and load_item(self.store.reader, module_id) is None:
+                    raw = self.router.module(module_id)
+                    if raw is not None:
+                        self._ingest_module(items.parse_verified(raw,
+                                                                 self.settings.max_item_bytes))
+
     def _store_and_push(self, pid: str,
                         rows: list[tuple[Callable[[Any], None], Outbox]]) -> None:
         """In one transaction, store each signed result (``rows``: a function writing it, and
         its outbox) and push its outbox; then forward what other shards own and wake the local
         targets."""
+        self._fetch_spawned_modules([outbox for _, outbox in rows])
         ctx = self._ctx()
         forwarding = self._forwarding()
 

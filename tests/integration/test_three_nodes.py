@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -246,3 +247,36 @@ return 'ok'""", 2))
     status, again = b.post(f"/?process-id={listener.id}&assign={note.id}", note.raw)
     assert status == 202 and again["id"] == note.id, again  # a repeat keeps its one slot
     assert _listed(b, listener.id, client.address, "Got") == [note.id]
+
+
+def test_a_spawn_of_a_module_only_a_peer_stores_fetches_it(
+        tmp_path: Path, servers: list[Server]) -> None:
+    port_a, port_b = free_port(), free_port()
+    url_a, url_b = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
+    a = start_server(tmp_path / "a", command(port_a, url_b, flags=FLAGS))
+    servers.append(a)
+    b = start_server(tmp_path / "b", command(port_b, url_a, flags=FLAGS))
+    servers.append(b)
+    poll("a and b to learn each other", lambda: _knows_all(a, [b])() and _knows_all(b, [a])())
+
+    client = client_identity(tmp_path / "client")
+    module, only_b = module_item(client), module_item(client, compute="8000000000000")
+    assert a.post("/", module.raw)[0] == 200
+    assert b.post("/", only_b.raw)[0] == 200  # the child's module: stored on B only
+    parent = _process(client, module.id, a, "parent", [a.address, b.address])
+    _post(a, parent)
+    _post(a, message(client, parent.id, f"""
+Kids = Kids or {{}}
+Handlers.add("spawned", "Spawned", function(m) table.insert(Kids, m.Process) end)
+Spawn('{only_b.id}', {{Data = "1984", Tags = {{Name = "child"}}}})
+return 'ok'""", 1))
+    [child] = poll("the Spawned notice", lambda: _listed(a, parent.id, client.address, "Kids"))
+    first = poll("the child's first result on a", lambda: _result(a, child))
+    assert "Error" not in first or not first["Error"], first
+
+
+def _result(srv: Server, process: str) -> Any:
+    try:
+        return srv.get_json(f"/result/{process}?process-id={process}")
+    except urllib.error.HTTPError:
+        return None
