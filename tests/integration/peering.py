@@ -7,9 +7,10 @@ import socket
 import time
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from tests.integration.server import Server
+from tests.integration.server import Server, start_server
 
 DEADLINE_SECONDS = 240.0
 
@@ -52,3 +53,18 @@ def peer_known(srv: Server, url: str, address: str) -> Callable[[], Any]:
         return [p for p in health(srv.url)["peers"] if p["url"] == url
                 and p["address"] == address and p["location"] == url and p["reachable"]]
     return check
+
+
+def start_pair(tmp_path: Path, servers: list[Server], flags: tuple[str, ...] = ()
+               ) -> tuple[Server, Server]:
+    """Two ``serve`` processes (data dirs ``a`` and ``b`` under ``tmp_path``) peered with each
+    other, started with ``flags``, once each has learned the other."""
+    port_a, port_b = free_port(), free_port()
+    url_a, url_b = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
+    a = start_server(tmp_path / "a", command(port_a, url_b, flags=flags))
+    servers.append(a)
+    b = start_server(tmp_path / "b", command(port_b, url_a, flags=flags))
+    servers.append(b)
+    poll("a to learn b", peer_known(a, url_b, b.address))
+    poll("b to learn a", peer_known(b, url_a, a.address))
+    return a, b

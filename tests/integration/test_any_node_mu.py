@@ -17,7 +17,7 @@ import pytest
 
 from appliance.ao import items
 from tests.integration.clients import client_identity, message, module_item, process_item
-from tests.integration.peering import command, free_port, health, peer_known, poll
+from tests.integration.peering import command, health, peer_known, poll, start_pair
 from tests.integration.server import Server, start_server
 
 
@@ -34,16 +34,7 @@ def _call(url: str, body: bytes | None = None, content_type: str = "application/
 
 
 def _pair(tmp_path: Path, servers: list[Server], shards: int = 1) -> tuple[Server, Server]:
-    port_a, port_b = free_port(), free_port()
-    url_a, url_b = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
-    more = ("--shards", str(shards)) if shards > 1 else ()
-    a = start_server(tmp_path / "a", (*command(port_a, url_b)[:-1], *more, "--data-dir"))
-    servers.append(a)
-    b = start_server(tmp_path / "b", (*command(port_b, url_a)[:-1], *more, "--data-dir"))
-    servers.append(b)
-    poll("a to learn b", peer_known(a, url_b, b.address))
-    poll("b to learn a", peer_known(b, url_a, a.address))
-    return a, b
+    return start_pair(tmp_path, servers, ("--shards", str(shards)) if shards > 1 else ())
 
 
 @pytest.mark.parametrize("shards", [1, 2])

@@ -20,7 +20,7 @@ from tests.integration.clients import (
     spread_names,
     upload_module,
 )
-from tests.integration.peering import command, free_port, health, poll
+from tests.integration.peering import command, free_port, health, poll, start_pair
 from tests.integration.server import Server, start_server
 from tests.metrics.live import samples, scrape, value
 
@@ -83,14 +83,9 @@ def _list(srv: Server, client: NodeIdentity, process: str, name: str) -> list[st
 
 def test_push_between_two_nodes_exactly_once_in_order_and_through_a_kill(
         tmp_path: Path, servers: list[Server]) -> None:
-    port_a, port_b = free_port(), free_port()
-    url_a, url_b = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
-    a = start_server(tmp_path / "a", command(port_a, url_b, flags=FLAGS))
-    servers.append(a)
-    b = start_server(tmp_path / "b", command(port_b, url_a, flags=FLAGS))
-    servers.append(b)
-    poll("a to learn b", _peered(a, b.address))
-    poll("b to learn a", _peered(b, a.address))
+    a, b = start_pair(tmp_path, servers, FLAGS)
+    port_a, port_b = int(a.url.rsplit(":", 1)[1]), int(b.url.rsplit(":", 1)[1])
+    url_a, url_b = a.url, b.url
 
     client = client_identity(tmp_path / "client")
     module = upload_module(a, client)

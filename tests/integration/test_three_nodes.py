@@ -19,7 +19,7 @@ from typing import Any
 from appliance.ao import items
 from appliance.node.identity import NodeIdentity
 from tests.integration.clients import client_identity, message, module_item
-from tests.integration.peering import command, free_port, health, poll
+from tests.integration.peering import command, free_port, health, poll, start_pair
 from tests.integration.server import Server, start_server
 
 BURST = 8
@@ -212,13 +212,7 @@ def test_a_push_to_a_node_that_does_not_trust_the_sender_stays_visible_as_failed
 
 def test_an_outbox_assignment_reaches_a_process_on_another_node_once(
         tmp_path: Path, servers: list[Server]) -> None:
-    port_a, port_b = free_port(), free_port()
-    url_a, url_b = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
-    a = start_server(tmp_path / "a", command(port_a, url_b, flags=FLAGS))
-    servers.append(a)
-    b = start_server(tmp_path / "b", command(port_b, url_a, flags=FLAGS))
-    servers.append(b)
-    poll("a and b to learn each other", lambda: _knows_all(a, [b])() and _knows_all(b, [a])())
+    a, b = start_pair(tmp_path, servers, FLAGS)
 
     client = client_identity(tmp_path / "client")
     module = module_item(client)
@@ -251,13 +245,7 @@ return 'ok'""", 2))
 
 def test_a_spawn_of_a_module_only_a_peer_stores_fetches_it(
         tmp_path: Path, servers: list[Server]) -> None:
-    port_a, port_b = free_port(), free_port()
-    url_a, url_b = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
-    a = start_server(tmp_path / "a", command(port_a, url_b, flags=FLAGS))
-    servers.append(a)
-    b = start_server(tmp_path / "b", command(port_b, url_a, flags=FLAGS))
-    servers.append(b)
-    poll("a and b to learn each other", lambda: _knows_all(a, [b])() and _knows_all(b, [a])())
+    a, b = start_pair(tmp_path, servers, FLAGS)
 
     client = client_identity(tmp_path / "client")
     module, only_b = module_item(client), module_item(client, compute="8000000000000")
