@@ -84,8 +84,7 @@ class LocalRouter:
             raw = shard.module_raw(module_id)
             if raw is not None:
                 return raw
-        peers = self._node.peers
-        return peers.module(module_id) if peers is not None else None
+        return self._node.peer_module(module_id)
 
 
 OUTBOX_FAILURES_SHOWN = 20
@@ -127,9 +126,9 @@ class Node:
         if shards is not None:
             for index, shard in enumerate(self.shards):
                 shard.start(LocalRouter(self, index) if len(self.shards) > 1
-                            else SoleShard(self._peer_module))
+                            else SoleShard(self.peer_module))
         else:  # the one shard made here is running already: it only needs the peers' modules
-            self.local().router = SoleShard(self._peer_module)
+            self.local().router = SoleShard(self.peer_module)
 
     def connect_peers(self, route: RouteFn) -> None:
         """Have every shard's courier push ``pending`` outbox items where ``route`` says (the
@@ -139,7 +138,8 @@ class Node:
 
     # --- routing ---------------------------------------------------------------------------
 
-    def _peer_module(self, module_id: str) -> bytes | None:
+    def peer_module(self, module_id: str) -> bytes | None:
+        """The Module item ``module_id`` from a peer (checked), or None (no peers, none has it)."""
         return self.peers.module(module_id) if self.peers is not None else None
 
     def owner(self, process_id: str) -> Shard | RemoteShard:
@@ -243,9 +243,10 @@ class Node:
     def assign(self, process_id: str, message_id: str, raw: bytes) -> Receipt:
         """AO's SU assign call (what a peer's courier sends for an outbox Assignment): schedule
         the message ``raw`` (which must verify and be ``message_id``) on ``process_id``, a
-        process this node hosts, once (a repeat answers the slot it already has)."""
+        process this node hosts, once (a repeat answers the slot it already has). The owning
+        shard verifies the signature."""
         try:
-            item = items.parse_verified(raw, self.settings.max_item_bytes)
+            item = items.parse_unverified(raw, self.settings.max_item_bytes)
         except ApplianceError as exc:
             self.observer.item_rejected(exc)
             raise

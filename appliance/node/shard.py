@@ -125,6 +125,9 @@ DRY_RUN_RESIDENT = 8
 ALL_SLOTS = 2**63
 
 
+_SPAWN_TAKEN = (OutboxStatus.DELIVERED, OutboxStatus.SCHEDULED)
+"""Outbox statuses of a Spawn another node or shard has scheduled: its parent is told."""
+
 @dataclass(frozen=True)
 class Receipt:
     """What the node acknowledges for an accepted item (durable by then)."""
@@ -382,15 +385,15 @@ class Shard:
 
     def settle_pushes(self, settled: list[tuple[queries.PendingPush, OutboxStatus, str]]
                       ) -> None:
-        """Record what became of pushes, in one transaction; a delivered Spawn's parent gets
-        its Spawned notice in it."""
+        """Record what became of pushes (to peers, or to other shards), in one transaction; the
+        parent of a Spawn now scheduled elsewhere gets its Spawned notice in it."""
         ctx = self._ctx()
 
         def settle(conn: Any) -> set[str]:
             woken: set[str] = set()
             for row, status, detail in settled:
                 queries.set_outbox_status(conn, row.key, status, detail)
-                if status is OutboxStatus.DELIVERED and row.kind == "spawn" and \
+                if status in _SPAWN_TAKEN and row.kind == "spawn" and \
                         schedule_spawned(conn, ctx, items.parse_unverified(row.raw),
                                          row.from_process, row.depth):
                     woken.add(row.from_process)
@@ -1006,16 +1009,9 @@ class Shard:
 
     def _spawned(self, key: str, raw: bytes, depth: int) -> None:
         """Mark a Spawn another shard scheduled, and schedule its parent's Spawned notice."""
-        spawn = items.parse_unverified(raw)
         parent = queries.outbox_sender(self.store.reader, key) or ""
-        ctx = self._ctx()
-
-        def commit(conn: Any) -> bool:
-            queries.set_outbox_status(conn, key, OutboxStatus.SCHEDULED, "")
-            return schedule_spawned(conn, ctx, spawn, parent, depth)
-
-        if self.store.write(commit):
-            self._wake(parent)
+        self.settle_pushes([(queries.PendingPush(key, parent, 0, key, "spawn", raw, depth),
+                             OutboxStatus.SCHEDULED, "")])
 
     def _set_outbox_status(self, key: str, status: OutboxStatus, detail: str) -> None:
         self.store.write(lambda conn: queries.set_outbox_status(conn, key, status, detail))
