@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from appliance.cli.serve_cmd import peer_policy
 from appliance.config import load_config
 
 
@@ -18,8 +19,10 @@ def register(sub: Any) -> None:
 
 
 def check_config(args: argparse.Namespace) -> int:
-    """Validate and print a one-line summary; errors carry file:line:col."""
+    """Validate and print a one-line summary; errors carry file:line:col. The peer policy
+    file a configuration names is read as ``serve`` reads it."""
     config = load_config(args.file)
+    peer_policy(config)
     listen = config.listen
     parts = [f"tee={config.tee}", f"http={listen.http[0]}:{listen.http[1]}"]
     if listen.grpc:

@@ -116,6 +116,8 @@ def test_peer_trust_settings(tmp_path: Path) -> None:
                              check=False, cwd=REPO, timeout=120)
     assert refused.returncode == 78 and "network.peer_policy" in refused.stderr, refused.stderr
     assert not (tmp_path / "d").exists()
+    checked = _check(bad)
+    assert checked.returncode == 78 and "network.peer_policy" in checked.stderr, checked.stderr
 
 
 def test_an_empty_file_means_every_default() -> None:
