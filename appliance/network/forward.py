@@ -64,6 +64,10 @@ RETRY_MAX_MS = 60_000
 RETRY_AFTER_SECONDS = 2.0
 SWEEP_SECONDS = 0.5
 SWEEP_BATCH = 64
+SETTLED_KEEP_MS = 7 * 24 * 3600 * 1000
+"""A delivered or refused forward's row (its receipt or refusal, without the item's bytes) is
+kept this long after it was queued, then deleted."""
+PRUNE_EVERY_SECONDS = 60.0
 MAX_PENDING = 10_000
 MAX_PENDING_BYTES = 1 << 30
 """Items waiting for peers that do not answer, at most (past either: 503, nothing queued)."""
@@ -305,10 +309,18 @@ class Forwarder:
         self._thread = threading.Thread(target=self._run, daemon=True, name="forwarder")
         self._thread.start()
 
+    def prune(self) -> int:
+        """Delete settled rows older than :data:`SETTLED_KEEP_MS`; how many went."""
+        return self.queue.prune(self._wall_ms() - SETTLED_KEEP_MS, 10 * SWEEP_BATCH)
+
     def _run(self) -> None:
+        pruned_at = 0.0
         while not self._stop.wait(SWEEP_SECONDS):
             try:
                 self.sweep()
+                if time.monotonic() - pruned_at >= PRUNE_EVERY_SECONDS:
+                    pruned_at = time.monotonic()
+                    self.prune()
             except Exception:  # a bug must not end retrying for good
                 log.exception("forward sweep failed")
 

@@ -89,6 +89,20 @@ def test_the_queue_is_durable_and_idempotent(tmp_path: Path) -> None:
     conn.close()
 
 
+def test_settled_forwards_are_pruned_and_pending_ones_kept(tmp_path: Path) -> None:
+    queue = ForwardQueue(tmp_path)
+    caps = {"max_pending": 10, "max_pending_bytes": 100}
+    for name, queued_ms in (("a", 1000), ("b", 1000), ("c", 1000), ("d", 9000)):
+        queue.add(name * 43, "http://b:1", b"raw", queued_ms, **caps)
+    queue.delivered("a" * 43, '{"id": "x"}')
+    queue.failed("b" * 43, "HTTP 400: bad")
+    queue.delivered("d" * 43, '{"id": "y"}')
+    assert queue.prune(5000, 1) == 1 and queue.prune(5000, 10) == 1  # bounded per call
+    assert queue.by_status() == {PENDING: 1, DELIVERED: 1}  # c pending, d too recent
+    assert queue.get("c" * 43).raw == b"raw" and queue.prune(5000, 10) == 0
+    queue.close()
+
+
 def test_a_module_from_a_peer_is_checked(tmp_path: Path) -> None:
     client = NodeIdentity.load_or_create(tmp_path / "client")
     module = items.sign(client, data=b"\0asm-bytes", tags=[("Data-Protocol", "ao"),

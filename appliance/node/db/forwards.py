@@ -126,6 +126,19 @@ class ForwardQueue:
                 "ORDER BY next_ms, created_ms LIMIT ?", (PENDING, now_ms, limit)).fetchall()
         return [Forward(*row) for row in rows]
 
+    def prune(self, before_ms: int, limit: int) -> int:
+        """Delete up to ``limit`` settled (delivered or failed) rows queued before
+        ``before_ms``; how many went. The same item posted again later is forwarded again, and
+        the peer, which schedules a message once, answers the slot it already has."""
+        with self._lock:
+            try:
+                cursor = self._conn.execute(
+                    "DELETE FROM forwards WHERE rowid IN (SELECT rowid FROM forwards "
+                    "WHERE status != ? AND created_ms < ? LIMIT ?)", (PENDING, before_ms, limit))
+            except (sqlite3.Error, OSError) as exc:
+                raise storage_error(exc) from None
+        return int(cursor.rowcount)
+
     def by_status(self) -> dict[str, int]:
         """Row counts keyed by status."""
         with self._lock:
