@@ -68,6 +68,9 @@ SETTLED_KEEP_MS = 7 * 24 * 3600 * 1000
 """A delivered or refused forward's row (its receipt or refusal, without the item's bytes) is
 kept this long after it was queued, then deleted."""
 PRUNE_EVERY_SECONDS = 60.0
+GIVE_UP_MS = 24 * 3600 * 1000
+"""A forward still not acknowledged this long after it was queued is marked ``failed`` at its
+next failed attempt (the client stopped waiting long ago; the queue stays bounded)."""
 MAX_PENDING = 10_000
 MAX_PENDING_BYTES = 1 << 30
 """Items waiting for peers that do not answer, at most (past either: 503, nothing queued)."""
@@ -251,6 +254,9 @@ class Forwarder:
         receipt = self._attempt(row, self.wait_seconds)
         if receipt is None:
             again = self.queue.get(item.id)
+            if again.status == FAILED:
+                raise ForwardRefused(f"node {peer.address} at {row.peer_url} did not take item "
+                                     f"{item.id}: {again.error}")
             raise PeerUnavailable(
                 f"node {peer.address} at {row.peer_url}, which hosts the process, did not "
                 f"acknowledge item {item.id} ({again.error}); this node queued it and keeps "
@@ -284,7 +290,14 @@ class Forwarder:
         return self._later(row, why)
 
     def _later(self, row: Forward, why: str) -> dict[str, Any] | None:
-        self.queue.retry_at(row.item_id, why, self._wall_ms() + retry_delay_ms(row.attempts + 1))
+        now = self._wall_ms()
+        if now - row.queued_ms >= GIVE_UP_MS:
+            why = f"not acknowledged within {GIVE_UP_MS // 3_600_000} h ({why})"
+            self.queue.failed(row.item_id, why)
+            log.warning("%s", fields("forward given up", item=row.item_id, peer=row.peer_url,
+                                     attempts=row.attempts + 1, error=why))
+            return None
+        self.queue.retry_at(row.item_id, why, now + retry_delay_ms(row.attempts + 1))
         if row.attempts == 0:
             log.warning("%s", fields("forward pending", item=row.item_id, peer=row.peer_url,
                                      error=why, retry="with back-off"))

@@ -15,7 +15,9 @@ from appliance.ao import items
 from appliance.errors import BadPeerAnswer, NotHosted, Overloaded, PeerUnavailable
 from appliance.metrics import NodeMetrics
 from appliance.network.forward import (
+    GIVE_UP_MS,
     RETRY_MAX_MS,
+    SETTLED_KEEP_MS,
     Forwarder,
     check_module,
     outcome_of,
@@ -38,6 +40,7 @@ from appliance.rpc.status import grpc_code
 from attestation.providers import EmulatedProvider
 from tests.integration.clients import module_item
 from tests.integration.inproc import serve_in_thread
+from tests.integration.peering import free_port
 from tests.network.test_peers import Canned, _answer, _node, _peer
 from tests.rpc.support import make_node
 
@@ -101,6 +104,26 @@ def test_settled_forwards_are_pruned_and_pending_ones_kept(tmp_path: Path) -> No
     assert queue.by_status() == {PENDING: 1, DELIVERED: 1}  # c pending, d too recent
     assert queue.get("c" * 43).raw == b"raw" and queue.prune(5000, 10) == 0
     queue.close()
+
+
+def test_a_forward_never_acknowledged_is_given_up_then_pruned(tmp_path: Path) -> None:
+    clock = [1000]
+    directory = PeerDirectory([], "a" * 43, transport=Canned())
+    forwarder = Forwarder(directory, tmp_path, max_item_bytes=1 << 20, wall_ms=lambda: clock[0])
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: every attempt fails at once
+    try:
+        forwarder.queue.add("i" * 43, dead, b"raw", clock[0], max_pending=10,
+                            max_pending_bytes=100)
+        assert forwarder.sweep() == 0 and forwarder.queue.get("i" * 43).status == PENDING
+        clock[0] += GIVE_UP_MS
+        assert forwarder.sweep() == 0
+        row = forwarder.queue.get("i" * 43)
+        assert row.status == FAILED and "not acknowledged within 24 h" in str(row.error)
+        assert forwarder.prune() == 0  # settled, but kept a week for repeat posts
+        clock[0] += SETTLED_KEEP_MS
+        assert forwarder.prune() == 1 and forwarder.forwards_by_status() == {}
+    finally:
+        forwarder.close()
 
 
 def test_a_module_from_a_peer_is_checked(tmp_path: Path) -> None:

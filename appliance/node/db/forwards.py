@@ -43,6 +43,7 @@ class Forward:
     """The peer's receipt (JSON text) once delivered."""
     error: str | None
     """The last failure (the peer's refusal once ``failed``)."""
+    queued_ms: int
 
 
 def migrate(conn: sqlite3.Connection) -> None:
@@ -95,8 +96,8 @@ class ForwardQueue:
         """The row of ``item_id`` (NotFound when it was never queued)."""
         with self._lock:
             row = self._conn.execute(
-                "SELECT item_id, peer_url, raw, status, attempts, next_ms, receipt, error "
-                "FROM forwards WHERE item_id = ?", (item_id,)).fetchone()
+                "SELECT item_id, peer_url, raw, status, attempts, next_ms, receipt, error, "
+                "created_ms FROM forwards WHERE item_id = ?", (item_id,)).fetchone()
         if row is None:
             raise NotFound(f"item {item_id} was not forwarded by this node")
         return Forward(*row)
@@ -121,8 +122,8 @@ class ForwardQueue:
         """Pending forwards whose next attempt is due, oldest first."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT item_id, peer_url, raw, status, attempts, next_ms, receipt, error "
-                "FROM forwards WHERE status = ? AND next_ms <= ? "
+                "SELECT item_id, peer_url, raw, status, attempts, next_ms, receipt, error, "
+                "created_ms FROM forwards WHERE status = ? AND next_ms <= ? "
                 "ORDER BY next_ms, created_ms LIMIT ?", (PENDING, now_ms, limit)).fetchall()
         return [Forward(*row) for row in rows]
 
