@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import base64
+import binascii
+
+_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
 
 
 def b64url(data: bytes) -> str:
@@ -12,6 +15,8 @@ def b64url(data: bytes) -> str:
 
 def b64url_decode(text: str) -> bytes:
     """Inverse of :func:`b64url`; raises ``ValueError`` on malformed input."""
-    if not isinstance(text, str) or any(c in text for c in "+/="):
+    if not isinstance(text, str) or "+" in text or "/" in text or "=" in text:
         raise ValueError("not base64url")
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    # What base64.urlsafe_b64decode does, without its two wrapper calls (half the time).
+    raw = text.encode("ascii").translate(_FROM_URLSAFE)
+    return binascii.a2b_base64(raw + b"=" * (-len(raw) % 4))

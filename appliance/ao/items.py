@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Protocol
 
 import nacl.exceptions
@@ -62,20 +62,20 @@ class Item:
     data: bytes
     raw: bytes
     tag_bytes: bytes
+    id: str = field(init=False, repr=False, compare=False)
+    """base64url(SHA-256(signature))."""
+    owner_address: str = field(init=False, repr=False, compare=False)
+    """base64url(SHA-256(owner public key))."""
 
-    @cached_property
-    def id(self) -> str:
-        """base64url(SHA-256(signature))."""
-        return b64url(hashlib.sha256(self.signature).digest())
-
-    @cached_property
-    def owner_address(self) -> str:
-        """base64url(SHA-256(owner public key))."""
-        return _address(self.owner)
+    def __post_init__(self) -> None:
+        # Every item's id and owner address get read (stored, routed, handed to the guest):
+        # computed here, not by functools.cached_property, whose lock costs more in 3.11.
+        object.__setattr__(self, "id", b64url(_sha256(self.signature).digest()))
+        object.__setattr__(self, "owner_address", _address(self.owner))
 
     def signature_message(self) -> bytes:
         """The 48-byte deep hash the signature covers."""
-        target = b64url_decode(self.target) if self.target else b""
+        target = _id_bytes(self.target) if self.target else b""
         return item_deep_hash(self.signature_type, self.owner, target, self.anchor,
                               self.tag_bytes, self.data)
 
@@ -83,7 +83,13 @@ class Item:
 @lru_cache(maxsize=4096)
 def _address(owner: bytes) -> str:
     """Owners repeat (the node's key, a client's): their addresses are cached."""
-    return b64url(hashlib.sha256(owner).digest())
+    return b64url(_sha256(owner).digest())
+
+
+@lru_cache(maxsize=4096)
+def _id_bytes(item_id: str) -> bytes:
+    """Targets repeat (a process's id): their decoded bytes are cached."""
+    return b64url_decode(item_id)
 
 
 def first_tag(item: Item, name: str) -> str | None:
@@ -92,6 +98,7 @@ def first_tag(item: Item, name: str) -> str | None:
 
 
 _sha384 = hashlib.sha384
+_sha256 = hashlib.sha256
 
 
 @lru_cache(maxsize=4096)
@@ -103,6 +110,7 @@ def _blob_hash(chunk: bytes) -> bytes:
     return _sha384(_blob_tag(len(chunk)) + _sha384(chunk).digest()).digest()
 
 
+_EMPTY_BLOB = _blob_hash(b"")  # node-signed items have no anchor, Assignments no data
 # Owners and targets repeat (the node's own key, a process's id): their blob hashes are cached.
 _repeated_blob_hash = lru_cache(maxsize=4096)(_blob_hash)
 
@@ -122,9 +130,9 @@ def item_deep_hash(signature_type: int, owner: bytes, target: bytes, anchor: byt
     data]`` (a list hashes as ``"list" + length``, each blob as ``"blob" + length`` then its
     SHA-384, folded left), with the constant head and repeated owners/targets cached."""
     acc = _sha384(_item_prefix(signature_type, owner) + _repeated_blob_hash(target)).digest()
-    for part in (anchor, tag_bytes, data):
-        acc = _sha384(acc + _blob_hash(part)).digest()
-    return acc
+    acc = _sha384(acc + (_blob_hash(anchor) if anchor else _EMPTY_BLOB)).digest()
+    acc = _sha384(acc + _blob_hash(tag_bytes)).digest()
+    return _sha384(acc + (_blob_hash(data) if data else _EMPTY_BLOB)).digest()
 
 
 def _zigzag(value: int) -> bytes:
@@ -140,17 +148,26 @@ def _zigzag(value: int) -> bytes:
 _ZIGZAG = tuple(_zigzag(n) for n in range(MAX_TAG_VALUE + 1))
 
 
+@lru_cache(maxsize=1024)
+def _avro_name(name: str) -> bytes:
+    """A tag name as Avro bytes (length, then UTF-8): names repeat, so they are cached."""
+    return _avro_bytes(name.encode())
+
+
+def _avro_bytes(text: bytes) -> bytes:
+    length = len(text)
+    return (_ZIGZAG[length] if length <= MAX_TAG_VALUE else _zigzag(length)) + text
+
+
 def encode_tags(tags: Sequence[tuple[str, str]]) -> bytes:
     """Avro encoding of ``[{name: bytes, value: bytes}]`` (empty bytes for no tags)."""
     if not tags:
         return b""
-    zigzag, table = _zigzag, _ZIGZAG
-    out = [zigzag(len(tags))]
+    name_bytes, value_bytes = _avro_name, _avro_bytes
+    out = [_zigzag(len(tags))]
     for name, value in tags:
-        for text in (name.encode(), value.encode()):
-            length = len(text)
-            out.append(table[length] if length <= MAX_TAG_VALUE else zigzag(length))
-            out.append(text)
+        out.append(name_bytes(name))
+        out.append(value_bytes(value.encode()))
     out.append(b"\0")
     return b"".join(out)
 
@@ -340,7 +357,7 @@ def sign_with(signature_type: int, owner: bytes, signer: Callable[[bytes], bytes
     if len(owner) != owner_len:
         raise ValueError(f"signature type {signature_type} needs a {owner_len}-byte owner")
     tag_bytes = encode_tags(tags)
-    target_raw = b64url_decode(target) if target else b""
+    target_raw = _id_bytes(target) if target else b""
     if target_raw and len(target_raw) != 32:
         raise ValueError("target must be a 32-byte id")
     message = item_deep_hash(signature_type, owner, target_raw, anchor, tag_bytes, data)
