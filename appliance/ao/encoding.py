@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import base64
 import binascii
 
 _FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
+_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 
 def b64url(data: bytes) -> str:
     """Base64url without padding (Arweave's encoding)."""
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    return binascii.b2a_base64(data, newline=False).rstrip(b"=").translate(_TO_URLSAFE).decode()
 
 
 def b64url_decode(text: str) -> bytes:

@@ -43,6 +43,8 @@ class Signer(Protocol):
 
 # signature type -> (signature length, owner length)
 SIGNATURE_TYPES = {1: (512, 512), 2: (64, 32), 3: (65, 65)}
+_U16 = struct.Struct("<H")
+_COUNTS = struct.Struct("<QQ")  # tag count, tag bytes length
 _SECP256K1_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 MAX_TAGS = 128
 MAX_TAG_NAME = 1024
@@ -164,7 +166,8 @@ def encode_tags(tags: Sequence[tuple[str, str]]) -> bytes:
     if not tags:
         return b""
     name_bytes, value_bytes = _avro_name, _avro_bytes
-    out = [_zigzag(len(tags))]
+    count = len(tags)
+    out = [_ZIGZAG[count] if count <= MAX_TAG_VALUE else _zigzag(count)]
     for name, value in tags:
         out.append(name_bytes(name))
         out.append(value_bytes(value.encode()))
@@ -244,7 +247,7 @@ def parse_unverified(raw: bytes, max_bytes: int = 1 << 62) -> Item:
         raise TooLarge(f"item of {len(raw)} bytes exceeds the limit of {max_bytes}")
     if len(raw) < 2:
         raise BadRequest("data item is truncated")
-    (sig_type,) = struct.unpack_from("<H", raw, 0)
+    (sig_type,) = _U16.unpack_from(raw, 0)
     if sig_type > 0xFF:  # text, JSON, HTML...: no ANS-104 signature type is that large
         raise BadRequest(f"{NOT_AN_ITEM}; this body starts with {raw[:8]!r}")
     if sig_type not in SIGNATURE_TYPES:
@@ -273,7 +276,7 @@ def parse_unverified(raw: bytes, max_bytes: int = 1 << 62) -> Item:
             fields.append(b"")
     if pos + 16 > len(raw):
         raise BadRequest("data item is truncated")
-    count, length = struct.unpack_from("<QQ", raw, pos)
+    count, length = _COUNTS.unpack_from(raw, pos)
     pos += 16
     if count > MAX_TAGS:
         raise BadRequest(f"more than {MAX_TAGS} tags")
@@ -365,10 +368,10 @@ def sign_with(signature_type: int, owner: bytes, signer: Callable[[bytes], bytes
     if len(signature) != sig_len:
         raise ValueError(f"signature type {signature_type} needs a {sig_len}-byte signature")
     raw = b"".join([
-        struct.pack("<H", signature_type), signature, owner,
+        _U16.pack(signature_type), signature, owner,
         b"\1" + target_raw if target_raw else b"\0",
         b"\1" + anchor if anchor else b"\0",
-        struct.pack("<QQ", len(tags), len(tag_bytes)), tag_bytes, data,
+        _COUNTS.pack(len(tags), len(tag_bytes)), tag_bytes, data,
     ])
     return Item(signature_type, signature, owner, target or "", anchor, list(tags), data, raw,
                 tag_bytes)

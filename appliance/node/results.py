@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import struct
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,10 +118,11 @@ def intents_between(conn: sqlite3.Connection, process_id: str, first: int,
             for slot, blob in queries.intent_blobs(conn, process_id, first, last).items()}
 
 
-def record_intents(conn: sqlite3.Connection, intents: list[UnsignedResult]) -> None:
-    """Durably record what is about to be signed."""
-    queries.insert_intents(conn, [(i.process_id, i.slot, i.message_id, i.encode())
-                                  for i in intents])
+def record_intents(intents: Sequence[UnsignedResult]) -> Callable[[sqlite3.Connection], None]:
+    """The write that durably records what is about to be signed (encoded here, before the
+    writer's transaction)."""
+    rows = [(i.process_id, i.slot, i.message_id, i.encode()) for i in intents]
+    return lambda conn: queries.insert_intents(conn, rows)
 
 
 def store_result(conn: sqlite3.Connection, slot: ScheduledSlot, signed: items.Item) -> None:

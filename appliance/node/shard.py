@@ -931,7 +931,7 @@ class Shard:
         if not plan.results:
             return
         if plan.intents:
-            self.store.write(lambda conn: record_intents(conn, list(plan.intents)))
+            self.store.write(record_intents(plan.intents))
         self._store_and_push(pid, [
             (functools.partial(store_result, slot=signed.slot, signed=signed.item), outbox)
             for signed, outbox in zip(plan.results, plan.outboxes, strict=True)])

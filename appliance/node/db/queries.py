@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,11 +97,10 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def slot_row(row: Iterable[object]) -> ScheduledSlot:
-    """A ``schedule`` row (all columns, in table order) as a :class:`ScheduledSlot`."""
-    pid, slot, mid, aid, hc, ts, bh, att, depth = row
-    return ScheduledSlot(str(pid), int(str(slot)), str(mid), str(aid), str(hc), int(str(ts)),
-                         int(str(bh)), str(att), int(str(depth)))
+def slot_row(row: Sequence[Any]) -> ScheduledSlot:
+    """A ``schedule`` row (all columns, in table order) as a :class:`ScheduledSlot`: its
+    columns are NOT NULL TEXT and INTEGER, which SQLite returns as ``str`` and ``int``."""
+    return ScheduledSlot(*row)
 
 
 # --- items -----------------------------------------------------------------------------------
