@@ -354,6 +354,22 @@ def sign_with(signature_type: int, owner: bytes, signer: Callable[[bytes], bytes
               tags: Sequence[tuple[str, str]], data: bytes = b"", target: str | None = None,
               anchor: bytes = b"") -> Item:
     """A data item of ``signature_type`` whose deep hash ``signer`` signs (for client keys)."""
+    raw, signature, tag_bytes = _signed(signature_type, owner, signer, tags, data, target, anchor)
+    return Item(signature_type, signature, owner, target or "", anchor, list(tags), data, raw,
+                tag_bytes)
+
+
+def signed_raw(identity: Signer, *, tags: Sequence[tuple[str, str]]) -> tuple[bytes, str]:
+    """The bytes and id of ``sign(identity, tags=tags)``, without the :class:`Item` (all the
+    node keeps of an Assignment)."""
+    raw, signature, _ = _signed(2, identity.public_key, identity.sign, tags, b"", None, b"")
+    return raw, b64url(_sha256(signature).digest())
+
+
+def _signed(signature_type: int, owner: bytes, signer: Callable[[bytes], bytes],
+            tags: Sequence[tuple[str, str]], data: bytes, target: str | None,
+            anchor: bytes) -> tuple[bytes, bytes, bytes]:
+    """(raw item, signature, tag bytes)."""
     if anchor and len(anchor) != 32:
         raise ValueError("anchor must be 32 bytes")
     sig_len, owner_len = SIGNATURE_TYPES[signature_type]
@@ -373,5 +389,4 @@ def sign_with(signature_type: int, owner: bytes, signer: Callable[[bytes], bytes
         b"\1" + anchor if anchor else b"\0",
         _COUNTS.pack(len(tags), len(tag_bytes)), tag_bytes, data,
     ])
-    return Item(signature_type, signature, owner, target or "", anchor, list(tags), data, raw,
-                tag_bytes)
+    return raw, signature, tag_bytes

@@ -54,10 +54,10 @@ def _append(conn: sqlite3.Connection, ctx: SchedulerContext, last: ScheduledSlot
         ("Timestamp", str(timestamp)), ("Data-Protocol", "ao"), ("Type", "Assignment"),
         ("Variant", "ao.TN.1"), ("Message", message_id),
     ]
-    assignment = items.sign(ctx.identity, tags=tags)
-    scheduled = ScheduledSlot(process_id, slot, message_id, assignment.id, hash_chain, timestamp,
+    raw, assignment_id = items.signed_raw(ctx.identity, tags=tags)
+    scheduled = ScheduledSlot(process_id, slot, message_id, assignment_id, hash_chain, timestamp,
                               ctx.block_height, ctx.attestation_id, push_depth)
-    queries.insert_slot(conn, scheduled, assignment)
+    queries.insert_slot(conn, scheduled, raw)
     return scheduled
 
 

@@ -262,14 +262,14 @@ def last_slot(conn: sqlite3.Connection, process_id: str) -> ScheduledSlot | None
     return None if row is None else slot_row(row)
 
 
-def insert_slot(conn: sqlite3.Connection, s: ScheduledSlot, assignment: items.Item) -> None:
-    """Append a slot to its process's schedule with its signed Assignment item."""
+def insert_slot(conn: sqlite3.Connection, s: ScheduledSlot, assignment: bytes) -> None:
+    """Append a slot to its process's schedule with its signed Assignment item (raw)."""
     conn.execute(
         "INSERT INTO schedule (process_id, slot, message_id, assignment_id, hash_chain, "
         "timestamp_ms, block_height, attestation_id, push_depth, assignment) "
         "VALUES (?,?,?,?,?,?,?,?,?,?)",
         (s.process_id, s.slot, s.message_id, s.assignment_id, s.hash_chain, s.timestamp_ms,
-         s.block_height, s.attestation_id, s.push_depth, assignment.raw))
+         s.block_height, s.attestation_id, s.push_depth, assignment))
 
 
 def slot_at(conn: sqlite3.Connection, process_id: str, slot: int) -> ScheduledSlot | None:
