@@ -317,12 +317,23 @@ class Routes:
         """``Node.ingest`` of a client item (``forward``: a peer's process may be forwarded to
         it); a refusal for another node's process names it."""
         try:
-            receipt: Receipt = await self._run(lambda: self.node.ingest(raw, forward=forward))
+            return await self._ingest(raw, forward)
         except (NotHosted, NotFound) as exc:
             if self.peers is None:
                 raise
             raise await self._run(self.peers.explain, raw, exc) from None
-        return receipt
+
+    async def _ingest(self, raw: bytes, forward: bool) -> Receipt:
+        """``Node.ingest``: awaited on the loop when a shard process takes the item (no thread
+        waits on its answer), else on a thread."""
+        node = self.node
+        try:
+            future = node.submit_ingest(raw)
+            if future is not None:
+                return await asyncio.wrap_future(future)
+        except (NotHosted, NotFound) as exc:
+            return await asyncio.to_thread(node.ingest_refused, raw, exc, forward=forward)
+        return await asyncio.to_thread(node.ingest, raw, forward=forward)
 
     async def post_item(self, request: web.Request) -> web.Response:
         raw = await self._body(request)

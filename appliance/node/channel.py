@@ -66,7 +66,13 @@ class Channel:
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Run ``method`` on the other side and return what it returned (or raise what it
         raised); :class:`ShardUnavailable` when the other end is gone before it answers."""
+        return self.submit(method, *args, **kwargs).result()
+
+    def submit(self, method: str, *args: Any, **kwargs: Any) -> Future[Any]:
+        """:meth:`call` without waiting: the future of its answer (already running, so it cannot
+        be cancelled: the other side runs the call whatever the caller does)."""
         future: Future[Any] = Future()
+        future.set_running_or_notify_cancel()
         call_id = next(self._ids)
         with self._pending_lock:
             if self._closed.is_set():
@@ -78,7 +84,7 @@ class Channel:
             with self._pending_lock:
                 self._pending.pop(call_id, None)
             raise
-        return future.result()
+        return future
 
     def note(self, method: str, *args: Any) -> None:
         """Tell the other side ``method(*args)``; never waits for it, dropped once closed."""

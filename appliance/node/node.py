@@ -14,6 +14,7 @@ import heapq
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 from appliance.ao import items
@@ -113,6 +114,7 @@ class Node:
         if len(self.shards) > MAX_SHARDS:
             raise ValueError(f"a node runs at most {MAX_SHARDS} shards")
         self.placement = Placement(len(self.shards))
+        self._remote = any(isinstance(shard, RemoteShard) for shard in self.shards)
         self.push_gate: PushGate | None = None
         """Set by ``serve`` (:class:`~appliance.network.trust.PeerTrust`): asked about every
         ingested item carrying ``From-Process``; None admits all (tests, embedded use)."""
@@ -222,23 +224,44 @@ class Node:
         first."""
         try:
             return self.ingest_here(raw)
-        except NotFound as exc:
-            if self.peers is None:
-                raise
-            module_id = _missing_module(raw)
-            if module_id is None:
-                if not forward:
-                    raise
-                return self.peers.forward(raw, exc)
-            module = self.peers.module(module_id)
-            if module is None:
-                raise
-        except NotHosted as exc:
-            if self.peers is None or not forward:
-                raise
-            return self.peers.forward(raw, exc)
+        except (NotFound, NotHosted) as exc:
+            return self.ingest_refused(raw, exc, forward=forward)
+
+    def ingest_refused(self, raw: bytes, refusal: NotFound | NotHosted, *,
+                       forward: bool = True) -> Receipt:
+        """The rest of :meth:`ingest` once :meth:`ingest_here` (or :meth:`submit_ingest`)
+        refused ``raw`` with ``refusal``: forward it to a peer, or fetch the Process's Module
+        from a peer and ingest both; else raise ``refusal``."""
+        if self.peers is None:
+            raise refusal
+        if isinstance(refusal, NotHosted):
+            if not forward:
+                raise refusal
+            return self.peers.forward(raw, refusal)
+        module_id = _missing_module(raw)
+        if module_id is None:
+            if not forward:
+                raise refusal
+            return self.peers.forward(raw, refusal)
+        module = self.peers.module(module_id)
+        if module is None:
+            raise refusal
         self.ingest_here(module)
         return self.ingest_here(raw)
+
+    def submit_ingest(self, raw: bytes) -> Future[Receipt] | None:
+        """:meth:`ingest_here` without waiting, when the shard owning the item runs in a process
+        of its own: the future of its Receipt (or of the shard's refusal). None when it must go
+        through :meth:`ingest` on a thread instead: its shard runs in this process (ingest
+        blocks on the store), or it is a Module (for every shard). A malformed item or a refused
+        push raises here."""
+        if not self._remote:
+            return None
+        shard = self._route(raw)
+        if not isinstance(shard, RemoteShard):
+            return None
+        future: Future[Receipt] = shard.submit("ingest", raw)
+        return future
 
     def assign(self, process_id: str, message_id: str, raw: bytes) -> Receipt:
         """AO's SU assign call (what a peer's courier sends for an outbox Assignment): schedule
@@ -264,11 +287,22 @@ class Node:
         """Route one client data item to the shard that owns its process; a Module goes to
         every shard (any of them may host a process of it). The shard verifies it. An item
         carrying ``From-Process`` is first put to :attr:`push_gate` (a cached verdict lookup)."""
+        shard = self._route(raw)
+        if shard is not None:
+            return shard.ingest(raw)
+        receipt = self.home.ingest(raw)
+        for other in self.shards[1:]:
+            other.ingest(raw)
+        return receipt
+
+    def _route(self, raw: bytes) -> Shard | RemoteShard | None:
+        """The shard that takes the client item ``raw`` (None: a Module, for every shard of
+        several), once :attr:`push_gate` admitted it."""
         gate = self.push_gate
         if gate is not None and _FROM_PROCESS in raw:
             self._gate(raw, gate)
         if len(self.shards) == 1:
-            return self.home.ingest(raw)
+            return self.home
         try:
             if len(raw) > self.settings.max_item_bytes:
                 raise TooLarge(f"item of {len(raw)} bytes exceeds the limit of "
@@ -279,15 +313,12 @@ class Node:
             raise
         kind = items.first_tag(item, "Type")
         if kind == "Module":
-            receipt = self.home.ingest(raw)
-            for shard in self.shards[1:]:
-                shard.ingest(raw)
-            return receipt
+            return None
         if kind == "Process":
             index = self.placement.owner(item.id)
             self.placement.learn(index, [item.id])  # a wrong guess (refused item) is harmless:
-            return self.shards[index].ingest(raw)  # that shard refuses messages to it
-        return self.owner(item.target).ingest(raw) if item.target else self.home.ingest(raw)
+            return self.shards[index]  # that shard refuses messages to it
+        return self.owner(item.target) if item.target else self.home
 
     def _gate(self, raw: bytes, gate: PushGate) -> None:
         try:

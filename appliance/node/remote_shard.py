@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -168,10 +169,20 @@ class RemoteShard:
     # --- calls to the shard -------------------------------------------------------------------
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._up().call(method, *args, **kwargs)
+
+    def submit(self, method: str, *args: Any) -> Future[Any]:
+        """The call ``method(*args)`` of the shard process without waiting for it: the future
+        of its answer (:meth:`Channel.submit`)."""
+        if method not in SHARD_CALLS:
+            raise AttributeError(method)
+        return self._up().submit(method, *args)
+
+    def _up(self) -> Channel:
         channel = self._channel
         if channel is None or not self._ready.is_set():
             raise ShardUnavailable(f"shard {self.index} is restarting", retry_after=2.0)
-        return channel.call(method, *args, **kwargs)
+        return channel
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         if name not in SHARD_CALLS:

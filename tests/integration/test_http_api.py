@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +15,7 @@ from appliance.node.node import Node
 from attestation.providers import EmulatedProvider
 from tests.integration.clients import client_identity, message, spawn, upload_module
 from tests.integration.inproc import serve_in_thread
-from tests.integration.server import Server
+from tests.integration.server import SERVE, Server, start_server
 
 Live = tuple[Server, Node, NodeIdentity, str]
 SCHEDULER_QUERY = ('{ transactions(owners: ["%s"], tags: [{name: "Type", values: '
@@ -121,3 +122,46 @@ def _status(srv: Server, path: str) -> int:
             return int(resp.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
+
+
+INGEST_REFUSALS = ("garbage", "forged", "unsigned-type", "no-protocol", "unknown-process",
+                   "wrong-scheduler")
+
+
+def _refused_item(client: NodeIdentity, process: str, case: str) -> bytes:
+    good = message(client, process, "return 1", 98)
+    if case == "garbage":
+        return b"\x02\x00" + b"x" * 200
+    if case == "forged":
+        raw = bytearray(good.raw)
+        raw[-1] ^= 0x01
+        return bytes(raw)
+    if case == "unsigned-type":
+        return b"\x07\x00" + good.raw[2:]
+    if case == "no-protocol":
+        return items.sign(client, target=process, data=b"x", tags=[("Type", "Message")]).raw
+    if case == "unknown-process":
+        return message(client, "Q" * 43, "return 1", 5).raw
+    return items.sign(client, tags=[("Data-Protocol", "ao"), ("Type", "Process"),
+                                    ("Module", "M" * 43), ("Scheduler", "S" * 43)]).raw
+
+
+def test_shard_processes_refuse_items_as_one_process_does(
+        live: Live, tmp_path: Path, servers: list[Server]) -> None:
+    """With ``--shards 2`` the front awaits the owning shard's answer on its event loop (no
+    thread): a shard's refusal reaches the client with the status one process gives."""
+    srv, _, client, process = live
+    sharded = start_server(tmp_path / "node", (*SERVE[:-1], "--shards", "2", SERVE[-1]))
+    servers.append(sharded)
+    module = upload_module(sharded, client)
+    spawned = spawn(sharded, client, module, "sharded")
+    accepted = message(client, spawned, "return 1", 1)
+    status, body = sharded.post("/", accepted.raw)
+    assert status == 202 and body["id"] == accepted.id and body["slot"] == 1
+    for case in INGEST_REFUSALS:
+        one_status, one_body = srv.post("/", _refused_item(client, process, case))
+        status, body = sharded.post("/", _refused_item(client, spawned, case))
+        assert status == one_status and 400 <= status < 500, (case, status, body, one_body)
+        assert body.get("error"), case
+    status, body = sharded.post("/", accepted.raw)  # a repeat: the slot it already has
+    assert status == 202 and body["slot"] == 1
