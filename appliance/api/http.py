@@ -62,12 +62,16 @@ def route_template(request: web.Request) -> str:
 
 
 def _completed(request: web.Request, status: int, why: str, started: float) -> None:
+    """Count the request, and log it: a refusal or an error at INFO, an answer at DEBUG."""
     seconds = time.perf_counter() - started
     observe = request.app.get(OBSERVE_KEY)
     if observe:
         observe(request, status, why, seconds)
-    log.info("%s", fields("request", method=request.method, route=route_template(request),
-                                 status=status, ms=seconds * 1000))
+    level = logging.INFO if status >= 400 else logging.DEBUG
+    if log.isEnabledFor(level):
+        log.log(level, "%s", fields("request", method=request.method,
+                                    route=route_template(request), status=status,
+                                    ms=seconds * 1000))
 
 
 @web.middleware

@@ -93,13 +93,17 @@ class ResultWaiters:
 async def await_result(node: Node, waiters: ResultWaiters, process_id: str,
                        message_id: str) -> dict[str, Any]:
     """The result of ``message_id``, waiting up to the node's ``result_wait_seconds`` on the
-    event loop (a future the node's progress wakes), holding no thread while it waits.
+    event loop (a future the node's progress wakes), holding no thread while it waits (nor
+    while it reads, when a shard process holds the result).
 
     ``waiters`` must be a progress listener of ``node``. NotFound when the result is still not
     computed at the deadline; Overloaded when ``waiters`` is full.
     """
     def now() -> Awaitable[tuple[int, dict[str, Any] | None]]:
-        return asyncio.to_thread(node.result_now, process_id, message_id)
+        future = node.submit_result_now(process_id, message_id)
+        if future is None:  # a shard in this process: its store read blocks
+            return asyncio.to_thread(node.result_now, process_id, message_id)
+        return asyncio.wrap_future(future)
 
     _, value = await now()
     if value is not None:

@@ -337,6 +337,17 @@ class Node:
         """(slot, result JSON or None while not computed); never waits."""
         return self.owner(process_id).result_now(process_id, message_id)
 
+    def submit_result_now(self, process_id: str,
+                          message_id: str) -> Future[tuple[int, dict[str, Any] | None]] | None:
+        """:meth:`result_now` without waiting, when the owning shard runs in a process of its
+        own: the future of its answer (None: call :meth:`result_now` on a thread)."""
+        shard = self.owner(process_id)
+        if not isinstance(shard, RemoteShard):
+            return None
+        future: Future[tuple[int, dict[str, Any] | None]] = shard.submit(
+            "result_now", process_id, message_id)
+        return future
+
     def result(self, process_id: str, message_id: str, wait: bool = True) -> dict[str, Any]:
         """The result JSON of ``message_id``, waiting up to ``result_wait_seconds``."""
         deadline = time.monotonic() + (self.settings.result_wait_seconds if wait else 0)

@@ -1,7 +1,7 @@
 """A real ``ao-appliance serve`` tells its operator what it does: one structured INFO line per
-request, module compile, process open, node key creation, checkpoint, failed outbox delivery and
-shutdown; non-HTTP bytes on the port are one line, not a traceback. A serve that cannot listen
-creates nothing."""
+refused request (answered ones only at DEBUG), module compile, process open, node key creation,
+checkpoint, failed outbox delivery and shutdown; non-HTTP bytes on the port are one line, not a
+traceback. A serve that cannot listen creates nothing."""
 
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 from pathlib import Path
+
+import pytest
 
 from tests.integration.clients import client_identity, message, spawn, upload_module
 from tests.integration.server import SERVE, Server
@@ -50,6 +53,9 @@ def test_serve_logs_one_line_per_event(tmp_path: Path) -> None:
         for item in sent:
             assert srv.post("/", item.raw)[0] == 202
             srv.get_json(f"/result/{item.id}?process-id={process}")
+        assert srv.post("/", b"")[0] == 400
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            srv.get(f"/processes/{UNHOSTED}")
         port = int(srv.url.rsplit(":", 1)[1])
         for junk in (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n",  # TLS
                      b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: many\r\n\r\n"):
@@ -70,8 +76,9 @@ def test_serve_logs_one_line_per_event(tmp_path: Path) -> None:
         return found[0]
 
     one(rf"INFO appliance.identity: node key created address={srv.address} ")
-    one(r"INFO appliance.http: request method=POST route=/ status=200 ms=\d+\.\d")
-    one(r"request method=GET route=/result/\{message\} status=200 ms=")
+    one(r"INFO appliance.http: request method=POST route=/ status=400 ms=\d+\.\d")
+    one(r"INFO appliance.http: request method=GET route=/processes/\{id\} status=404 ms=")
+    assert not [line for line in lines if "status=202" in line or "status=200" in line]
     one(rf"INFO appliance.node: module compiled module={module} format=\S+ ms=\d")
     one(rf"INFO appliance.node: process opened process={process} module={module} load_ms=")
     one(rf"INFO appliance.node: checkpoint process={process} slot=\d+ memory_bytes=\d+ ")
