@@ -3,6 +3,7 @@ placement, routing, merged reads, and a shard process killed and restarted."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from appliance.ao import items
-from appliance.errors import ShardUnavailable
+from appliance.errors import NotFound, ShardUnavailable
 from appliance.metrics import NodeMetrics
 from appliance.node.identity import NodeIdentity
 from appliance.node.node import Node, local_shards
@@ -239,5 +240,45 @@ def test_a_message_to_no_process_of_the_node_is_refused_by_its_sender(tmp_path: 
         assert node.result(sender.id, message.id)["Output"] == "relayed"
         assert node.shards[0].outbox_by_status() == {"pending-remote": 2}
         assert node.shards[1].outbox_by_status() == {}
+    finally:
+        node.close()
+
+
+def test_submitted_calls_answer_on_the_loop_and_outlive_a_cancelled_waiter(
+        tmp_path: Path, mode: str) -> None:
+    client = NodeIdentity.load_or_create(tmp_path / "client")
+    node = _sharded(tmp_path / "node", 2, mode)
+    try:
+        module = echo_module(client)
+        assert node.submit_ingest(module.raw) is None  # a Module: every shard, on a thread
+        node.ingest(module.raw)
+        proc = _process(client, module.id, node.identity.address, "submitted")
+        first, second = (_eval(client, proc.id, f"message {n}", n) for n in (1, 2))
+        submitted = node.submit_ingest(proc.raw)
+        if mode == "threads":  # shards in this process: their ingest blocks, so a thread calls
+            assert submitted is None and node.submit_result_now(proc.id, first.id) is None
+            return
+        assert submitted is not None and submitted.result(60).id == proc.id
+
+        async def ingest_then_give_up() -> None:
+            future = node.submit_ingest(first.raw)
+            assert future is not None
+            waiter = asyncio.ensure_future(asyncio.wrap_future(future))
+            await asyncio.sleep(0)
+            waiter.cancel()  # a client gone: the shard still takes the item
+            with pytest.raises(asyncio.CancelledError):
+                await waiter
+            assert (await asyncio.wrap_future(future)).slot == 1
+
+        asyncio.run(ingest_then_give_up())
+        again = node.submit_ingest(second.raw)
+        assert again is not None and again.result(60).slot == 2
+        assert node.result(proc.id, second.id)["Output"] == ECHO_OUTPUT
+        now = node.submit_result_now(proc.id, second.id)
+        assert now is not None and now.result(60)[1] == node.result(proc.id, second.id)
+        unknown = node.submit_ingest(_eval(client, "Q" * 43, "stray", 3).raw)
+        assert unknown is not None
+        with pytest.raises(NotFound):
+            unknown.result(60)
     finally:
         node.close()
