@@ -1,6 +1,7 @@
 """AO's HTTP API on one port: legacy MU, SU and CU routes, a gateway GraphQL subset, and ours.
 
-Handlers run the node's blocking calls on worker threads; every error leaves as
+Handlers run the node's blocking calls on worker threads (an item or a result read a shard
+process answers is awaited on the loop instead); every error leaves as
 ``{"error": message}`` with the status chosen in :mod:`appliance.api.http_errors`.
 """
 

@@ -38,16 +38,20 @@ _CALL, _REPLY, _FAILED, _NOTE = range(4)
 
 class Channel:
     """One end of the channel. ``handler``'s methods named in ``calls`` answer the other side's
-    calls and those in ``notes`` its notes; ``on_closed`` runs once when the other end is gone."""
+    calls and those in ``notes`` its notes; ``on_closed`` runs once when the other end is gone.
+    The calls also named in ``inline`` are answered on the reading thread (lookups that never
+    block: no hand-off to the pool)."""
 
     def __init__(self, sock: socket.socket, handler: object, *, calls: Collection[str],
                  notes: Collection[str], name: str,
-                 on_closed: Callable[[], None] | None = None) -> None:
+                 on_closed: Callable[[], None] | None = None,
+                 inline: Collection[str] = ()) -> None:
         self._socket = sock
         self._connection = Connection(os.dup(sock.fileno()))
         self._handler = handler
         self._calls = frozenset(calls)
         self._notes = frozenset(notes)
+        self._inline = frozenset(inline)
         self._on_closed = on_closed
         self._send_lock = threading.Lock()
         self._pending: dict[int, Future[Any]] = {}
@@ -117,7 +121,10 @@ class Channel:
                 message = pickle.loads(self._connection.recv_bytes())  # noqa: S301 - our own child/parent
                 kind = message[0]
                 if kind == _CALL:
-                    self._pool.submit(self._answer, *message[1:])
+                    if message[2] in self._inline:
+                        self._answer(*message[1:])
+                    else:
+                        self._pool.submit(self._answer, *message[1:])
                 elif kind == _NOTE:
                     self._take_note(message[1], message[2])
                 else:

@@ -50,6 +50,10 @@ log = logging.getLogger("appliance.shards")
 START_TIMEOUT_SECONDS = 300.0  # opening a large store and the first attestation
 STOP_TIMEOUT_SECONDS = 60.0
 RESTART_BACKOFF_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+ROUTER_LOOKUPS = frozenset({"owns", "places"})
+"""Router calls a shard makes that the front answers from its placement alone (never blocking):
+on the channel's reading thread, not its pool (a shard asks ``owns`` for every outbox item to a
+target it does not hold, a wallet say)."""
 
 
 class RemoteShard:
@@ -90,6 +94,7 @@ class RemoteShard:
             boot.close()
         self._ready.clear()
         self._channel = Channel(ours, self, calls=FRONT_CALLS, notes=FRONT_NOTES,
+                                inline=ROUTER_LOOKUPS,
                                 name=f"front{self.index}")
         return process
 
