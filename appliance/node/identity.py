@@ -24,16 +24,16 @@ class NodeIdentity:
     """An ed25519 signing key and the AO address derived from it."""
 
     signing_key: nacl.signing.SigningKey = field(repr=False)
+    public_key: bytes = field(init=False, repr=False, compare=False)
+    """The 32-byte ed25519 public key (the ANS-104 owner for signature type 2)."""
+    address: str = field(init=False, repr=False, compare=False)
+    """base64url(SHA-256(public key)): the node's AO/Arweave address."""
 
-    @property
-    def public_key(self) -> bytes:
-        """The 32-byte ed25519 public key (the ANS-104 owner for signature type 2)."""
-        return bytes(self.signing_key.verify_key)
-
-    @property
-    def address(self) -> str:
-        """base64url(SHA-256(public key)): the node's AO/Arweave address."""
-        return b64url(hashlib.sha256(self.public_key).digest())
+    def __post_init__(self) -> None:
+        # Read for every item the node signs or checks the owner of: derived once.
+        public = bytes(self.signing_key.verify_key)
+        object.__setattr__(self, "public_key", public)
+        object.__setattr__(self, "address", b64url(hashlib.sha256(public).digest()))
 
     def sign(self, message: bytes) -> bytes:
         """Deterministic ed25519 signature (RFC 8032): same input, same signature."""
