@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -128,6 +129,29 @@ def run_loader(module: Path, fmt: str, mode: str, count: int,
         raise RuntimeError(f"ao-loader bench failed: {proc.stderr[-2000:]}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     return float(out["messages"]) / float(out["seconds"])
+
+
+class BusyCores:
+    """The machine's busy CPU time over a stretch of wall time, from ``/proc/stat`` (every
+    process, ours and anyone else's), as cores: ``with BusyCores() as busy: ...; busy.cores``."""
+
+    cores = 0.0
+
+    @staticmethod
+    def _read() -> tuple[int, int]:
+        with open("/proc/stat") as stat:
+            ticks = [int(v) for v in stat.readline().split()[1:8]]
+        return sum(ticks), ticks[3] + ticks[4]  # all, idle + iowait
+
+    def __enter__(self) -> BusyCores:
+        self._start, self._wall = self._read(), time.perf_counter()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        (total, idle), (total0, idle0) = self._read(), self._start
+        seconds = time.perf_counter() - self._wall
+        hz = os.sysconf("SC_CLK_TCK")
+        self.cores = ((total - total0) - (idle - idle0)) / hz / seconds if seconds > 0 else 0.0
 
 
 def rate(count: int, seconds: float) -> float:
