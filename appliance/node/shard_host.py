@@ -106,7 +106,9 @@ class FrontRouter:
 
 
 class ForwardingObserver(NodeObserver):
-    """Hands every observer hook to the front, whose observer (metrics) counts it."""
+    """Hands every observer hook to the front, whose observer (metrics) counts it: as a
+    :meth:`~appliance.node.channel.Channel.note_soon`, so it rides on the reply or note that
+    follows it (and still arrives before them)."""
 
     def __init__(self, channel: Channel) -> None:
         self._channel = channel
@@ -114,11 +116,11 @@ class ForwardingObserver(NodeObserver):
     def __getattribute__(self, name: str) -> Any:
         if name == "results_committed":  # the front counts outcomes: only the Errors travel
             channel_: Channel = object.__getattribute__(self, "_channel")
-            return lambda results: channel_.note("observe", name, (
+            return lambda results: channel_.note_soon("observe", name, (
                 [{"Error": result.get("Error")} for result in results],), {})
         if name in OBSERVER_HOOKS:
             channel: Channel = object.__getattribute__(self, "_channel")
-            return lambda *args, **kwargs: channel.note("observe", name, args, kwargs)
+            return lambda *args, **kwargs: channel.note_soon("observe", name, args, kwargs)
         return object.__getattribute__(self, name)
 
 
