@@ -31,6 +31,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from appliance.errors import ShardUnavailable
+from appliance.node.db.store import on_behalf_of
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ class Channel:
                 raise ShardUnavailable("the shard process is not running", retry_after=2.0)
             self._pending[call_id] = future
         try:
-            self._send((_CALL, call_id, method, args, kwargs))
+            self._send((_CALL, call_id, method, args, kwargs, threading.get_ident()))
         except BaseException:
             with self._pending_lock:
                 self._pending.pop(call_id, None)
@@ -243,13 +244,14 @@ class Channel:
             log.exception("note %s failed", method)
 
     def _answer(self, call_id: int, method: str, args: tuple[Any, ...],
-                kwargs: dict[str, Any]) -> None:
+                kwargs: dict[str, Any], caller: int) -> None:
         try:
             if method not in self._calls:
                 raise AttributeError(f"{method!r} is not a call this side answers")
             value = getattr(self._handler, method)
-            reply: tuple[Any, ...] = (_REPLY, call_id,
-                                      value(*args, **kwargs) if callable(value) else value)
+            with on_behalf_of((self, caller)):  # the store's group commit waits for the caller
+                reply: tuple[Any, ...] = (_REPLY, call_id,
+                                          value(*args, **kwargs) if callable(value) else value)
         except Exception as exc:  # noqa: BLE001 - the caller re-raises it
             reply = (_FAILED, call_id, _portable(exc))
         try:

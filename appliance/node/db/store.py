@@ -14,9 +14,10 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,8 +44,22 @@ LINGER_SHARE = 0.25
 WAL_FRAMES_LIMIT = 65536
 CHECKPOINT_PAUSE_SECONDS = 0.5
 
-# (write function, its caller's future, the submitting thread)
-_Op = tuple[Callable[[sqlite3.Connection], Any], Future[Any], int]
+# (write function, its caller's future, its caller: the submitting thread or on_behalf_of's)
+_Op = tuple[Callable[[sqlite3.Connection], Any], Future[Any], Hashable]
+_CALLER: ContextVar[Hashable | None] = ContextVar("store_caller", default=None)
+
+
+@contextmanager
+def on_behalf_of(caller: Hashable) -> Iterator[None]:
+    """Count the writes this thread submits inside as ``caller``'s for the group-commit linger:
+    for a thread serving a caller that comes back on another thread (a shard's channel calls
+    run on any thread of a pool; ``caller`` names the front thread that made the call)."""
+    token = _CALLER.set(caller)
+    try:
+        yield
+    finally:
+        _CALLER.reset(token)
+
 
 def storage_error(exc: BaseException) -> BaseException:
     """``exc``, or :class:`StorageFull` when it says the disk is full (SQLITE_FULL, ENOSPC)."""
@@ -87,7 +102,8 @@ class Store:
         if self._closed:
             future.set_exception(RuntimeError("store is closed"))
             return future
-        self._queue.put((fn, future, threading.get_ident()))
+        caller = _CALLER.get()
+        self._queue.put((fn, future, threading.get_ident() if caller is None else caller))
         return future
 
     def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -96,7 +112,7 @@ class Store:
 
     def _write_loop(self) -> None:
         conn = self._writer_conn
-        recent: list[set[int]] = [set(), set()]  # submitting threads of the last two commits
+        recent: list[set[Hashable]] = [set(), set()]  # callers of the last two commits
         last_commit = 0.0
         while True:
             first = self._queue.get()
