@@ -165,9 +165,11 @@ class Channel:
                     data = b"".join(self._out)
                     self._out.clear()
                 self._socket.sendall(data)
-        except (OSError, ValueError):
+        except BaseException as exc:
             with self._out_lock:
                 self._writing = False
+            if not isinstance(exc, OSError | ValueError):
+                raise
             self._shut()
             raise ShardUnavailable("the shard process went away", retry_after=2.0) from None
 
