@@ -87,11 +87,17 @@ class Channel:
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Run ``method`` on the other side and return what it returned (or raise what it
         raised); :class:`ShardUnavailable` when the other end is gone before it answers."""
-        return self.submit(method, *args, **kwargs).result()
+        return self._submit(method, args, kwargs, threading.get_ident()).result()
 
     def submit(self, method: str, *args: Any, **kwargs: Any) -> Future[Any]:
         """:meth:`call` without waiting: the future of its answer (already running, so it cannot
         be cancelled: the other side runs the call whatever the caller does)."""
+        return self._submit(method, args, kwargs, None)
+
+    def _submit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+                caller: int | None) -> Future[Any]:
+        """Send the call; ``caller``: the thread that waits for it (the other side's store
+        lingers for it), None from an event loop (one thread for many callers)."""
         future: Future[Any] = Future()
         future.set_running_or_notify_cancel()
         call_id = next(self._ids)
@@ -100,7 +106,7 @@ class Channel:
                 raise ShardUnavailable("the shard process is not running", retry_after=2.0)
             self._pending[call_id] = future
         try:
-            self._send((_CALL, call_id, method, args, kwargs, threading.get_ident()))
+            self._send((_CALL, call_id, method, args, kwargs, caller))
         except BaseException:
             with self._pending_lock:
                 self._pending.pop(call_id, None)
@@ -246,12 +252,12 @@ class Channel:
             log.exception("note %s failed", method)
 
     def _answer(self, call_id: int, method: str, args: tuple[Any, ...],
-                kwargs: dict[str, Any], caller: int) -> None:
+                kwargs: dict[str, Any], caller: int | None) -> None:
         try:
             if method not in self._calls:
                 raise AttributeError(f"{method!r} is not a call this side answers")
             value = getattr(self._handler, method)
-            with on_behalf_of((self, caller)):  # the store's group commit waits for the caller
+            with on_behalf_of(None if caller is None else (self, caller)):
                 reply: tuple[Any, ...] = (_REPLY, call_id,
                                           value(*args, **kwargs) if callable(value) else value)
         except Exception as exc:  # noqa: BLE001 - the caller re-raises it

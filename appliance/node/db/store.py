@@ -53,7 +53,8 @@ _CALLER: ContextVar[Hashable | None] = ContextVar("store_caller", default=None)
 def on_behalf_of(caller: Hashable) -> Iterator[None]:
     """Count the writes this thread submits inside as ``caller``'s for the group-commit linger:
     for a thread serving a caller that comes back on another thread (a shard's channel calls
-    run on any thread of a pool; ``caller`` names the front thread that made the call)."""
+    run on any thread of a pool; ``caller`` names the front thread that made the call). None:
+    the submitting thread, as outside."""
     token = _CALLER.set(caller)
     try:
         yield
