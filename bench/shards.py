@@ -2,7 +2,7 @@
 anchor) and with 2 shard processes behind the front (``serve --shards 2``), interleaved in one
 run; msgs/s, their ratio, and CPU per message of the front (this process: 8 client threads
 calling ``Node.ingest`` and routing) and of the shard processes (their evaluation workers not
-included)."""
+included), and how many of the machine's cores were busy meanwhile (anyone's work)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import wasmtime
 
 from appliance.node.remote_shard import RemoteShard
 from bench.ceiling import ECHO, FORMAT
-from bench.common import pipeline, rate
+from bench.common import BusyCores, pipeline, rate
 from bench.http_pipeline import cpu_seconds
 
 PROCESSES = 8
@@ -30,12 +30,13 @@ def _round(wasm: bytes, shards: int, count: int) -> dict[str, float]:
         shard_pids = [s.pid for s in pipe.node.shards if isinstance(s, RemoteShard)]
         front = time.process_time()
         before = [cpu_seconds(p)[0] for p in shard_pids]
-        seconds = pipe.send_all(batches, clients=CLIENTS)
+        with BusyCores() as busy:
+            seconds = pipe.send_all(batches, clients=CLIENTS)
         front = time.process_time() - front
         shard_cpu = sum(cpu_seconds(p)[0] for p in shard_pids) - sum(before)
     sent = per * PROCESSES
     return {"msgs_per_s": rate(sent, seconds), "front_cpu_ms_per_msg": front * 1e3 / sent,
-            "shard_cpu_ms_per_msg": shard_cpu * 1e3 / sent}
+            "shard_cpu_ms_per_msg": shard_cpu * 1e3 / sent, "machine_busy_cores": busy.cores}
 
 
 def run(quick: bool, cache: Any, log: Any) -> dict[str, Any]:
